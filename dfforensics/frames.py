@@ -1,0 +1,185 @@
+"""
+Frame scanning
+--------------
+
+Find interrupt and exception frames ``[orig_ax][RIP][CS][RFLAGS][RSP][SS]`` in
+the raw words of a stack. Pure: bytes in, :class:`~dfforensics.model.Frame`
+out; the drgn layer reads memory and hands the bytes here.
+
+A candidate is kept only when it passes at least the checks of the crash
+utility's ``bt -e`` (selectors, RFLAGS, RIP privilege) plus SS/CS coherence.
+What crash never checks, and what makes the signature provable, is
+self-consistency: a frame the CPU pushed *without* a stack switch saves an RSP
+that points just above the frame itself (after the 16-byte alignment the CPU
+applies before pushing).
+"""
+
+import re
+import struct
+from typing import Final, Iterator, Optional, Sequence, Union
+
+from dfforensics import x86
+from dfforensics.model import Frame, OrigAx
+
+__all__ = (
+    "decode_orig_ax",
+    "frame_problems",
+    "scan_frames",
+    "words_to_bytes",
+)
+
+_WORD: Final = struct.Struct("<Q")
+_MASK64: Final = (1 << 64) - 1
+# Candidate RIP positions are found by searching for a valid CS word right
+# after them: far faster than testing every word in Python.
+# A lookahead, so that overlapping (unaligned) matches cannot hide an aligned one.
+_CS_WORD_RE: Final = re.compile(
+    b"(?=" + b"|".join(re.escape(_WORD.pack(cs)) for cs in sorted(x86.FRAME_CS)) + b")",
+    re.DOTALL,
+)
+# External interrupt vectors (below are exceptions, which never use ~vector).
+_FIRST_EXTERNAL_VECTOR: Final = 0x20
+
+
+def decode_orig_ax(raw: Optional[int], encoding: Optional[str] = None) -> OrigAx:
+    """Explain the word in the orig_ax / error-code slot of a frame.
+
+    :param raw: the word, or ``None`` when it lies outside the memory read.
+    :param encoding: the interrupt-vector encoding of the kernel's era,
+        ``"complement"`` (2.6–5.7: ``~vector``) or ``"byte"`` (5.8+: the
+        vector as a sign-extended byte), from
+        :data:`dfforensics.kernel_facts.ORIG_AX_ENCODING`; ``None`` when the
+        kernel version is unknown, in which case both readings are offered.
+    """
+    if raw is None:
+        return OrigAx(None, "missing", None, None, "outside the memory read")
+    raw &= _MASK64
+    if raw == _MASK64:
+        return OrigAx(raw, "none", None, None,
+                      "-1: exception without error code, or a 5.8+ system vector")
+    complement = ~raw & _MASK64
+    as_byte = raw & 0xFF if raw >= _MASK64 - 0x7F else None
+    complement_ok = _FIRST_EXTERNAL_VECTOR <= complement <= 0xFF and encoding != "byte"
+    byte_ok = as_byte is not None and as_byte >= 0x80 and encoding != "complement"
+    if complement_ok and not byte_ok:
+        return OrigAx(raw, "irq-complement", complement, None,
+                      f"~{complement:#x}: interrupt vector {complement:#x} (2.6–5.7 entry stub)")
+    if byte_ok and not complement_ok:
+        return OrigAx(raw, "irq-byte", as_byte, None,
+                      f"interrupt vector {as_byte:#x} as a sign-extended byte (5.8+ entry stub)")
+    if byte_ok and complement_ok:
+        return OrigAx(raw, "irq-ambiguous", complement, None,
+                      f"interrupt vector {complement:#x} (~vector, 2.6–5.7) "
+                      f"or {as_byte:#x} (sign-extended byte, 5.8+)")
+    if raw <= 0xFFFF:
+        if encoding != "complement" and _FIRST_EXTERNAL_VECTOR <= raw <= 0x7F:
+            return OrigAx(raw, "error-code", None, raw,
+                          f"CPU error code {raw:#x}, or (5.8+) interrupt vector {raw:#x}")
+        return OrigAx(raw, "error-code", None, raw, f"CPU error code {raw:#x}")
+    return OrigAx(raw, "unknown", None, None, "not an orig_ax value of any era")
+
+
+def frame_problems(rip: int, cs: int, rflags: int, rsp: int, ss: int) -> list[str]:
+    """Return why five words cannot be a hardware frame (empty when they can).
+
+    These are the crash utility's ``bt -e`` checks, made stricter: selectors
+    the kernel uses, reserved RFLAGS bits clear and bit 1 set, RIP canonical and
+    of the privilege CS says, RSP a plausible stack address for that privilege.
+    """
+    problems = []
+    if cs not in x86.FRAME_CS:
+        problems.append(f"CS {cs:#x} is not a kernel or user code selector")
+    if ss not in x86.FRAME_SS:
+        problems.append(f"SS {ss:#x} is not NULL, __KERNEL_DS or __USER_DS")
+    if not x86.rflags_valid(rflags):
+        problems.append(f"RFLAGS {rflags:#x} has reserved bits set or bit 1 clear")
+    if cs == x86.KERNEL_CS:
+        if not x86.is_kernel_address(rip):
+            problems.append(f"kernel CS with non-kernel RIP {rip:#x}")
+        if rsp == 0 or not x86.is_canonical(rsp):
+            problems.append(f"kernel CS with impossible RSP {rsp:#x}")
+    elif cs == x86.USER_CS:
+        if not x86.is_plausible_user_pointer(rip):
+            problems.append(f"user CS with non-user RIP {rip:#x}")
+        if not x86.is_plausible_user_pointer(rsp):
+            problems.append(f"user CS with non-user RSP {rsp:#x}")
+    elif cs == x86.USER32_CS:
+        if not 0 < rip < 1 << 32 or not 0 < rsp < 1 << 32:
+            problems.append("compat CS with a RIP or RSP above 4 GiB")
+    return problems
+
+
+def _impossible_ss(cs: int, ss: int) -> bool:
+    # At CPL 0 a healthy kernel has SS NULL (event from user mode) or
+    # __KERNEL_DS (SYSCALL); in user mode SS must carry RPL 3.
+    if cs == x86.KERNEL_CS:
+        return ss not in x86.HEALTHY_KERNEL_SS
+    return x86.rpl(ss) != 3
+
+
+def _frame_kind(stack: str, consistent: bool) -> str:
+    if stack == "user":
+        return "cpl0-user-stack" if consistent else "user-stack-inconsistent"
+    return "kernel-same-stack" if consistent else "kernel-stack-switch"
+
+
+def words_to_bytes(words: Sequence[Optional[int]]) -> bytes:
+    """Pack 64-bit words little-endian; unknown words (``None``) become 0."""
+    return b"".join(_WORD.pack((word or 0) & _MASK64) for word in words)
+
+
+def scan_frames(
+    data: Union[bytes, bytearray, memoryview],
+    start: int,
+    stack: Optional[str] = None,
+    encoding: Optional[str] = None,
+    include_inconsistent: bool = True,
+) -> Iterator[Frame]:
+    """Yield the interrupt/exception frames found in a stack region.
+
+    :param data: the region's bytes, little-endian, starting at ``start``.
+    :param start: address of the first byte; must be 8-byte aligned.
+    :param stack: ``"user"`` or ``"kernel"``: what memory this is; by default
+        guessed from ``start`` (lower canonical half means user).
+    :param encoding: orig_ax encoding of the kernel's era, see
+        :func:`decode_orig_ax`.
+    :param include_inconsistent: also yield valid frames whose saved RSP does
+        not point just above them (stack-switch entries, copies).
+    :raises ValueError: if ``start`` is not 8-byte aligned.
+
+    Frames are yielded from low to high address. The orig_ax slot of a frame
+    whose RIP is the region's first word is reported as missing.
+    """
+    if start % 8:
+        raise ValueError(f"stack region start {start:#x} is not 8-byte aligned")
+    if stack is None:
+        stack = "user" if x86.is_user_address(start) else "kernel"
+    view = memoryview(data)
+    usable = len(view) - len(view) % 8
+    last_rip_offset = usable - 8 * x86.HW_FRAME_WORDS
+    for match in _CS_WORD_RE.finditer(view[:usable]):
+        cs_offset = match.start()
+        rip_offset = cs_offset - 8
+        if cs_offset % 8 or rip_offset < 0 or rip_offset > last_rip_offset:
+            continue
+        rip, cs, rflags, rsp, ss = struct.unpack_from("<5Q", view, rip_offset)
+        if frame_problems(rip, cs, rflags, rsp, ss):
+            continue
+        frame_top = start + rip_offset + 8 * x86.HW_FRAME_WORDS
+        consistent = x86.aligned_push_base(rsp) == frame_top
+        if not consistent and not include_inconsistent:
+            continue
+        orig_ax = _WORD.unpack_from(view, rip_offset - 8)[0] if rip_offset >= 8 else None
+        yield Frame(
+            address=start + rip_offset - 8,
+            stack=stack,
+            kind=_frame_kind(stack, consistent),
+            orig_ax=decode_orig_ax(orig_ax, encoding),
+            rip=rip,
+            cs=cs,
+            rflags=rflags,
+            rsp=rsp,
+            ss=ss,
+            consistent=consistent,
+            impossible_ss=_impossible_ss(cs, ss),
+        )

@@ -1,0 +1,245 @@
+"""
+Result model
+------------
+
+The dataclasses every output renders from: the table, JSON and markdown of the
+``dfforensics`` commands and the drgn commands alike. Pure: no drgn.
+
+The JSON form is :func:`to_json_dict` of a :class:`Report`; its schema is
+versioned by :data:`SCHEMA_VERSION` and documented field by field in README.md.
+"""
+
+import dataclasses
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Final, Optional
+
+__all__ = (
+    "SCHEMA_VERSION",
+    "Verdict",
+    "DfClass",
+    "Status",
+    "Evidence",
+    "Registers",
+    "OrigAx",
+    "Frame",
+    "RspRegion",
+    "DoubleFault",
+    "KernelInfo",
+    "AnnotatedWord",
+    "Report",
+    "to_json_dict",
+)
+
+SCHEMA_VERSION: Final = 1
+
+
+class Verdict(str, enum.Enum):
+    """Does the crash match the CPL-corruption double-fault signature?"""
+
+    MATCH = "match"
+    POSSIBLE = "possible"
+    NO_MATCH = "no-match"
+    NO_DOUBLE_FAULT = "no-double-fault"
+
+    @property
+    def strength(self) -> int:
+        """Order for picking the strongest of several verdicts."""
+        return _VERDICT_STRENGTH[self]
+
+
+_VERDICT_STRENGTH: Final = {
+    Verdict.NO_DOUBLE_FAULT: 0,
+    Verdict.NO_MATCH: 1,
+    Verdict.POSSIBLE: 2,
+    Verdict.MATCH: 3,
+}
+
+
+class DfClass(str, enum.Enum):
+    """What kind of double fault it is."""
+
+    CPL_CORRUPTION = "cpl-corruption"
+    KERNEL_STACK_OVERFLOW = "kernel-stack-overflow"
+    WILD_RSP = "wild-rsp"
+    SYSCALL_ENTRY_WINDOW = "syscall-entry-window"
+    BARE_METAL = "bare-metal"
+    KERNEL_ADDRESS_SPACE = "kernel-address-space"
+    OTHER = "other"
+
+
+class Status(str, enum.Enum):
+    """Whether a check supports the signature."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    UNKNOWN = "unknown"
+
+
+@dataclass
+class Evidence:
+    """One check and its outcome. ``pass`` supports the signature."""
+
+    check: str
+    status: Status
+    detail: str
+
+
+@dataclass
+class Registers:
+    """The interrupted context the CPU saved at a #DF (or an oops)."""
+
+    rip: Optional[int] = None
+    rip_symbol: Optional[str] = None
+    cs: Optional[int] = None
+    rflags: Optional[int] = None
+    rsp: Optional[int] = None
+    ss: Optional[int] = None
+    cr2: Optional[int] = None
+    error_code: Optional[int] = None
+    #: Other registers as printed or saved (rax, rbx, ..., cr3, fs_base), by name.
+    others: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class OrigAx:
+    """What the word below a frame's RIP (the orig_ax / error code slot) means."""
+
+    raw: Optional[int]
+    kind: str
+    vector: Optional[int]
+    error_code: Optional[int]
+    meaning: str
+
+
+@dataclass
+class Frame:
+    """An interrupt or exception frame found in stack memory."""
+
+    #: Address of the orig_ax / error code slot (the word just below RIP).
+    address: int
+    #: "user" or "kernel": which kind of stack memory it was found in.
+    stack: str
+    #: cpl0-user-stack, user-stack-inconsistent, kernel-same-stack or kernel-stack-switch.
+    kind: str
+    orig_ax: OrigAx
+    rip: int
+    cs: int
+    rflags: int
+    rsp: int
+    ss: int
+    #: The saved RSP points just above the frame: pushed without a stack switch.
+    consistent: bool
+    #: SS that a healthy kernel never saves with this CS (e.g. CS 0x10, SS 0x2b).
+    impossible_ss: bool
+    rip_symbol: Optional[str] = None
+
+    @property
+    def vector(self) -> Optional[int]:
+        return self.orig_ax.vector
+
+    @property
+    def proves_cpl0_delivery(self) -> bool:
+        """Whether this frame alone proves an event delivered at CPL 0 with user state."""
+        return (self.stack == "user" and self.consistent) or self.impossible_ss
+
+
+@dataclass
+class RspRegion:
+    """Where a saved stack pointer lies."""
+
+    #: user-stack, user-thread-stack, user-anon, user-file, user-unmapped,
+    #: user-range, kernel-task-stack, kernel-guard-page, irq-stack,
+    #: exception-stack, kernel-other, near-null, non-canonical.
+    kind: str
+    detail: str
+    start: Optional[int] = None
+    end: Optional[int] = None
+    name: Optional[str] = None
+
+
+@dataclass
+class DoubleFault:
+    """One #DF (or, for no-double-fault, the crash seen instead)."""
+
+    verdict: Verdict
+    df_class: Optional[DfClass]
+    summary: str
+    regs: Registers
+    cpu: Optional[int] = None
+    pid: Optional[int] = None
+    tid: Optional[int] = None
+    comm: Optional[str] = None
+    rsp_region: Optional[RspRegion] = None
+    #: Where it was seen: "log", "ist-pt_regs", "stack-trace".
+    sources: list[str] = field(default_factory=list)
+    header: Optional[str] = None
+    #: 1-based line in the log where its report starts.
+    log_line: Optional[int] = None
+    call_trace: list[str] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+
+
+@dataclass
+class KernelInfo:
+    """What the log or dump says about the guest."""
+
+    release: Optional[str] = None
+    arch: Optional[str] = None
+    hardware_name: Optional[str] = None
+    #: "guest", "bare-metal" or "unknown".
+    environment: str = "unknown"
+    hypervisor: Optional[str] = None
+    cpus: Optional[int] = None
+    cpu_vendor: Optional[str] = None
+    cpu_model: Optional[str] = None
+    uptime_seconds: Optional[float] = None
+    sysret_ss_workaround: Optional[bool] = None
+
+
+@dataclass
+class AnnotatedWord:
+    """One stack word as a kernel engineer would annotate ``rd -s`` output."""
+
+    address: int
+    value: Optional[int]
+    note: str
+
+
+@dataclass
+class Report:
+    """The whole answer for one input (a console log or a dump)."""
+
+    source: dict[str, Any]
+    verdict: Verdict
+    df_class: Optional[DfClass]
+    summary: str
+    kernel: KernelInfo = field(default_factory=KernelInfo)
+    double_faults: list[DoubleFault] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
+    evidence: list[Evidence] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    annotated_words: list[AnnotatedWord] = field(default_factory=list)
+    schema_version: int = SCHEMA_VERSION
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        result = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, Frame):
+            result["vector"] = value.vector
+        return result
+    if isinstance(value, dict):
+        return {key: _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def to_json_dict(report: Report) -> dict[str, Any]:
+    """Return a report as plain JSON-ready data (integers stay integers)."""
+    data = _jsonable(report)
+    # schema_version first, for people reading the raw JSON.
+    return {"schema_version": data.pop("schema_version"), **data}
