@@ -31,6 +31,9 @@ __all__ = (
     "SYSCALL_ENTRY_WINDOW",
     "SYSRET_SS_WORKAROUND",
     "I386_PAGE_OFFSET",
+    "I386_SYSCALL_ENTRY",
+    "X86_64_EARLY_DIRECT_MAP",
+    "X86_64_EARLY_LAYOUT_UNTIL",
     "HYPERVISOR_FIXES",
 )
 
@@ -194,6 +197,22 @@ SYSRET_SS_WORKAROUND: Final[Sequence[Fact[bool]]] = (
     Fact(False, (2, 6, 0), (4, 1), "no workaround before 4.1"),
     Fact(True, (4, 1), None, "'x86_64, asm: Work around AMD SYSRET SS descriptor attribute issue' (4.1), set by init_amd()"),
 )
+
+# SYSENTER/SYSCALL entry of i386 kernels, which starts on the stack the
+# SYSENTER_ESP MSR names.
+I386_SYSCALL_ENTRY: Final = frozenset({
+    "entry_SYSENTER_32", "__begin_SYSENTER_singlestep_region", "ia32_sysenter_target",
+    "sysenter_entry", "sysenter_past_esp", "entry_INT80_32",
+})
+
+# x86_64 kernels before 2.6.11 used 3-level paging: user space ended at
+# 0x8000000000 (512 GiB) and the direct map started at PAGE_OFFSET
+# 0x10000000000, so their kernel stacks lie below 0x800000000000. Seen in a
+# real 2.6.9 log (tests/data/logs/2.6.9-*: "threadinfo 0000010014062000");
+# 4-level paging and PAGE_OFFSET 0xffff810000000000 came with 2.6.11
+# (include/asm-x86_64/page.h; the header value itself is unverified here).
+X86_64_EARLY_DIRECT_MAP: Final = (0x0000010000000000, 0x0000800000000000)
+X86_64_EARLY_LAYOUT_UNTIL: Final = (2, 6, 11)
 
 # i386 kernels put kernel space at PAGE_OFFSET (VMSPLIT_3G default): their
 # kernel stack addresses lie far below 0x800000000000 and must not be taken

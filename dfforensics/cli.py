@@ -1,0 +1,151 @@
+"""
+Command line
+------------
+
+``dfforensics log FILE...`` analyses console logs; ``dfforensics VMCORE
+VMLINUX`` analyses a dump. Errors in the input end in one line
+``dfforensics: error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+from typing import NoReturn, Optional, Sequence
+
+from dfforensics.render import FORMATS, render_many
+
+__all__ = ("main", "InputError")
+
+EXIT_OK = 0
+EXIT_INPUT_ERROR = 2
+# Console logs larger than this are not console logs.
+MAX_LOG_BYTES = 256 * 1024 * 1024
+
+
+class InputError(Exception):
+    """An input the tool cannot use; the message is shown to the user as is."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_INPUT_ERROR, f"dfforensics: error: {message}\n")
+
+
+def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=sorted(FORMATS), default="table",
+                        help="output format (default: table)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
+
+
+def _log_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dfforensics log",
+        description="Find double-fault reports in console logs (serial captures, dmesg, "
+                    "vmcore-dmesg.txt, mail pastes) and say whether they carry the marks of "
+                    "the hypervisor CPL-corruption signature. A log alone can only say "
+                    "'possible'; the dump proves it.",
+    )
+    parser.add_argument("files", nargs="+", metavar="FILE", help="console log ('-' for stdin)")
+    parser.add_argument("--environment", choices=("guest", "bare-metal"),
+                        help="what the machine was, when the log does not say "
+                             "(old kernels print no 'Hardware name:')")
+    _add_output_options(parser)
+    return parser
+
+
+def _vmcore_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dfforensics",
+        description="Does this Linux x86_64 guest crash match the hypervisor CPL-corruption "
+                    "double-fault signature? Proven from guest memory, with evidence. "
+                    "Other commands: 'dfforensics log FILE...'.",
+    )
+    parser.add_argument("vmcore", metavar="VMCORE", help="the crash dump (ELF or kdump-compressed; .gz/.xz/.zst)")
+    parser.add_argument("vmlinux", metavar="VMLINUX", help="the kernel's debug-info vmlinux (.gz/.xz/.zst)")
+    parser.add_argument("--module-debuginfo", action="append", default=[], metavar="PATH",
+                        help="debug info of a module (repeatable)")
+    _add_output_options(parser)
+    return parser
+
+
+def _read_text(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    if os.path.isdir(path):
+        raise InputError(f"{path}: is a directory, not a console log")
+    try:
+        with open(path, "rb") as file:
+            data = file.read(MAX_LOG_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as error:
+        raise InputError(f"{path}: cannot read: {error.strerror or error}") from None
+    if not data.strip():
+        raise InputError(f"{path}: empty file, not a console log")
+    if len(data) > MAX_LOG_BYTES:
+        raise InputError(f"{path}: larger than {MAX_LOG_BYTES >> 20} MiB, not a console log")
+    if _looks_binary(data):
+        raise InputError(f"{path}: binary data, not a console log"
+                         + (" (a dump? use: dfforensics VMCORE VMLINUX)" if data[:4] == b"\x7fELF"
+                            or data[:8] in (b"KDUMP   ", b"makedump") else ""))
+    return data.decode("utf-8", errors="replace")
+
+
+def _looks_binary(data: bytes) -> bool:
+    sample = data[:65536]
+    if b"\0" in sample:
+        return True
+    control = sum(1 for byte in sample if byte < 32 and byte not in b"\t\n\r\f\v\x1b")
+    return control > len(sample) // 100
+
+
+def _write(text: str, output: Optional[str]) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        with open(output, "w") as file:
+            file.write(text)
+    except OSError as error:
+        raise InputError(f"{output}: cannot write: {error.strerror or error}") from None
+
+
+def _run_log(argv: Sequence[str]) -> int:
+    from dfforensics.log_analysis import analyze_log_text
+
+    args = _log_parser().parse_args(argv)
+    reports = [analyze_log_text(_read_text(path), path, args.environment) for path in args.files]
+    _write(render_many(reports, args.format), args.output)
+    return EXIT_OK
+
+
+def _run_vmcore(argv: Sequence[str]) -> int:
+    args = _vmcore_parser().parse_args(argv)
+    try:
+        from dfforensics.vmcore import analyze_vmcore_files
+    except ImportError as error:  # pragma: no cover - only without drgn
+        raise InputError(f"the dump analysis needs drgn: {error}") from None
+    report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo)
+    _write(render_many([report], args.format), args.output)
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the command line; return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] == "log":
+            return _run_log(argv[1:])
+        return _run_vmcore(argv)
+    except InputError as error:
+        sys.stderr.write(f"dfforensics: error: {error}\n")
+        return EXIT_INPUT_ERROR
+    except KeyboardInterrupt:
+        sys.stderr.write("dfforensics: error: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
