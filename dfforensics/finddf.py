@@ -1,0 +1,228 @@
+"""
+Find the #DF
+------------
+
+Every double fault a dump holds, from three sources that must agree: the
+kernel log, the ``struct pt_regs`` the #DF entry saved at the top of each
+CPU's double-fault IST stack, and the crashed thread's stack trace through the
+#DF handler. After a panic the other CPUs leave the online mask, so every
+*possible* CPU is examined.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import drgn
+from drgn import Object, Program
+from drgn.helpers.linux.cpumask import for_each_possible_cpu
+from drgn.helpers.linux.percpu import per_cpu
+from drgn.helpers.linux.sched import cpu_curr
+
+from dfforensics import kernel_facts
+from dfforensics.consolelog import DfReport
+from dfforensics.frames import frame_problems
+from dfforensics.model import Registers
+
+__all__ = ("IstRegs", "FoundDf", "df_ist_index", "df_stack_top", "saved_df_regs", "find_double_faults")
+
+
+@dataclass
+class IstRegs:
+    """The interrupted context a #DF entry saved on a CPU's double-fault stack."""
+
+    cpu: int
+    address: int
+    regs: Registers
+    orig_ax: int
+
+
+@dataclass
+class FoundDf:
+    """One #DF with the sources that saw it."""
+
+    cpu: Optional[int]
+    task: Optional[Object]
+    regs: Registers
+    sources: list[str] = field(default_factory=list)
+    log_report: Optional[DfReport] = None
+    ist: Optional[IstRegs] = None
+    trace: list[str] = field(default_factory=list)
+    disagreements: list[str] = field(default_factory=list)
+
+
+def _version(prog: Program) -> Optional[kernel_facts.Version]:
+    try:
+        return kernel_facts.parse_release(prog["UTS_RELEASE"].string_().decode())
+    except (LookupError, drgn.FaultError):
+        return None
+
+
+def df_ist_index(prog: Program) -> int:
+    """Return the zero-based ``tss.ist[]`` index of the #DF stack.
+
+    Read from the IST field of IDT gate 8 (``idt_table``), which every kernel
+    since 2.6 fills (the field holds index + 1); falls back to
+    :data:`~dfforensics.kernel_facts.DF_IST_INDEX` when the IDT page is not in
+    the dump.
+    """
+    try:
+        gate = prog["idt_table"][8]
+        try:
+            ist = int(gate.bits.ist)  # 4.15+: struct gate_struct with .bits
+        except AttributeError:
+            ist = int(gate.ist)  # struct gate_struct64 of 2.6–4.14
+        if ist:
+            return ist - 1
+    except (LookupError, drgn.FaultError):
+        pass
+    return kernel_facts.candidates(kernel_facts.DF_IST_INDEX, _version(prog))[0]
+
+
+def _tss(prog: Program, cpu: int) -> Object:
+    for name in kernel_facts.candidates(kernel_facts.TSS_PERCPU_SYMBOL, _version(prog)):
+        try:
+            return per_cpu(prog[name], cpu)
+        except LookupError:
+            continue
+    raise LookupError("no per-CPU TSS variable (init_tss, cpu_tss, cpu_tss_rw) in the debug info")
+
+
+def df_stack_top(prog: Program, cpu: int) -> int:
+    """Return the top of a CPU's double-fault IST stack (from its TSS).
+
+    Supports the per-CPU TSS names of 2.6–4.0 (``init_tss``), 4.1–4.14
+    (``cpu_tss``) and 4.15+ (``cpu_tss_rw``).
+
+    :raises LookupError: if the kernel has none of those variables.
+    :raises drgn.FaultError: if the TSS is not in the dump.
+    """
+    return int(_tss(prog, cpu).x86_tss.ist[df_ist_index(prog)])
+
+
+def saved_df_regs(prog: Program, cpu: int) -> Optional[IstRegs]:
+    """Return the state a #DF saved on a CPU, or ``None`` if that CPU took none.
+
+    The #DF entry builds a full ``struct pt_regs`` at the top of the IST
+    stack; a CPU that never took a #DF has zeros there, which fail the frame
+    checks of :func:`dfforensics.frames.frame_problems`.
+    """
+    try:
+        top = df_stack_top(prog, cpu)
+    except (LookupError, drgn.FaultError):
+        return None
+    if not top:
+        return None
+    pt_regs_type = prog.type("struct pt_regs")
+    address = top - pt_regs_type.size
+    try:
+        regs = Object(prog, pt_regs_type, address=address).read_()
+        rip, cs, flags = int(regs.ip), int(regs.cs) & 0xFFFF, int(regs.flags)
+        sp, ss, orig_ax = int(regs.sp), int(regs.ss) & 0xFFFF, int(regs.orig_ax) & (2**64 - 1)
+    except drgn.FaultError:
+        return None
+    if frame_problems(rip, cs, flags, sp, ss):
+        return None
+    others = {("r" + name if name[0] != "r" else name): int(getattr(regs, name))
+              for name in ("ax", "bx", "cx", "dx", "si", "di", "bp", "r8", "r9", "r10", "r11",
+                           "r12", "r13", "r14", "r15")}
+    return IstRegs(cpu, address, Registers(rip=rip, cs=cs, rflags=flags, rsp=sp, ss=ss,
+                                           others=others), orig_ax)
+
+
+def _symbol_name(prog: Program, address: int) -> Optional[str]:
+    try:
+        symbol = prog.symbol(address)
+    except LookupError:
+        return None
+    return f"{symbol.name}+{address - symbol.address:#x}/{symbol.size:#x}"
+
+
+def _crashed_trace(prog: Program) -> tuple[Optional[Object], list[str]]:
+    try:
+        thread = prog.crashed_thread()
+        trace = thread.stack_trace()
+    except (ValueError, LookupError, drgn.FaultError):
+        return None, []
+    names = []
+    for frame in trace:
+        name = frame.name or _symbol_name(prog, frame.pc) or f"{frame.pc:#x}"
+        names.append(name)
+    return thread.object, names
+
+
+def _task_cpu(task: Object) -> Optional[int]:
+    try:
+        return int(task.thread_info.cpu)  # 5.16+: cpu lives in thread_info
+    except AttributeError:
+        try:
+            return int(task.cpu)
+        except (AttributeError, drgn.FaultError):
+            return None
+    except drgn.FaultError:
+        return None
+
+
+def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[FoundDf]:
+    """Find every #DF in a dump, and say which sources saw each.
+
+    :param log_reports: the #DF reports the core's log parser found in the
+        dump's own kernel log.
+    """
+    handlers = {fact.value for fact in kernel_facts.DF_HANDLER}
+    crashed_task, trace = _crashed_trace(prog)
+    trace_has_df = any(name.split("+")[0] in handlers for name in trace)
+    crashed_cpu = _task_cpu(crashed_task) if crashed_task is not None else None
+
+    found: dict[int, FoundDf] = {}
+    for cpu in for_each_possible_cpu(prog):
+        ist = saved_df_regs(prog, cpu)
+        if ist is None:
+            continue
+        try:
+            task = cpu_curr(prog, cpu)
+        except (LookupError, drgn.FaultError):
+            task = None
+        ist.regs.rip_symbol = _symbol_name(prog, ist.regs.rip)
+        found[cpu] = FoundDf(cpu, task, ist.regs, ["ist-pt_regs"], ist=ist)
+
+    unmatched_logs = []
+    for report in log_reports:
+        entry = found.get(report.cpu) if report.cpu is not None else None
+        if entry is None and len(found) == 1 and report.cpu is None:
+            entry = next(iter(found.values()))
+        if entry is None:
+            unmatched_logs.append(report)
+            continue
+        entry.sources.append("log")
+        entry.log_report = report
+        logged = report.regs
+        for name in ("rsp", "ss", "cs"):
+            ours, theirs = getattr(entry.regs, name), getattr(logged, name)
+            if theirs is not None and ours != theirs:
+                entry.disagreements.append(f"{name.upper()}: IST pt_regs {ours:#x}, log {theirs:#x}")
+        # CR2 and the error code are not in pt_regs; the log printed them.
+        entry.regs.cr2 = logged.cr2
+        entry.regs.error_code = logged.error_code
+    for report in unmatched_logs:
+        task = None
+        if report.cpu is not None:
+            try:
+                task = cpu_curr(prog, report.cpu)
+            except (LookupError, drgn.FaultError, IndexError):
+                task = None
+        found[report.cpu if report.cpu is not None else -1 - len(found)] = FoundDf(
+            report.cpu, task, report.regs, ["log"], log_report=report)
+
+    if trace_has_df:
+        entry = found.get(crashed_cpu) if crashed_cpu is not None else None
+        if entry is None and len(found) == 1:
+            entry = next(iter(found.values()))
+        if entry is not None:
+            entry.sources.append("stack-trace")
+            entry.trace = trace
+            if entry.task is None:
+                entry.task = crashed_task
+        else:
+            found[crashed_cpu if crashed_cpu is not None else -100] = FoundDf(
+                crashed_cpu, crashed_task, Registers(), ["stack-trace"], trace=trace)
+    return [found[key] for key in sorted(found)]

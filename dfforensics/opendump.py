@@ -1,0 +1,360 @@
+"""
+Open the dump
+-------------
+
+Turn the user's VMCORE and VMLINUX paths into a drgn :class:`~drgn.Program`:
+decompress ``.gz``/``.xz``/``.zst`` inputs into a cache once, read VMCOREINFO,
+rebuild it from VMLINUX when the dump has none (QEMU dumps of guests without
+``-device vmcoreinfo``), and check that VMLINUX belongs to the dump.
+
+Every failure is a :class:`DumpError` whose message is shown to the user as is.
+Input files are only ever opened for reading.
+"""
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Final, Optional, Sequence
+
+import drgn
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+__all__ = (
+    "DumpError",
+    "OpenedDump",
+    "decompressed",
+    "read_elf_vmcoreinfo",
+    "vmlinux_facts",
+    "open_dump",
+)
+
+# x86_64 kernel text mapping base: __START_KERNEL_map (all eras).
+_START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
+_MAX_DECOMPRESSED: Final = int(os.environ.get("DFFORENSICS_MAX_DECOMPRESSED", 64 << 30))
+_CHUNK: Final = 1 << 20
+
+
+class DumpError(Exception):
+    """An input the analysis cannot use; the message is for the user."""
+
+
+def _open_zstd(path: str) -> BinaryIO:
+    try:
+        import zstandard
+    except ImportError:
+        raise DumpError(f"{path}: zstd-compressed; install the 'zstandard' package") from None
+    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+
+
+_DECOMPRESSORS: Final[dict[bytes, tuple[str, Callable[[str], BinaryIO]]]] = {
+    b"\x1f\x8b": ("gzip", lambda p: gzip.open(p, "rb")),
+    b"\xfd7zXZ\x00": ("xz", lambda p: lzma.open(p, "rb")),
+    b"\x28\xb5\x2f\xfd": ("zstd", _open_zstd),
+    b"BZh": ("bzip2", lambda p: bz2.open(p, "rb")),
+}
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("DFFORENSICS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dfforensics")
+    os.makedirs(base, exist_ok=True)
+    return base
+
+
+def _compression(path: str) -> Optional[tuple[str, Callable[[str], BinaryIO]]]:
+    with open(path, "rb") as file:
+        magic = file.read(6)
+    for prefix, entry in _DECOMPRESSORS.items():
+        if magic.startswith(prefix):
+            return entry
+    return None
+
+
+def check_input_file(path: str, what: str) -> None:
+    """Raise :class:`DumpError` unless ``path`` is a readable, non-empty regular file."""
+    if not os.path.exists(path):
+        raise DumpError(f"{what} {path}: no such file")
+    if os.path.isdir(path):
+        raise DumpError(f"{what} {path}: is a directory")
+    try:
+        with open(path, "rb") as file:
+            if not file.read(1):
+                raise DumpError(f"{what} {path}: empty file")
+    except OSError as error:
+        raise DumpError(f"{what} {path}: cannot read: {error.strerror or error}") from None
+
+
+def decompressed(path: str, what: str) -> str:
+    """Return a path to the uncompressed contents of ``path``.
+
+    Uncompressed files are returned as they are. Compressed ones are
+    decompressed once into the cache (``$DFFORENSICS_CACHE`` or
+    ``~/.cache/dfforensics``), keyed by the input's identity, and at most
+    ``$DFFORENSICS_MAX_DECOMPRESSED`` bytes (64 GiB) are written.
+    """
+    check_input_file(path, what)
+    compression = _compression(path)
+    if compression is None:
+        return path
+    name, opener = compression
+    stat = os.stat(path)
+    key = hashlib.sha256(
+        f"{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode()
+    ).hexdigest()[:24]
+    cache = _cache_dir()
+    target = os.path.join(cache, f"{key}-{os.path.basename(path).rsplit('.', 1)[0]}")
+    if os.path.exists(target):
+        return target
+    fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
+    written = 0
+    try:
+        with os.fdopen(fd, "wb") as out, opener(path) as source:
+            while True:
+                chunk = source.read(_CHUNK)
+                if not chunk:
+                    break
+                written += len(chunk)
+                if written > _MAX_DECOMPRESSED:
+                    raise DumpError(f"{what} {path}: decompresses to more than "
+                                    f"{_MAX_DECOMPRESSED >> 30} GiB (DFFORENSICS_MAX_DECOMPRESSED)")
+                # Dumps are mostly zeros: keep the cached copy sparse.
+                if chunk.count(0) == len(chunk):
+                    out.seek(len(chunk), os.SEEK_CUR)
+                else:
+                    out.write(chunk)
+            out.truncate()
+        os.replace(partial, target)
+    except (OSError, EOFError, lzma.LZMAError, gzip.BadGzipFile, ValueError) as error:
+        raise DumpError(f"{what} {path}: corrupt {name} data: {error}") from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
+    """Return the VMCOREINFO note of an ELF core, or ``None`` (also for non-ELF files)."""
+    try:
+        with open(path, "rb") as file:
+            elf = ELFFile(file)
+            if elf.header.e_type != "ET_CORE":
+                return None
+            for segment in elf.iter_segments("PT_NOTE"):
+                for note in segment.iter_notes():
+                    if note.n_name == "VMCOREINFO":
+                        desc = note.n_desc
+                        return desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)
+    except (ELFError, OSError, ValueError, KeyError, AssertionError):
+        return None
+    return None
+
+
+@dataclass
+class VmlinuxFacts:
+    """What the debug vmlinux says about its kernel."""
+
+    build_id: Optional[str]
+    banner: Optional[bytes]
+    release: Optional[str]
+    symbols: dict[str, int] = field(default_factory=dict)
+
+
+def _read_symbol_bytes(elf: ELFFile, address: int, size: int) -> Optional[bytes]:
+    for section in elf.iter_sections():
+        start = section["sh_addr"]
+        if section["sh_type"] != "SHT_NOBITS" and start <= address < start + section["sh_size"]:
+            offset = address - start
+            return section.data()[offset:offset + size]
+    return None
+
+
+def vmlinux_facts(path: str) -> VmlinuxFacts:
+    """Read the build ID, ``linux_banner`` and a few symbols from a vmlinux with pyelftools.
+
+    :raises DumpError: if it is not an ELF kernel image with a symbol table.
+    """
+    try:
+        with open(path, "rb") as file:
+            elf = ELFFile(file)
+            if elf.header.e_type != "ET_EXEC" or elf.header.e_machine != "EM_X86_64":
+                raise DumpError(f"VMLINUX {path}: not an x86_64 kernel image "
+                                f"({elf.header.e_type}, {elf.header.e_machine})")
+            build_id = None
+            for section in elf.iter_sections():
+                if section["sh_type"] == "SHT_NOTE":
+                    for note in section.iter_notes():
+                        if note.n_type == "NT_GNU_BUILD_ID":
+                            build_id = note.n_desc
+            symtab = elf.get_section_by_name(".symtab")
+            if symtab is None:
+                raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux")
+            symbols = {}
+            for name in ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"):
+                found = symtab.get_symbol_by_name(name)
+                if found:
+                    symbols[name] = found[0]["st_value"]
+            banner = None
+            if "linux_banner" in symbols:
+                raw = _read_symbol_bytes(elf, symbols["linux_banner"], 512)
+                banner = raw.split(b"\0", 1)[0] if raw else None
+            if elf.get_section_by_name(".debug_info") is None:
+                raise DumpError(f"VMLINUX {path}: has no DWARF debug info (.debug_info); "
+                                "give the debug vmlinux (e.g. from the dbgsym/debuginfo package)")
+    except ELFError as error:
+        raise DumpError(f"VMLINUX {path}: not an ELF file ({error})") from None
+    except OSError as error:
+        raise DumpError(f"VMLINUX {path}: cannot read: {error.strerror or error}") from None
+    release = banner.split()[2].decode(errors="replace") if banner and len(banner.split()) > 2 else None
+    return VmlinuxFacts(build_id, banner, release, symbols)
+
+
+def _physical_reader(path: str) -> Callable[[int, int], Optional[bytes]]:
+    """Return a reader of guest-physical memory from an ELF core's PT_LOADs."""
+    with open(path, "rb") as file:
+        elf = ELFFile(file)
+        loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"]) for s in elf.iter_segments("PT_LOAD")]
+
+    def read(address: int, size: int) -> Optional[bytes]:
+        for start, length, offset in loads:
+            if start <= address and address + size <= start + length:
+                with open(path, "rb") as file:
+                    file.seek(offset + address - start)
+                    return file.read(size)
+        return None
+
+    return read
+
+
+def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
+    """Build the VMCOREINFO drgn needs from VMLINUX and guest memory.
+
+    Finds where the kernel sits in guest-physical memory by looking for
+    VMLINUX's own ``linux_banner`` at its physical address for each 2 MiB
+    aligned ``phys_base`` candidate (the kernel is loaded 2 MiB aligned).
+    Returns the note and a sentence saying how it was rebuilt.
+
+    Supports kernels booted without KASLR of the virtual text address
+    (``nokaslr``, or a physical-only relocation); see the no-VMCOREINFO issue
+    for the randomized case.
+    """
+    if not facts.banner or "linux_banner" not in facts.symbols or not facts.release:
+        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no linux_banner to rebuild it from")
+    pgd = facts.symbols.get("init_top_pgt") or facts.symbols.get("swapper_pg_dir")
+    if pgd is None:
+        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt")
+    try:
+        read = _physical_reader(vmcore)
+    except (ELFError, OSError) as error:
+        raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})") from None
+    banner_physical = facts.symbols["linux_banner"] - _START_KERNEL_MAP
+    for phys_base in range(0, 64 << 30, 2 << 20):
+        data = read(banner_physical + phys_base, len(facts.banner))
+        if data == facts.banner:
+            note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET=0\n"
+                    f"SYMBOL(swapper_pg_dir)={pgd:x}\nNUMBER(phys_base)={phys_base}\n"
+                    f"NUMBER(pgtable_l5_enabled)=0\n")
+            if facts.build_id:
+                note += f"BUILD-ID={facts.build_id}\n"
+            how = (f"the dump has no VMCOREINFO; rebuilt from VMLINUX: its linux_banner was found "
+                   f"in guest memory at physical {banner_physical + phys_base:#x} "
+                   f"(phys_base {phys_base:#x}, no virtual KASLR offset)")
+            return note.encode(), how
+        if data is None and phys_base > (4 << 30):
+            break
+    raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is not in guest memory "
+                    "at any unrandomized address: the kernel differs from VMLINUX, or it was booted "
+                    "with KASLR (rebuilding a randomized layout is not supported yet)")
+
+
+@dataclass
+class OpenedDump:
+    """A program ready for analysis, and what was done to open it."""
+
+    prog: drgn.Program
+    vmcore: str
+    vmlinux: str
+    vmcoreinfo_source: str
+    notes: list[str] = field(default_factory=list)
+
+
+def _parse_vmcoreinfo(data: bytes) -> dict[str, str]:
+    result = {}
+    for line in data.decode(errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            result[key] = value
+    return result
+
+
+def _check_match(prog: drgn.Program, facts: VmlinuxFacts, vmcoreinfo: Optional[dict[str, str]],
+                 vmcore: str, vmlinux: str) -> None:
+    if vmcoreinfo:
+        dump_id = vmcoreinfo.get("BUILD-ID")
+        if dump_id and facts.build_id and dump_id.lower() != facts.build_id.lower():
+            raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: build ID "
+                            f"{facts.build_id} != the dump's {dump_id}")
+        release = vmcoreinfo.get("OSRELEASE")
+        if release and facts.release and release != facts.release:
+            raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: kernel "
+                            f"{facts.release} != the dump's {release}")
+    if facts.banner:
+        try:
+            # drgn relocates the symbol by the dump's KASLR offset.
+            in_memory = prog.read(prog.symbol("linux_banner").address, len(facts.banner))
+        except (drgn.FaultError, LookupError):
+            return
+        if in_memory != facts.banner:
+            theirs = in_memory.split(b"\0")[0].decode(errors="replace")[:80]
+            ours = facts.banner.decode(errors="replace")[:80]
+            raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: its banner "
+                            f"'{ours}' is not the dump's '{theirs}'")
+
+
+def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -> OpenedDump:
+    """Open a guest crash dump with its debug info.
+
+    :raises DumpError: on unreadable, unrecognised or mismatched inputs.
+    """
+    vmcore_path = decompressed(vmcore, "VMCORE")
+    vmlinux_path = decompressed(vmlinux, "VMLINUX")
+    module_paths = [decompressed(path, "module debug info") for path in module_debuginfo]
+    facts = vmlinux_facts(vmlinux_path)
+    notes = []
+    vmcoreinfo = read_elf_vmcoreinfo(vmcore_path)
+    source = "the dump's VMCOREINFO note"
+    prog = drgn.Program()
+    try:
+        prog.set_core_dump(vmcore_path)
+    except ValueError as error:
+        if "vmcoreinfo" not in str(error).lower() and "QEMU" not in str(error):
+            raise DumpError(f"VMCORE {vmcore}: {error}") from None
+        vmcoreinfo, how = rebuild_vmcoreinfo(vmcore_path, facts)
+        source = "rebuilt from VMLINUX"
+        notes.append(how)
+        prog = drgn.Program(vmcoreinfo=vmcoreinfo)
+        try:
+            prog.set_core_dump(vmcore_path)
+        except (ValueError, OSError, drgn.FaultError) as again:
+            raise DumpError(f"VMCORE {vmcore}: {again}") from None
+    except OSError as error:
+        raise DumpError(f"VMCORE {vmcore}: {error.strerror or error}") from None
+    except drgn.FaultError as error:
+        raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})") from None
+    if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+        raise DumpError(f"VMCORE {vmcore}: not a Linux kernel dump (a user-space core?)")
+    try:
+        prog.load_debug_info([vmlinux_path, *module_paths])
+    except drgn.MissingDebugInfoError as error:
+        # Modules without debug info are fine: the analysis needs vmlinux.
+        if "kernel" in str(error).splitlines()[0] and "vmlinux" in str(error):
+            raise DumpError(f"VMLINUX {vmlinux}: {error}") from None
+    except (OSError, ValueError) as error:
+        raise DumpError(f"VMLINUX {vmlinux}: {error}") from None
+    _check_match(prog, facts, _parse_vmcoreinfo(vmcoreinfo) if vmcoreinfo else None, vmcore, vmlinux)
+    return OpenedDump(prog, vmcore_path, vmlinux_path, source, notes)

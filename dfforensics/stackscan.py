@@ -1,0 +1,149 @@
+"""
+Scan stacks for frames
+----------------------
+
+Read stack memory from the dump and hand it to the pure frame scanner. User
+memory is read through the task's page tables, page by page, never as a raw
+virtual read: in QEMU's ELF dumps a low user address would otherwise read
+physical memory. Pages that are not present (or were left out of the dump)
+are counted, never guessed.
+"""
+
+from dataclasses import dataclass, field
+from typing import Callable, Final, Optional
+
+import drgn
+from drgn import Object, Program
+from drgn.helpers.linux.mm import access_process_vm, vma_find, vma_name
+
+from dfforensics import kernel_facts, x86
+from dfforensics.frames import scan_frames
+from dfforensics.model import Frame
+
+__all__ = ("StackRead", "orig_ax_encoding", "read_user_range", "scan_user_range",
+           "scan_kernel_range", "symbolizer")
+
+PAGE: Final = 4096
+#: At most this much of one user stack mapping is read (around the RSP).
+USER_SCAN_LIMIT: Final = 8 << 20
+
+
+@dataclass
+class StackRead:
+    """What was read of one stack region and what it held."""
+
+    start: int
+    end: int
+    name: str
+    pages_present: int = 0
+    pages_missing: int = 0
+    frames: list[Frame] = field(default_factory=list)
+    #: The bytes read, by page address (present pages only).
+    pages: dict[int, bytes] = field(default_factory=dict)
+
+    def word(self, address: int) -> Optional[int]:
+        page = self.pages.get(address & ~(PAGE - 1))
+        if page is None:
+            return None
+        offset = address & (PAGE - 1)
+        return int.from_bytes(page[offset:offset + 8], "little")
+
+
+def orig_ax_encoding(prog: Program) -> Optional[str]:
+    """The orig_ax encoding of the dump's kernel era (see kernel_facts.ORIG_AX_ENCODING)."""
+    try:
+        release = prog["UTS_RELEASE"].string_().decode()
+    except (LookupError, drgn.FaultError):
+        return None
+    facts = kernel_facts.facts_for(kernel_facts.ORIG_AX_ENCODING, kernel_facts.parse_release(release))
+    return facts[0].value if len(facts) == 1 else None
+
+
+def bounded_window(start: int, end: int, around: int, limit: int = USER_SCAN_LIMIT) -> tuple[int, int]:
+    """Clip [start, end) to at most ``limit`` bytes centred on ``around``, page aligned."""
+    if end - start <= limit:
+        return start, end
+    low = max(start, (around - limit // 2) & ~(PAGE - 1))
+    return low, min(end, low + limit)
+
+
+def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
+    """Read the present pages of a user range through the task's page tables."""
+    result = StackRead(start, end, name)
+    for page in range(start & ~(PAGE - 1), end, PAGE):
+        try:
+            result.pages[page] = access_process_vm(task, page, PAGE)
+            result.pages_present += 1
+        except drgn.FaultError:
+            result.pages_missing += 1
+    return result
+
+
+def _scan_pages(read: StackRead, stack: str, encoding: Optional[str]) -> None:
+    run_start, run = None, bytearray()
+    for page in sorted(read.pages) + [None]:
+        if page is not None and run_start is not None and page == run_start + len(run):
+            run += read.pages[page]
+            continue
+        if run_start is not None:
+            read.frames.extend(scan_frames(bytes(run), run_start, stack, encoding))
+        if page is not None:
+            run_start, run = page, bytearray(read.pages[page])
+
+
+def scan_user_range(task: Object, start: int, end: int, name: str, encoding: Optional[str]) -> StackRead:
+    """Read a user stack range and find the frames in it."""
+    read = read_user_range(task, start, end, name)
+    _scan_pages(read, "user", encoding)
+    return read
+
+
+def scan_kernel_range(prog: Program, start: int, end: int, name: str, encoding: Optional[str]) -> StackRead:
+    """Read a kernel stack range and find the frames in it."""
+    read = StackRead(start, end, name)
+    for page in range(start & ~(PAGE - 1), end, PAGE):
+        try:
+            read.pages[page] = prog.read(page, PAGE)
+            read.pages_present += 1
+        except drgn.FaultError:
+            read.pages_missing += 1
+    _scan_pages(read, "kernel", encoding)
+    return read
+
+
+def symbolizer(prog: Program, task: Optional[Object]) -> Callable[[int], Optional[str]]:
+    """Return a function naming an address: kernel symbol+offset, or user mapping+offset."""
+    mm = None
+    if task is not None:
+        try:
+            mm = task.mm if task.mm else None
+        except drgn.FaultError:
+            mm = None
+
+    def name(address: int) -> Optional[str]:
+        if x86.is_kernel_address(address):
+            try:
+                symbol = prog.symbol(address)
+            except LookupError:
+                return None
+            text = f"{symbol.name}+{address - symbol.address:#x}"
+            try:
+                module = prog.module(address)
+                if module.name != "kernel":
+                    text += f" [{module.name}]"
+            except (LookupError, AttributeError):
+                pass
+            return text
+        if mm is None or not x86.is_plausible_user_pointer(address):
+            return None
+        try:
+            vma = vma_find(mm, address)
+            if not vma:
+                return None
+            label = vma_name(vma).decode(errors="replace") or "anon"
+            offset = address - int(vma.vm_start) + int(vma.vm_pgoff) * PAGE
+        except (drgn.FaultError, LookupError):
+            return None
+        return f"{label}+{offset:#x}"
+
+    return name

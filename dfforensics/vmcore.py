@@ -1,0 +1,240 @@
+"""
+Dump analysis
+-------------
+
+The pipeline for a dump, in order: open it (:mod:`~dfforensics.opendump`),
+find each #DF (:mod:`~dfforensics.finddf`), classify its saved RSP
+(:mod:`~dfforensics.rspregion`), scan the stacks for frames
+(:mod:`~dfforensics.stackscan`), weigh the evidence
+(:mod:`~dfforensics.verdict`), and fill the one result model that every
+output renders from. :func:`analyze` is the entry point for a drgn
+:class:`~drgn.Program` (the drgn commands use it too).
+"""
+
+from typing import Any, Optional, Sequence
+
+import drgn
+from drgn import Object, Program
+from drgn.helpers.linux.mm import vma_find
+
+from dfforensics import x86
+from dfforensics.annotate import annotate
+from dfforensics.consolelog import parse_log
+from dfforensics.context import guest_context
+from dfforensics.finddf import FoundDf, find_double_faults
+from dfforensics.log_analysis import strongest
+from dfforensics.model import DoubleFault, Frame, Report, RspRegion
+from dfforensics.opendump import DumpError, open_dump
+from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
+from dfforensics.stackscan import (
+    StackRead, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
+)
+from dfforensics.verdict import Observation, decide, decide_no_double_fault
+
+__all__ = ("analyze", "analyze_vmcore_files")
+
+_ANNOTATE_BELOW = 0x40
+_ANNOTATE_ABOVE = 0x100
+
+
+def _dmesg(prog: Program) -> str:
+    try:
+        from drgn.helpers.linux.printk import get_dmesg
+        return get_dmesg(prog).decode(errors="replace")
+    except (LookupError, drgn.FaultError, ValueError):
+        return ""
+
+
+def _task_identity(task: Optional[Object]) -> tuple[Optional[int], Optional[int], Optional[str]]:
+    if task is None:
+        return None, None, None
+    try:
+        return int(task.tgid), int(task.pid), task.comm.string_().decode(errors="replace")
+    except drgn.FaultError:
+        return None, None, None
+
+
+def _user_stack_ranges(task: Object, region: Optional[RspRegion], rsp: Optional[int],
+                       all_threads: bool) -> list[tuple[int, int, str, int]]:
+    """The user stack mappings to scan: (start, end, name, around)."""
+    ranges = []
+    if region is not None and region.start is not None and x86.is_user_address(region.start):
+        ranges.append((region.start, region.end, region.name or region.kind, rsp))
+    if all_threads:
+        try:
+            mm = task.mm
+            for tid, sp in sorted(thread_user_stack_pointers(task).items()):
+                vma = vma_find(mm, sp)
+                if vma and all(int(vma.vm_start) != start for start, _, _, _ in ranges):
+                    ranges.append((int(vma.vm_start), int(vma.vm_end), f"stack of thread {tid}", sp))
+        except drgn.FaultError:
+            pass
+    return ranges
+
+
+def _scan(prog: Program, found: FoundDf, region: Optional[RspRegion],
+          encoding: Optional[str]) -> tuple[list[StackRead], list[StackRead]]:
+    task, regs = found.task, found.regs
+    user_reads: list[StackRead] = []
+    kernel_reads: list[StackRead] = []
+    if task is None:
+        return user_reads, kernel_reads
+    own = _user_stack_ranges(task, region, regs.rsp, all_threads=False)
+    for start, end, name, around in own:
+        low, high = bounded_window(start, end, around or start)
+        user_reads.append(scan_user_range(task, low, high, name, encoding))
+    kernel_rsp = regs.rsp is not None and x86.is_kernel_address(regs.rsp)
+    nothing_yet = not any(f.consistent for read in user_reads for f in read.frames)
+    if nothing_yet or kernel_rsp:
+        for start, end, name, around in _user_stack_ranges(task, None, None, all_threads=True):
+            if any(read.start <= around < read.end for read in user_reads):
+                continue
+            low, high = bounded_window(start, end, around)
+            user_reads.append(scan_user_range(task, low, high, name, encoding))
+    if kernel_rsp or (regs.cs == x86.KERNEL_CS and regs.ss not in x86.HEALTHY_KERNEL_SS):
+        for start, end, kind, name in kernel_stack_ranges(task, found.cpu, prog):
+            if kind == "kernel-task-stack":
+                kernel_reads.append(scan_kernel_range(prog, start, end, name, encoding))
+    return user_reads, kernel_reads
+
+
+def _evidence_frames(user_reads: list[StackRead], kernel_reads: list[StackRead]) -> list[Frame]:
+    frames = [f for read in user_reads for f in read.frames if f.consistent or f.impossible_ss]
+    frames += [f for read in kernel_reads for f in read.frames if f.impossible_ss]
+    return frames
+
+
+def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
+    if not reads:
+        return "no user stack mapping to read"
+    present = sum(read.pages_present for read in reads)
+    missing = sum(read.pages_missing for read in reads)
+    if present == 0:
+        return (f"none of the {missing} page(s) of the user stack is in the dump: not present, "
+                "swapped out, or excluded (makedumpfile dump levels with bit 8 drop user pages)")
+    if missing:
+        return f"{missing} of {present + missing} user stack page(s) not present"
+    return None
+
+
+def _annotated(found: FoundDf, user_reads: list[StackRead], frames: list[Frame], name) -> list:
+    words: dict[int, Optional[int]] = {}
+    regs = found.regs
+    centres = [f.address for f in frames if f.stack == "user"][:8]
+    if regs.rsp is not None and x86.is_user_address(regs.rsp):
+        centres.insert(0, regs.rsp & ~7)
+    for centre in centres:
+        for read in user_reads:
+            if not read.start <= centre <= read.end:
+                continue
+            for address in range(max(read.start, centre - _ANNOTATE_BELOW),
+                                 min(read.end, centre + _ANNOTATE_ABOVE), 8):
+                words[address] = read.word(address)
+    marks = {}
+    if regs.rsp is not None:
+        marks[regs.rsp & ~7] = "<- RSP saved at the #DF"
+        marks.setdefault(x86.first_push_slot(regs.rsp), "first push slot below that RSP"
+                         + (" = CR2" if regs.cr2 == x86.first_push_slot(regs.rsp) else ""))
+    return annotate(words, [f for f in frames if f.stack == "user"], name, marks)
+
+
+def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: list[str]):
+    regs = found.regs
+    pid, tid, comm = _task_identity(found.task)
+    region = classify_rsp(prog, found.task, found.cpu, regs.rsp) if regs.rsp is not None else None
+    user_reads, kernel_reads = _scan(prog, found, region, encoding)
+    frames = _evidence_frames(user_reads, kernel_reads)
+    name = symbolizer(prog, found.task)
+    for frame in frames:
+        frame.rip_symbol = name(frame.rip)
+    report = found.log_report
+    guard = (report is not None and report.kind == "stack-overflow") or any(
+        "handle_stack_overflow" in entry for entry in found.trace)
+    kernel_pointers = []
+    if found.task is not None:
+        try:
+            kernel_pointers = [found.task.value_(), int(found.task.stack)]
+        except drgn.FaultError:
+            pass
+    kernel_pointers += [v for v in regs.others.values() if x86.is_kernel_address(v)]
+    problem = _user_stack_problem(user_reads)
+    decision = decide(Observation(
+        source="memory", regs=regs, release=kernel.release, environment=kernel.environment,
+        hypervisor=kernel.hypervisor, guard_page_hit=guard, kernel_pointers=kernel_pointers,
+        rsp_region=region, frames=frames,
+        user_stack_read=any(read.pages_present for read in user_reads), user_stack_problem=problem,
+    ))
+    for read in user_reads:
+        if read.pages_missing:
+            warnings.append(f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} of "
+                            f"{read.pages_present + read.pages_missing} page(s) not in the dump "
+                            "(not present or excluded)")
+    warnings.extend(f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements)
+    df = DoubleFault(
+        verdict=decision.verdict, df_class=decision.df_class, summary=decision.summary, regs=regs,
+        cpu=found.cpu, pid=pid, tid=tid, comm=comm, rsp_region=region, sources=found.sources,
+        header=report.header if report else None, log_line=report.line if report else None,
+        call_trace=found.trace or (report.call_trace if report else []), evidence=decision.evidence,
+    )
+    return df, frames, _annotated(found, user_reads, frames, name)
+
+
+def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
+    """Analyse a Linux x86_64 crash dump (or live kernel) for the CPL-corruption signature.
+
+    Supports x86_64 kernels from 3.x on (per-CPU TSS names and IST layouts of
+    every era, see :mod:`dfforensics.kernel_facts`).
+
+    :param source: what to record as the input (path, vmlinux, ...).
+    :return: the report: verdict, double faults, frames, evidence.
+    """
+    source = dict(source or {"kind": "program"})
+    kernel = guest_context(prog)
+    log = parse_log(_dmesg(prog))
+    if kernel.environment == "unknown" and log.environment != "unknown":
+        kernel.environment, kernel.hypervisor = log.environment, log.hypervisor
+    kernel.hardware_name = log.hardware_name
+    encoding = orig_ax_encoding(prog)
+    warnings: list[str] = list(source.pop("notes", []))
+    found_all = find_double_faults(prog, log.reports)
+    if not found_all:
+        what = log.other_crash[1] if log.other_crash else ""
+        if not what:
+            try:
+                from drgn.helpers.linux.panic import panic_message
+                message = panic_message(prog)
+                what = message.decode(errors="replace") if message else ""
+            except (LookupError, drgn.FaultError):
+                what = ""
+        decision = decide_no_double_fault("dump", what or "no panic message")
+        return Report(source, decision.verdict, None, decision.summary, kernel,
+                      evidence=decision.evidence, warnings=warnings)
+    double_faults, frames, words = [], [], []
+    for found in found_all:
+        df, df_frames, df_words = _double_fault(prog, found, kernel, encoding, warnings)
+        double_faults.append(df)
+        frames.extend(f for f in df_frames if all(f.address != g.address for g in frames))
+        if not words:
+            words = df_words
+    chosen = strongest(double_faults)
+    return Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel, double_faults,
+                  frames, chosen.evidence, warnings, words)
+
+
+def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -> Report:
+    """Open a dump with its debug info and analyse it.
+
+    :raises dfforensics.cli.InputError: on unusable inputs (one line for the user).
+    """
+    from dfforensics.cli import InputError
+
+    try:
+        opened = open_dump(vmcore, vmlinux, module_debuginfo)
+        source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux,
+                  "vmcoreinfo": opened.vmcoreinfo_source, "notes": opened.notes}
+        return analyze(opened.prog, source)
+    except DumpError as error:
+        raise InputError(str(error)) from None
+    except drgn.FaultError as error:
+        raise InputError(f"VMCORE {vmcore}: memory the analysis needs is missing or corrupt "
+                         f"({error})") from None
