@@ -1,0 +1,80 @@
+"""End to end on every real vmcore in fixtures/: no mock of drgn or of the kernel.
+
+Each fixture's expected.json was written by the fixtures builder from what it
+did to the guest (see fixtures/README.md), never from dfforensics' output.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+SCENARIOS = sorted(p.parent for p in FIXTURES.glob("*/expected.json"))
+
+
+def _dump(directory: Path) -> Path:
+    (dump,) = [p for p in directory.iterdir() if p.name.startswith("vmcore")]
+    return dump
+
+
+def _expected(directory: Path) -> dict:
+    return json.loads((directory / "expected.json").read_text())
+
+
+def _run(directory: Path, *extra: str) -> subprocess.CompletedProcess:
+    expected = _expected(directory)
+    args = [sys.executable, "-m", "dfforensics.cli", str(_dump(directory)),
+            str(directory / expected["vmlinux"])]
+    for module in expected.get("module_debuginfo", []):
+        args += ["--module-debuginfo", str(directory / module)]
+    return subprocess.run(args + list(extra), capture_output=True, text=True, timeout=900)
+
+
+def _hex(value):
+    return None if value is None else int(value, 16)
+
+
+def test_there_are_fixtures():
+    assert SCENARIOS, "fixtures/ holds no scenario with an expected.json"
+
+
+@pytest.mark.parametrize("directory", SCENARIOS, ids=[p.name for p in SCENARIOS])
+def test_verdict_task_and_frames_match_what_the_builder_did(directory):
+    expected = _expected(directory)
+    result = _run(directory, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["verdict"] == expected["verdict"], report["summary"]
+    assert report["df_class"] == expected["df_class"], report["summary"]
+    assert report["kernel"]["release"] == expected["kernel_release"]
+    if expected["verdict"] == "no-double-fault":
+        assert report["double_faults"] == []
+        return
+    deciding = [df for df in report["double_faults"] if df["verdict"] == report["verdict"]]
+    df = deciding[0]
+    assert df["cpu"] == expected["cpu"]
+    assert (df["pid"], df["tid"], df["comm"]) == (expected["pid"], expected["tid"], expected["comm"])
+    assert "ist-pt_regs" in df["sources"] and "log" in df["sources"]
+    for name in ("rip", "cs", "rsp", "ss"):
+        assert df["regs"][name] == _hex(expected["regs"][name]), name
+    found = {frame["address"]: frame for frame in report["frames"]}
+    for frame in expected["frames"]:
+        got = found.get(_hex(frame["address"]))
+        assert got is not None, f"frame at {frame['address']} not found"
+        for name in ("rip", "cs", "rflags", "rsp", "ss"):
+            assert got[name] == _hex(frame[name]), (frame["address"], name)
+        assert got["consistent"] or got["impossible_ss"]
+
+
+@pytest.mark.parametrize("directory", SCENARIOS, ids=[p.name for p in SCENARIOS])
+def test_table_output_shows_verdict_and_annotated_stack(directory):
+    expected = _expected(directory)
+    result = _run(directory)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"verdict: {expected['verdict']}")
+    if expected["frames"]:
+        assert "== Annotated stack ==" in result.stdout
+        assert "RSP (points just above this frame: no stack switch)" in result.stdout
