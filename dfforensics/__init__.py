@@ -1,0 +1,21 @@
+"""
+dfforensics: double-fault forensics for Linux x86_64 guest crash dumps.
+
+``from dfforensics import analyze, scan_frames`` gives the Python API (it
+needs drgn); the pure modules (frames, consolelog, verdict, model, render)
+import nothing from drgn.
+"""
+
+from typing import Any
+
+__all__ = ("analyze", "scan_frames")
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded lazily so that the pure modules work without drgn.
+    if name in __all__:
+        from dfforensics import api
+
+        return getattr(api, name)
+    raise AttributeError(name)

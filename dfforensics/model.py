@@ -222,6 +222,11 @@ class Report:
     annotated_words: list[AnnotatedWord] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
+    def __str__(self) -> str:
+        from dfforensics.render import render_table
+
+        return render_table(self)
+
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, enum.Enum):

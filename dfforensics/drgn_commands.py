@@ -1,0 +1,131 @@
+"""
+drgn commands
+-------------
+
+Loaded by drgn through the ``drgn.plugins`` entry point: in ``drgn -c VMCORE
+-s VMLINUX`` the commands ``%doublefault`` (the whole analysis, the same code
+path as the ``dfforensics`` command) and ``%dfframes`` (a frame search on any
+stack, which drgn's ``bt`` lacks) exist.
+"""
+
+import argparse
+from typing import Any
+
+import drgn
+from drgn import Program
+from drgn.commands import CommandError, argument, command, mutually_exclusive_group
+from drgn.helpers.linux.mm import vma_find
+from drgn.helpers.linux.pid import find_task
+from drgn.helpers.linux.sched import cpu_curr
+from tabulate import tabulate
+
+from dfforensics import api
+from dfforensics.render import FORMATS, render
+from dfforensics.rspregion import kernel_stack_ranges, user_stack_pointer
+from dfforensics.stackscan import USER_SCAN_LIMIT, bounded_window
+
+__all__ = ("drgn_prog_set",)
+
+
+def drgn_prog_set(prog: Program) -> None:
+    """drgn plugin hook: importing this module registered the commands."""
+
+
+def _is_kernel(prog: Program) -> bool:
+    return bool(prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL)
+
+
+@command(
+    description="is this crash the hypervisor's CPL-corruption double fault?",
+    long_description="Find every double fault in the program, recover the registers the CPU "
+                     "saved, classify the saved RSP, scan the stacks for frames pushed without "
+                     "a stack switch, and give the verdict with its evidence. The same analysis "
+                     "as the 'dfforensics VMCORE VMLINUX' command.",
+    arguments=(
+        argument("--format", choices=sorted(FORMATS), default="table", help="output format"),
+    ),
+    enabled=_is_kernel,
+)
+def _cmd_doublefault(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    report = api.analyze(prog, {"kind": "program", "path": "drgn session"})
+    print(render(report, args.format), end="")
+    return report
+
+
+def _frame_rows(frames):
+    return [[f"{f.address:016x}", f.stack, f.kind, "-" if f.vector is None else f"{f.vector:#04x}",
+             f"{f.rip:016x}", f.rip_symbol or "", f"{f.cs:#04x}", f"{f.rflags:#x}",
+             f"{f.rsp:016x}", f"{f.ss:#04x}", "yes" if f.consistent else "no"] for f in frames]
+
+
+_HEADERS = ["address", "stack", "kind", "vector", "RIP", "symbol", "CS", "RFLAGS", "RSP", "SS",
+            "consistent"]
+
+
+def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
+    ranges = []
+    if want_user and task.mm:
+        sp = user_stack_pointer(task)
+        vma = vma_find(task.mm, sp) if sp is not None else None
+        if vma:
+            low, high = bounded_window(int(vma.vm_start), int(vma.vm_end), sp)
+            ranges.append((low, high, task))
+    if want_kernel:
+        for start, end, kind, _ in kernel_stack_ranges(task, None, prog):
+            if kind == "kernel-task-stack":
+                ranges.append((start, end, task))
+    return ranges
+
+
+@command(
+    description="search a stack for interrupt and exception frames",
+    long_description="Like crash's 'bt -e', on user stacks too: a task's user stack (around its "
+                     "saved user RSP), its kernel stack, a CPU's IRQ and exception (IST) stacks, "
+                     "or any address range. Frames on user stacks are shown when they are "
+                     "self-consistent (pushed without a stack switch) unless --all is given.",
+    arguments=(
+        argument("address", nargs="?", type="hexadecimal", help="start of a range to search"),
+        argument("length", nargs="?", type="hexadecimal", default=0x1000,
+                 help="length of the range (default 0x1000)"),
+        mutually_exclusive_group(
+            argument("-p", "--pid", type=int, help="a task's stacks (user range: its address space)"),
+            argument("-c", "--cpu", type=int, help="a CPU's IRQ and exception stacks"),
+        ),
+        mutually_exclusive_group(
+            argument("--user", action="store_true", help="only user stacks"),
+            argument("--kernel", action="store_true", help="only kernel stacks"),
+        ),
+        argument("--all", action="store_true", help="also frames whose saved RSP is elsewhere"),
+    ),
+    enabled=_is_kernel,
+)
+def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    task = None
+    if args.pid is not None:
+        task = find_task(prog, args.pid)
+        if not task:
+            raise CommandError(f"no task with PID {args.pid}")
+    want_user, want_kernel = not args.kernel, not args.user
+    if args.address is not None:
+        if args.length > USER_SCAN_LIMIT:
+            raise CommandError(f"length is limited to {USER_SCAN_LIMIT:#x}")
+        ranges = [(args.address, args.address + args.length, task)]
+    elif task is not None:
+        ranges = _task_ranges(prog, task, want_user, want_kernel)
+    elif args.cpu is not None:
+        current = cpu_curr(prog, args.cpu)
+        ranges = [(start, end, current) for start, end, kind, _ in
+                  kernel_stack_ranges(current, args.cpu, prog) if kind in ("irq-stack", "exception-stack")]
+    else:
+        raise CommandError("give an ADDRESS, -p PID or -c CPU")
+    frames = []
+    for start, end, owner in ranges:
+        try:
+            frames.extend(api.scan_frames(prog, start, end, task=owner, include_inconsistent=args.all))
+        except ValueError as error:
+            raise CommandError(f"{error}: add -p PID") from None
+    if frames:
+        print(tabulate(_frame_rows(frames), headers=_HEADERS))
+    else:
+        print("no frames found in " + ", ".join(f"{s:#x}-{e:#x}" for s, e, _ in ranges))
+    return frames
