@@ -1,0 +1,114 @@
+"""The guest crash fixtures in fixtures/ agree with fixtures/MANIFEST.json.
+
+No drgn needed: checks hashes, sizes and the fields of every expected.json."""
+import hashlib
+import json
+import os
+import re
+
+import pytest
+
+FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
+MANIFEST = os.path.join(FIX, "MANIFEST.json")
+HEX = re.compile(r"^0x[0-9a-f]+$")
+VERDICTS = {"match", "possible", "no-match", "no-double-fault"}
+FORMATS = {"elf", "kdump-compressed", "flattened"}
+REQUIRED = {"scenario", "format", "kernel_release", "verdict", "df_class", "cpu", "pid", "tid",
+            "comm", "regs", "frames", "vmlinux", "module_debuginfo", "qemu", "notes"}
+FRAME_KEYS = {"address", "rip", "cs", "rflags", "rsp", "ss", "orig_ax", "stack"}
+REG_KEYS = {"rip", "cs", "rflags", "rsp", "ss", "cr2"}
+
+pytestmark = pytest.mark.skipif(not os.path.exists(MANIFEST), reason="no fixtures/MANIFEST.json")
+
+
+def manifest():
+    with open(MANIFEST) as f:
+        return json.load(f)
+
+
+def scenario_dirs():
+    if not os.path.isdir(FIX):
+        return []
+    return sorted(d for d in os.listdir(FIX)
+                  if os.path.isfile(os.path.join(FIX, d, "expected.json")))
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for b in iter(lambda: f.read(1 << 20), b""):
+            h.update(b)
+    return h.hexdigest()
+
+
+def test_manifest_top_level():
+    m = manifest()
+    for key in ("qemu", "gcc", "kernels", "scenarios", "artifacts"):
+        assert key in m
+    for name, k in m["kernels"].items():
+        cfg = os.path.join(FIX, k["config"])
+        assert os.path.isfile(cfg), name
+        assert sha256(cfg) == k["config_sha256"], name
+        assert k["kernel_release"], name
+
+
+@pytest.mark.parametrize("rel", sorted(manifest()["artifacts"]) if os.path.exists(MANIFEST) else [])
+def test_artifact_hash(rel):
+    a = manifest()["artifacts"][rel]
+    p = os.path.join(FIX, rel)
+    assert os.path.isfile(p), rel
+    assert os.path.getsize(p) == a["size"], rel
+    assert sha256(p) == a["sha256"], rel
+
+
+def test_every_artifact_listed():
+    listed = set(manifest()["artifacts"])
+    for dp, dns, fns in os.walk(FIX):
+        rel = os.path.relpath(dp, FIX)
+        if rel.split(os.sep)[0] == "build":
+            dns[:] = []
+            continue
+        for fn in fns:
+            r = os.path.relpath(os.path.join(dp, fn), FIX)
+            if r in ("MANIFEST.json", "README.md"):
+                continue
+            assert r in listed, f"{r} is not in MANIFEST.json"
+
+
+def test_scenarios_listed():
+    assert manifest()["scenarios"] == scenario_dirs()
+
+
+@pytest.mark.parametrize("name", scenario_dirs())
+def test_scenario_dir(name):
+    d = os.path.join(FIX, name)
+    with open(os.path.join(d, "expected.json")) as f:
+        e = json.load(f)
+    assert REQUIRED <= set(e), REQUIRED - set(e)
+    assert e["scenario"] == name
+    assert e["format"] in FORMATS
+    assert any(fn.startswith("vmcore") for fn in os.listdir(d))
+    assert os.path.isfile(os.path.join(d, "console.log"))
+    assert e["verdict"] in VERDICTS
+    if e["verdict"] in ("match", "possible"):
+        assert e["df_class"] == "cpl-corruption"
+    elif e["verdict"] == "no-match":
+        assert e["df_class"] and e["df_class"] != "cpl-corruption"
+    else:
+        assert e["df_class"] is None
+    for k in ("cpu", "pid", "tid"):
+        assert isinstance(e[k], int) and not isinstance(e[k], bool), k
+    assert isinstance(e["comm"], str) and e["comm"]
+    assert set(e["regs"]) == REG_KEYS
+    for k, v in e["regs"].items():
+        assert v is None or HEX.match(v), (k, v)
+    assert isinstance(e["frames"], list)
+    for fr in e["frames"]:
+        assert set(fr) == FRAME_KEYS, fr
+        assert fr["stack"] in ("user", "kernel")
+        for k in FRAME_KEYS - {"stack"}:
+            assert HEX.match(fr[k]), (k, fr[k])
+    for p in [e["vmlinux"]] + list(e["module_debuginfo"]):
+        assert os.path.isfile(os.path.normpath(os.path.join(d, p))), p
+    assert isinstance(e["kernel_release"], str) and e["kernel_release"]
+    assert isinstance(e["notes"], str) and e["notes"]
