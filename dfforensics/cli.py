@@ -12,18 +12,15 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
+from dfforensics.errors import InputError
 from dfforensics.render import FORMATS, render_many
 
-__all__ = ("main", "InputError")
+__all__ = ("main",)
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
 # Console logs larger than this are not console logs.
 MAX_LOG_BYTES = 256 * 1024 * 1024
-
-
-class InputError(Exception):
-    """An input the tool cannot use; the message is shown to the user as is."""
 
 
 class _Parser(argparse.ArgumentParser):

@@ -25,6 +25,8 @@ import drgn
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from dfforensics.errors import InputError
+
 __all__ = (
     "DumpError",
     "OpenedDump",
@@ -40,8 +42,8 @@ _MAX_DECOMPRESSED: Final = int(os.environ.get("DFFORENSICS_MAX_DECOMPRESSED", 64
 _CHUNK: Final = 1 << 20
 
 
-class DumpError(Exception):
-    """An input the analysis cannot use; the message is for the user."""
+class DumpError(InputError):
+    """A dump or debug-info file the analysis cannot use."""
 
 
 def _open_zstd(path: str) -> BinaryIO:
@@ -78,8 +80,12 @@ def _compression(path: str) -> Optional[tuple[str, Callable[[str], BinaryIO]]]:
 
 def check_input_file(path: str, what: str) -> None:
     """Raise :class:`DumpError` unless ``path`` is a readable, non-empty regular file."""
-    if not os.path.exists(path):
-        raise DumpError(f"{what} {path}: no such file")
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        raise DumpError(f"{what} {path}: no such file") from None
+    except OSError as error:
+        raise DumpError(f"{what} {path}: cannot read: {error.strerror or error}") from None
     if os.path.isdir(path):
         raise DumpError(f"{what} {path}: is a directory")
     try:
@@ -324,16 +330,19 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
     vmcore_path = decompressed(vmcore, "VMCORE")
     vmlinux_path = decompressed(vmlinux, "VMLINUX")
     module_paths = [decompressed(path, "module debug info") for path in module_debuginfo]
-    facts = vmlinux_facts(vmlinux_path)
     notes = []
     vmcoreinfo = read_elf_vmcoreinfo(vmcore_path)
     source = "the dump's VMCOREINFO note"
+    facts = None
     prog = drgn.Program()
+    # The dump is identified before VMLINUX is read, so that a bad dump is
+    # the error the user sees.
     try:
         prog.set_core_dump(vmcore_path)
     except ValueError as error:
         if "vmcoreinfo" not in str(error).lower() and "QEMU" not in str(error):
             raise DumpError(f"VMCORE {vmcore}: {error}") from None
+        facts = vmlinux_facts(vmlinux_path)
         vmcoreinfo, how = rebuild_vmcoreinfo(vmcore_path, facts)
         source = "rebuilt from VMLINUX"
         notes.append(how)
@@ -348,6 +357,8 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
         raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore}: not a Linux kernel dump (a user-space core?)")
+    if facts is None:
+        facts = vmlinux_facts(vmlinux_path)
     try:
         prog.load_debug_info([vmlinux_path, *module_paths])
     except drgn.MissingDebugInfoError as error:

@@ -24,7 +24,8 @@ from dfforensics.context import guest_context
 from dfforensics.finddf import FoundDf, find_double_faults
 from dfforensics.log_analysis import strongest
 from dfforensics.model import DoubleFault, Frame, Report, RspRegion
-from dfforensics.opendump import DumpError, open_dump
+from dfforensics.errors import InputError
+from dfforensics.opendump import open_dump
 from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
 from dfforensics.stackscan import (
     StackRead, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
@@ -224,17 +225,13 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
 def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -> Report:
     """Open a dump with its debug info and analyse it.
 
-    :raises dfforensics.cli.InputError: on unusable inputs (one line for the user).
+    :raises InputError: on unusable inputs (one line for the user).
     """
-    from dfforensics.cli import InputError
-
+    opened = open_dump(vmcore, vmlinux, module_debuginfo)
+    source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux,
+              "vmcoreinfo": opened.vmcoreinfo_source, "notes": opened.notes}
     try:
-        opened = open_dump(vmcore, vmlinux, module_debuginfo)
-        source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux,
-                  "vmcoreinfo": opened.vmcoreinfo_source, "notes": opened.notes}
         return analyze(opened.prog, source)
-    except DumpError as error:
-        raise InputError(str(error)) from None
     except drgn.FaultError as error:
         raise InputError(f"VMCORE {vmcore}: memory the analysis needs is missing or corrupt "
                          f"({error})") from None
