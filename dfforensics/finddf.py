@@ -48,6 +48,8 @@ class FoundDf:
     ist: Optional[IstRegs] = None
     trace: list[str] = field(default_factory=list)
     disagreements: list[str] = field(default_factory=list)
+    #: Where CR2 came from (the log, or the #DF handler's stack frame).
+    cr2_source: Optional[str] = None
 
 
 def _version(prog: Program) -> Optional[kernel_facts.Version]:
@@ -137,17 +139,30 @@ def _symbol_name(prog: Program, address: int) -> Optional[str]:
     return f"{symbol.name}+{address - symbol.address:#x}/{symbol.size:#x}"
 
 
-def _crashed_trace(prog: Program) -> tuple[Optional[Object], list[str]]:
+def _handler_cr2(frame: drgn.StackFrame) -> Optional[int]:
+    for local in {fact.value for fact in kernel_facts.DF_CR2_LOCAL}:
+        try:
+            return int(frame[local])
+        except (KeyError, LookupError, drgn.FaultError, drgn.ObjectAbsentError, TypeError):
+            continue
+    return None
+
+
+def _crashed_trace(prog: Program) -> tuple[Optional[Object], list[str], Optional[int]]:
+    """The crashed thread, its trace's function names, and CR2 as the #DF handler read it."""
     try:
         thread = prog.crashed_thread()
         trace = thread.stack_trace()
     except (ValueError, LookupError, drgn.FaultError):
-        return None, []
-    names = []
+        return None, [], None
+    handlers = {fact.value for fact in kernel_facts.DF_HANDLER}
+    names, cr2 = [], None
     for frame in trace:
         name = frame.name or _symbol_name(prog, frame.pc) or f"{frame.pc:#x}"
         names.append(name)
-    return thread.object, names
+        if frame.name in handlers and cr2 is None:
+            cr2 = _handler_cr2(frame)
+    return thread.object, names, cr2
 
 
 def _task_cpu(task: Object) -> Optional[int]:
@@ -169,7 +184,7 @@ def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[Found
         dump's own kernel log.
     """
     handlers = {fact.value for fact in kernel_facts.DF_HANDLER}
-    crashed_task, trace = _crashed_trace(prog)
+    crashed_task, trace, handler_cr2 = _crashed_trace(prog)
     trace_has_df = any(name.split("+")[0] in handlers for name in trace)
     crashed_cpu = _task_cpu(crashed_task) if crashed_task is not None else None
 
@@ -203,6 +218,8 @@ def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[Found
         # CR2 and the error code are not in pt_regs; the log printed them.
         entry.regs.cr2 = logged.cr2
         entry.regs.error_code = logged.error_code
+        if logged.cr2 is not None:
+            entry.cr2_source = "the dump's kernel log"
     for report in unmatched_logs:
         task = None
         if report.cpu is not None:
@@ -220,6 +237,9 @@ def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[Found
         if entry is not None:
             entry.sources.append("stack-trace")
             entry.trace = trace
+            if entry.regs.cr2 is None and handler_cr2 is not None:
+                entry.regs.cr2 = handler_cr2
+                entry.cr2_source = "the #DF handler's read of CR2 (its stack frame)"
             if entry.task is None:
                 entry.task = crashed_task
         else:

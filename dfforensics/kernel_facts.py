@@ -27,6 +27,7 @@ __all__ = (
     "DF_IST_INDEX",
     "DF_HANDLER",
     "DF_ENTRY_STUB",
+    "DF_CR2_LOCAL",
     "IRQ_STACK_PERCPU",
     "SYSCALL_ENTRY_WINDOW",
     "SYSRET_SS_WORKAROUND",
@@ -153,6 +154,13 @@ DF_HANDLER: Final[Sequence[Fact[str]]] = (
 DF_ENTRY_STUB: Final[Sequence[Fact[str]]] = (
     Fact("double_fault", (2, 6, 0), (5, 8), "entry_64.S paranoidzeroentry_ist/idtentry double_fault"),
     Fact("asm_exc_double_fault", (5, 8), None, "idtentry.h DECLARE_IDTENTRY_DF"),
+)
+
+# The local of the #DF handler that holds CR2 as read at the #DF: the
+# faulting address when the CPU's own push faulted.
+DF_CR2_LOCAL: Final[Sequence[Fact[str]]] = (
+    Fact("cr2", (5, 5), (5, 8), "do_double_fault(regs, error_code, cr2) (5.5–5.7)"),
+    Fact("address", (5, 8), None, "exc_double_fault: 'unsigned long address = read_cr2();' (seen on 6.1)"),
 )
 
 # Where the per-CPU hard IRQ stack pointer lives (drgn's stack.py probes the same).

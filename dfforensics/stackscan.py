@@ -141,7 +141,9 @@ def symbolizer(prog: Program, task: Optional[Object]) -> Callable[[int], Optiona
             if not vma:
                 return None
             label = vma_name(vma).decode(errors="replace") or "anon"
-            offset = address - int(vma.vm_start) + int(vma.vm_pgoff) * PAGE
+            offset = address - int(vma.vm_start)
+            if vma.vm_file:  # file offset; anonymous vm_pgoff is not an offset
+                offset += int(vma.vm_pgoff) * PAGE
         except (drgn.FaultError, LookupError):
             return None
         return f"{label}+{offset:#x}"

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import drgn
 from drgn import Object, Program
-from drgn.helpers.linux.mm import vma_find
+from drgn.helpers.linux.mm import access_process_vm, vma_find
 
 from dfforensics import x86
 from dfforensics.annotate import annotate
@@ -23,7 +23,7 @@ from dfforensics.consolelog import parse_log
 from dfforensics.context import guest_context
 from dfforensics.finddf import FoundDf, find_double_faults
 from dfforensics.log_analysis import strongest
-from dfforensics.model import DoubleFault, Frame, Report, RspRegion
+from dfforensics.model import DoubleFault, Evidence, Frame, Report, RspRegion, Status
 from dfforensics.errors import InputError
 from dfforensics.opendump import open_dump
 from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
@@ -34,8 +34,9 @@ from dfforensics.verdict import Observation, decide, decide_no_double_fault
 
 __all__ = ("analyze", "analyze_vmcore_files")
 
-_ANNOTATE_BELOW = 0x40
-_ANNOTATE_ABOVE = 0x100
+# Words shown around the saved RSP and around each frame.
+_RSP_WINDOW = (0x20, 0x40)
+_FRAME_WINDOW = (0x10, 0x40)
 
 
 def _dmesg(prog: Program) -> str:
@@ -118,18 +119,34 @@ def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
     return None
 
 
+def _push_slot_page_status(found: FoundDf) -> Optional[Evidence]:
+    """Whether the page of the CPU's first push slot below a user RSP is present."""
+    rsp = found.regs.rsp
+    if found.task is None or rsp is None or not x86.is_plausible_user_pointer(rsp):
+        return None
+    slot = x86.first_push_slot(rsp)
+    try:
+        access_process_vm(found.task, slot, 8)
+    except drgn.FaultError:
+        return Evidence("push-slot-page-not-present", Status.PASS,
+                        f"the page of the first push slot {slot:#x} is not present in the task's "
+                        "page tables: a push there faults, as the #DF's did")
+    return Evidence("push-slot-page-not-present", Status.FAIL,
+                    f"the page of the first push slot {slot:#x} is present: a push there would "
+                    "not have faulted (unless it was mapped after the #DF)")
+
+
 def _annotated(found: FoundDf, user_reads: list[StackRead], frames: list[Frame], name) -> list:
     words: dict[int, Optional[int]] = {}
     regs = found.regs
-    centres = [f.address for f in frames if f.stack == "user"][:8]
+    centres = [(f.address, _FRAME_WINDOW) for f in frames if f.stack == "user"][:8]
     if regs.rsp is not None and x86.is_user_address(regs.rsp):
-        centres.insert(0, regs.rsp & ~7)
-    for centre in centres:
+        centres.insert(0, (regs.rsp & ~7, _RSP_WINDOW))
+    for centre, (below, above) in centres:
         for read in user_reads:
             if not read.start <= centre <= read.end:
                 continue
-            for address in range(max(read.start, centre - _ANNOTATE_BELOW),
-                                 min(read.end, centre + _ANNOTATE_ABOVE), 8):
+            for address in range(max(read.start, centre - below), min(read.end, centre + above), 8):
                 words[address] = read.word(address)
     marks = {}
     if regs.rsp is not None:
@@ -171,6 +188,12 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
                             f"{read.pages_present + read.pages_missing} page(s) not in the dump "
                             "(not present or excluded)")
     warnings.extend(f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements)
+    push_page = _push_slot_page_status(found)
+    if push_page is not None:
+        decision.evidence.append(push_page)
+    if found.cr2_source:
+        decision.evidence.append(Evidence("cr2-source", Status.PASS if regs.cr2 is not None
+                                          else Status.UNKNOWN, f"CR2 from {found.cr2_source}"))
     df = DoubleFault(
         verdict=decision.verdict, df_class=decision.df_class, summary=decision.summary, regs=regs,
         cpu=found.cpu, pid=pid, tid=tid, comm=comm, rsp_region=region, sources=found.sources,
