@@ -53,6 +53,9 @@ def scan_frames(
         read = scan_kernel_range(prog, start, end, "kernel range", encoding)
     name = symbolizer(prog, task)
     for frame in read.frames:
+        # Whole pages are read; only frames inside the asked range count.
+        if not start <= frame.address < end:
+            continue
         if frame.stack == "user" and not (frame.consistent or frame.impossible_ss or include_inconsistent):
             continue
         frame.rip_symbol = name(frame.rip)
