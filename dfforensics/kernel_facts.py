@@ -229,7 +229,7 @@ I386_PAGE_OFFSET: Final = 0xC0000000
 
 HYPERVISOR_FIXES: Final = (
     "KVM: 'KVM: SVM: do not zero out segment attributes if segment is unusable or not present' "
-    "(Roman Pen, 2017; upstream 4.15, stable e.g. 4.4.132)",
+    "(Roman Pen, 2017; stable backports e.g. 4.4.132)",
     "QEMU: 'i386/kvm: do not zero out segment flags if segment is unusable or not present' "
-    "(Roman Pen, 2017)",
+    "(Roman Pen, 2017; title unverified, the fix is in current QEMU's get_seg())",
 )

@@ -14,7 +14,7 @@ from dfforensics.consolelog import DfReport, LogFacts, parse_log
 from dfforensics.frames import scan_frames, words_to_bytes
 from dfforensics.model import DoubleFault, Frame, KernelInfo, Report, Verdict
 from dfforensics.textdump import parse_word_dumps
-from dfforensics.verdict import Decision, Observation, decide, decide_no_double_fault
+from dfforensics.verdict import Decision, Observation, decide, decide_no_double_fault, explain
 
 __all__ = ("analyze_log_text", "strongest")
 
@@ -108,4 +108,5 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
         warnings.append("a console log can show the signature but not prove it: analyse the "
                         "vmcore with `dfforensics VMCORE VMLINUX` for a proof")
     return Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel,
-                  double_faults, frames, chosen.evidence, warnings)
+                  double_faults, frames, chosen.evidence, warnings,
+                  explanation=explain(chosen.df_class, kernel.release, None))

@@ -220,6 +220,8 @@ class Report:
     evidence: list[Evidence] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     annotated_words: list[AnnotatedWord] = field(default_factory=list)
+    #: For the signature: what it means and where the hypervisor side was fixed.
+    explanation: list[str] = field(default_factory=list)
     schema_version: int = SCHEMA_VERSION
 
     def __str__(self) -> str:

@@ -117,6 +117,8 @@ def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
         rows = [[e.check, _STATUS_MARK[e.status], e.detail] for e in report.evidence]
         sections.append(("Evidence", tabulate(rows, headers=["check", "status", "detail"],
                                               tablefmt=tablefmt, maxcolwidths=[None, None, 90])))
+    if report.explanation:
+        sections.append(("What this means", "\n".join(f"- {line}" for line in report.explanation)))
     if report.warnings:
         sections.append(("Warnings", "\n".join(f"- {w}" for w in report.warnings)))
     return sections

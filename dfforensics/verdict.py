@@ -25,7 +25,7 @@ from typing import Final, Optional, Sequence
 from dfforensics import kernel_facts, x86
 from dfforensics.model import DfClass, Evidence, Frame, Registers, RspRegion, Status, Verdict
 
-__all__ = ("Observation", "Decision", "decide", "decide_no_double_fault")
+__all__ = ("Observation", "Decision", "decide", "decide_no_double_fault", "explain")
 
 # Kernel pointers in a register dump whose low 32 bits lie this close to a
 # small RSP betray a kernel stack pointer truncated to 32 bits.
@@ -332,3 +332,31 @@ def decide(obs: Observation) -> Decision:
     return Decision(Verdict.NO_MATCH, DfClass.OTHER,
                     f"a #DF on the kernel stack {rsp:#x} with healthy segment state: "
                     "no mark of the signature", evidence)
+
+
+def explain(df_class: Optional[DfClass], release: Optional[str], cpu_vendor: Optional[str]) -> list[str]:
+    """What a CPL-corruption verdict means, for the report's reader."""
+    if df_class is not DfClass.CPL_CORRUPTION:
+        return []
+    lines = [
+        "The CPU delivered an interrupt or exception while the guest's CPL was 0 but its "
+        "segment state (and often its code) was the user's: no stack switch happened, so the "
+        "CPU pushed its frame onto the user stack. A guest cannot do this to itself; the "
+        "hypervisor set CPL 0 while the guest ran user code.",
+        "Known cause (KVM on AMD/SVM): KVM took the guest CPL from SS.DPL, and an SS marked "
+        "unusable (P clear, as AMD CPUs leave it after SYSRET with a NULL SS) was written back "
+        "by QEMU with its attributes zeroed, so DPL 0 and CPL 0.",
+        "Fixed on the hypervisor side by both halves: " + "; ".join(kernel_facts.HYPERVISOR_FIXES)
+        + ". Check the host's KVM and QEMU versions; CVE-2017-2583 (MOV SS, NULL emulation) is "
+        "the same class.",
+    ]
+    version = kernel_facts.parse_release(release) if release else None
+    workaround = kernel_facts.facts_for(kernel_facts.SYSRET_SS_WORKAROUND, version)
+    if version is not None and workaround and not workaround[0].value:
+        lines.append(f"This guest kernel ({release}) predates the AMD SYSRET SS workaround (4.1), so "
+                     "it returns to user mode with SS unusable on AMD CPUs: the state the "
+                     "hypervisor mishandled.")
+    if cpu_vendor and "AMD" not in cpu_vendor.upper():
+        lines.append(f"The guest's CPU vendor is {cpu_vendor}: the known KVM cause is specific to "
+                     "AMD (SVM); look at the hypervisor's handling of CPL and SS for this vendor.")
+    return lines

@@ -30,7 +30,7 @@ from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user
 from dfforensics.stackscan import (
     StackRead, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
 )
-from dfforensics.verdict import Observation, decide, decide_no_double_fault
+from dfforensics.verdict import Observation, decide, decide_no_double_fault, explain
 
 __all__ = ("analyze", "analyze_vmcore_files")
 
@@ -242,7 +242,8 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
             words = df_words
     chosen = strongest(double_faults)
     return Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel, double_faults,
-                  frames, chosen.evidence, warnings, words)
+                  frames, chosen.evidence, warnings, words,
+                  explain(chosen.df_class, kernel.release, kernel.cpu_vendor))
 
 
 def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -> Report:
