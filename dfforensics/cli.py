@@ -55,7 +55,7 @@ def _vmcore_parser() -> argparse.ArgumentParser:
         prog="dfforensics",
         description="Does this Linux x86_64 guest crash match the hypervisor CPL-corruption "
                     "double-fault signature? Proven from guest memory, with evidence. "
-                    "Other commands: 'dfforensics log FILE...'.",
+                    "Other commands: 'dfforensics log FILE...', 'dfforensics triage PATH...'.",
     )
     parser.add_argument("vmcore", metavar="VMCORE", help="the crash dump (ELF or kdump-compressed; .gz/.xz/.zst)")
     parser.add_argument("vmlinux", metavar="VMLINUX", help="the kernel's debug-info vmlinux (.gz/.xz/.zst)")
@@ -63,6 +63,66 @@ def _vmcore_parser() -> argparse.ArgumentParser:
                         help="debug info of a module (repeatable)")
     _add_output_options(parser)
     return parser
+
+
+def _triage_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dfforensics triage",
+        description="Triage crash archives: find every dump (by content: ELF, kdump-compressed, "
+                    "flattened, compressed) and console log under PATHs, analyse each in its own "
+                    "worker, and stream one row per dump. The archive is only read.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel workers")
+    parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE")
+    parser.add_argument("--debuginfo-dir", action="append", default=[], metavar="DIR",
+                        help="a tree holding debug vmlinux files (repeatable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip dumps already in FILE (same path, size and mtime)")
+    parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                        help="per-dump time limit (default 600)")
+    parser.add_argument("--memory-limit", type=int, default=8192, metavar="MIB",
+                        help="per-worker address-space cap in MiB (default 8192)")
+    return parser
+
+
+def _run_triage(argv: Sequence[str]) -> int:
+    from dfforensics import triage
+
+    args = _triage_parser().parse_args(argv)
+    if args.jobs < 1:
+        raise InputError("--jobs must be at least 1")
+    if args.resume and (not args.output or args.format == "table"):
+        raise InputError("--resume needs -o FILE with --format jsonl or csv")
+    for path in args.paths + args.debuginfo_dir:
+        if not os.path.exists(path):
+            raise InputError(f"{path}: no such file or directory")
+    done = triage.load_done(args.output) if args.resume else set()
+    new_file = not (args.resume and args.output and os.path.exists(args.output)
+                    and os.path.getsize(args.output))
+    stream = open(args.output, "a" if args.resume else "w", newline="") if args.output else sys.stdout
+    if args.resume and not new_file and not _ends_with_newline(args.output):
+        stream.write("\n")  # an interrupted run may have left half a line
+    try:
+        rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
+                                 args.timeout, args.memory_limit << 20, done, new_file)
+        if args.format == "table":
+            stream.write(triage.rows_table(rows))
+    except OSError as error:
+        raise InputError(f"{args.output or 'stdout'}: cannot write: {error.strerror or error}") from None
+    finally:
+        if stream is not sys.stdout:
+            stream.close()
+    summary = triage.summary_text(rows)
+    (sys.stdout if args.output or args.format == "table" else sys.stderr).write("\n" + summary)
+    return EXIT_OK
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as file:
+        file.seek(-1, os.SEEK_END)
+        return file.read(1) == b"\n"
 
 
 def _read_text(path: str) -> str:
@@ -133,6 +193,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv and argv[0] == "log":
             return _run_log(argv[1:])
+        if argv and argv[0] == "triage":
+            return _run_triage(argv[1:])
         return _run_vmcore(argv)
     except InputError as error:
         sys.stderr.write(f"dfforensics: error: {error}\n")

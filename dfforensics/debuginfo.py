@@ -1,0 +1,108 @@
+"""
+Find debug info for a dump
+--------------------------
+
+Read a dump's kernel release and build ID (VMCOREINFO of an ELF core, or the
+kdump-compressed header) and find the matching debug vmlinux in the usual
+layouts of debug-info trees. No drgn: pyelftools and the headers only.
+"""
+
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import Final, Iterable, Optional
+
+from dfforensics.opendump import decompressed, read_elf_vmcoreinfo, vmlinux_facts
+from dfforensics.errors import InputError
+
+__all__ = ("DumpIdentity", "dump_kernel_identity", "find_vmlinux")
+
+_COMPRESSED_SUFFIXES: Final = ("", ".xz", ".gz", ".zst")
+# struct disk_dump_header (makedumpfile diskdump_mod.h): signature[8],
+# header_version, then struct new_utsname (6 x 65 bytes: sysname, nodename,
+# release, ...).
+_KDUMP_RELEASE_OFFSET: Final = 8 + 4 + 2 * 65
+_MAX_SCAN_FILES: Final = 20000
+
+
+@dataclass
+class DumpIdentity:
+    release: Optional[str]
+    build_id: Optional[str]
+
+
+def _parse_vmcoreinfo(data: bytes) -> DumpIdentity:
+    text = data.decode(errors="replace")
+    release = re.search(r"^OSRELEASE=(.+)$", text, re.M)
+    build_id = re.search(r"^BUILD-ID=([0-9a-fA-F]+)$", text, re.M)
+    return DumpIdentity(release.group(1).strip() if release else None,
+                        build_id.group(1).lower() if build_id else None)
+
+
+def dump_kernel_identity(path: str, kind: str) -> DumpIdentity:
+    """Return the kernel release and build ID a dump says it is from (None when unknown)."""
+    if kind == "elf-core":
+        data = read_elf_vmcoreinfo(path)
+        return _parse_vmcoreinfo(data) if data else DumpIdentity(None, None)
+    if kind == "kdump-compressed":
+        with open(path, "rb") as file:
+            head = file.read(4096)
+        release = head[_KDUMP_RELEASE_OFFSET:_KDUMP_RELEASE_OFFSET + 65].split(b"\0")[0]
+        return DumpIdentity(release.decode(errors="replace") or None, None)
+    return DumpIdentity(None, None)
+
+
+def _standard_candidates(directory: str, identity: DumpIdentity) -> Iterable[str]:
+    if identity.build_id and len(identity.build_id) > 2:
+        head, rest = identity.build_id[:2], identity.build_id[2:]
+        for base in ("usr/lib/debug/.build-id", ".build-id"):
+            yield os.path.join(directory, base, head, rest + ".debug")
+    if identity.release:
+        release = identity.release
+        for relative in (f"usr/lib/debug/boot/vmlinux-{release}",
+                         f"usr/lib/debug/lib/modules/{release}/vmlinux",
+                         f"boot/vmlinux-{release}", f"lib/modules/{release}/vmlinux",
+                         f"vmlinux-{release}", f"{release}/vmlinux"):
+            yield os.path.join(directory, relative)
+
+
+def _matches(path: str, identity: DumpIdentity) -> bool:
+    try:
+        facts = vmlinux_facts(decompressed(path, "VMLINUX"))
+    except InputError:
+        return False
+    if identity.build_id and facts.build_id:
+        return facts.build_id.lower() == identity.build_id
+    return bool(identity.release) and facts.release == identity.release
+
+
+def find_vmlinux(identity: DumpIdentity, directories: Iterable[str]) -> Optional[str]:
+    """Find the debug vmlinux of a dump's kernel in debug-info trees.
+
+    Tries the standard layouts first (``usr/lib/debug/boot/vmlinux-<release>``,
+    ``usr/lib/debug/lib/modules/<release>/vmlinux``, ``.build-id/xx/rest.debug``,
+    each also ``.xz``/``.gz``/``.zst``), then any file named ``vmlinux*``
+    below the trees whose build ID (or release) matches.
+    """
+    directories = list(directories)
+    if not identity.release and not identity.build_id:
+        return None
+    for directory in directories:
+        for candidate in _standard_candidates(directory, identity):
+            for suffix in _COMPRESSED_SUFFIXES:
+                if os.path.isfile(candidate + suffix) and _matches(candidate + suffix, identity):
+                    return candidate + suffix
+    scanned = 0
+    for directory in directories:
+        for root, dirs, files in os.walk(directory):
+            dirs.sort()
+            for name in sorted(files):
+                scanned += 1
+                if scanned > _MAX_SCAN_FILES:
+                    return None
+                if name.startswith("vmlinux") or name.endswith(".debug"):
+                    path = os.path.join(root, name)
+                    if _matches(path, identity):
+                        return path
+    return None

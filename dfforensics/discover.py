@@ -1,0 +1,192 @@
+"""
+Discover dumps in an archive
+----------------------------
+
+Walk paths and recognise crash dumps by content, not by name: ELF cores,
+makedumpfile's kdump-compressed format, the makedumpfile *flattened* stream,
+and any of them compressed with gzip, xz, zstd or bzip2. Pair each dump with
+its console log (kdump's ``vmcore-dmesg.txt``, Ubuntu's ``dmesg.<ts>`` beside
+``dump.<ts>``); a console log without a dump is a log-only case. Files are only
+ever opened for reading. No drgn.
+"""
+
+import bz2
+import gzip
+import hashlib
+import lzma
+import os
+import re
+import struct
+from dataclasses import dataclass
+from typing import Final, Iterable, Iterator, Optional
+
+__all__ = ("Item", "sniff", "discover", "dump_identity")
+
+_SNIFF_BYTES: Final = 4096
+_LOG_NAME_RE: Final = re.compile(r"^(?:vmcore-dmesg\.txt|dmesg(?:\.\d+)?(?:\.txt)?|console(?:\.txt)?|.*\.log)$")
+_KERNEL_LINE_RE: Final = re.compile(rb"\[\s*\d+\.\d+\]|Linux version|Call Trace:|RIP: |<\d>")
+
+
+@dataclass
+class Item:
+    """One thing to analyse: a dump (with its log, if any) or a lone console log."""
+
+    path: str
+    #: elf-core, kdump-compressed, flattened, log, or incomplete.
+    kind: str
+    compression: Optional[str]
+    size: int
+    mtime: float
+    log: Optional[str] = None
+    #: Path of an earlier item with the same content, if any.
+    duplicate_of: Optional[str] = None
+
+    @property
+    def key(self) -> tuple[str, int, float]:
+        """What --resume matches on: path, size and mtime."""
+        return (self.path, self.size, self.mtime)
+
+
+def _head(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(_SNIFF_BYTES)
+
+
+def _decompressed_head(path: str, head: bytes) -> tuple[Optional[str], bytes]:
+    openers = (
+        (b"\x1f\x8b", "gzip", gzip.open),
+        (b"\xfd7zXZ\x00", "xz", lzma.open),
+        (b"BZh", "bzip2", bz2.open),
+    )
+    for magic, name, opener in openers:
+        if head.startswith(magic):
+            try:
+                with opener(path, "rb") as stream:
+                    return name, stream.read(_SNIFF_BYTES)
+            except (OSError, EOFError, lzma.LZMAError, ValueError):
+                return name, b""
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        try:
+            import zstandard
+            with zstandard.ZstdDecompressor().stream_reader(open(path, "rb")) as stream:
+                return "zstd", stream.read(_SNIFF_BYTES)
+        except ImportError:
+            return "zstd", b""
+        except Exception:  # zstandard raises its own ZstdError
+            return "zstd", b""
+    return None, head
+
+
+def _kind_of(head: bytes) -> Optional[str]:
+    if head[:4] == b"\x7fELF" and len(head) >= 18:
+        e_type = struct.unpack_from("<H", head, 16)[0]
+        return "elf-core" if e_type == 4 else None
+    if head[:8] in (b"KDUMP   ", b"DISKDUMP"):
+        return "kdump-compressed"
+    if head.startswith(b"makedumpfile"):
+        return "flattened"
+    return None
+
+
+def sniff(path: str) -> tuple[Optional[str], Optional[str]]:
+    """Return (kind, compression) of a file by its content, or (None, None)."""
+    try:
+        head = _head(path)
+    except OSError:
+        return None, None
+    compression, inner = _decompressed_head(path, head)
+    kind = _kind_of(inner)
+    if kind is None and compression is not None and not inner:
+        # A compressed file we could not open: let the analysis report why.
+        return "unreadable-compressed", compression
+    return kind, compression
+
+
+def _looks_like_log(path: str) -> bool:
+    if not _LOG_NAME_RE.match(os.path.basename(path)):
+        return False
+    try:
+        head = _head(path)
+    except OSError:
+        return False
+    return b"\0" not in head and bool(_KERNEL_LINE_RE.search(head))
+
+
+def _walk(paths: Iterable[str]) -> Iterator[str]:
+    for path in paths:
+        if os.path.isdir(path):
+            for root, dirs, files in os.walk(path):
+                dirs.sort()
+                for name in sorted(files):
+                    yield os.path.join(root, name)
+        else:
+            yield path
+
+
+def _paired_log(path: str) -> Optional[str]:
+    directory, name = os.path.split(path)
+    candidates = [os.path.join(directory, "vmcore-dmesg.txt")]
+    # A serial console.log belongs to a dump only in a one-dump directory
+    # layout (<dir>/vmcore*), not beside a pile of loose dumps.
+    if name.startswith("vmcore"):
+        candidates.append(os.path.join(directory, "console.log"))
+    match = re.match(r"^dump\.(\d+)", name)
+    if match:
+        candidates.insert(0, os.path.join(directory, f"dmesg.{match.group(1)}"))
+    return next((c for c in candidates if os.path.isfile(c)), None)
+
+
+def dump_identity(path: str) -> str:
+    """A cheap content identity (size + hash of the first and last MiB) to spot duplicates."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as file:
+        digest.update(file.read(1 << 20))
+        if size > 2 << 20:
+            file.seek(-(1 << 20), os.SEEK_END)
+            digest.update(file.read(1 << 20))
+    return digest.hexdigest()
+
+
+def discover(paths: Iterable[str]) -> list[Item]:
+    """Find the dumps and lone console logs under the given paths.
+
+    Every file that is neither is left out; a kdump ``vmcore-incomplete``
+    (kdump was still writing when it stopped) is an item of kind
+    ``incomplete``, so that it is reported, never skipped silently.
+    """
+    items: list[Item] = []
+    logs: list[str] = []
+    seen_real: set[str] = set()
+    identities: dict[str, str] = {}
+    for path in _walk(paths):
+        real = os.path.realpath(path)
+        if real in seen_real or not os.path.isfile(path):
+            continue
+        seen_real.add(real)
+        try:
+            stat = os.stat(path)
+        except OSError:
+            continue
+        kind, compression = sniff(path)
+        if os.path.basename(path) == "vmcore-incomplete":
+            kind = "incomplete"
+        if kind is None:
+            if _looks_like_log(path):
+                logs.append(path)
+            continue
+        item = Item(path, kind, compression, stat.st_size, stat.st_mtime, _paired_log(path))
+        if kind != "incomplete":
+            identity = dump_identity(path)
+            first = identities.get(identity)
+            if first is None:
+                identities[identity] = path
+            else:
+                item.duplicate_of = first
+        items.append(item)
+    paired = {item.log for item in items if item.log}
+    for path in logs:
+        if path not in paired:
+            stat = os.stat(path)
+            items.append(Item(path, "log", None, stat.st_size, stat.st_mtime))
+    return items

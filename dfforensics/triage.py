@@ -1,0 +1,242 @@
+"""
+Batch triage
+------------
+
+``dfforensics triage PATH...``: discover every dump and console log under the
+paths, find each dump's debug vmlinux, analyse each in its own worker process
+(timeout, memory cap), and stream one row per item as it finishes, so an
+interrupted run loses nothing finished and ``--resume`` completes the rest.
+The archive is only ever read.
+"""
+
+import csv
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any, Callable, Final, Iterable, Optional, TextIO
+
+from tabulate import tabulate
+
+from dfforensics.debuginfo import dump_kernel_identity, find_vmlinux
+from dfforensics.discover import Item, discover
+from dfforensics.errors import InputError
+from dfforensics.opendump import decompressed
+
+__all__ = ("ROW_FIELDS", "plan_jobs", "run_triage", "summary_text", "load_done")
+
+ROW_FIELDS: Final = (
+    "path", "size", "mtime", "kind", "status", "mode", "verdict", "df_class", "kernel_release",
+    "cpu", "pid", "comm", "frames", "error_kind", "error", "summary", "note", "log", "vmlinux",
+    "seconds",
+)
+
+
+def _limits(memory_bytes: Optional[int]) -> Callable[[], None]:
+    def apply() -> None:
+        if memory_bytes:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    return apply
+
+
+def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
+    """The keys (path, size, mtime) of rows already in a JSONL output, for --resume."""
+    done: set[tuple[str, int, float]] = set()
+    if not output or not os.path.exists(output):
+        return done
+    with open(output, encoding="utf-8", errors="replace", newline="") as file:
+        first = file.readline()
+        file.seek(0)
+        if first.startswith("path,"):
+            for record in csv.DictReader(file):
+                try:
+                    done.add((record["path"], int(record["size"]), float(record["mtime"])))
+                except (KeyError, TypeError, ValueError):
+                    continue
+            return done
+        for line in file:
+            try:
+                row = json.loads(line)
+                done.add((row["path"], row["size"], row["mtime"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a line cut by a crash is simply done again
+    return done
+
+
+def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str]) -> list[dict[str, Any]]:
+    """Turn discovered items into worker jobs, finding each dump's vmlinux."""
+    jobs = []
+    for item in items:
+        job: dict[str, Any] = {"path": item.path, "size": item.size, "mtime": item.mtime,
+                               "kind": item.kind, "log": item.log, "vmlinux": None}
+        if item.kind in ("elf-core", "kdump-compressed", "flattened"):
+            try:
+                plain = decompressed(item.path, "VMCORE") if item.compression else item.path
+                identity = dump_kernel_identity(plain, item.kind)
+                job["release"] = identity.release
+                job["vmlinux"] = find_vmlinux(identity, debuginfo_dirs)
+            except InputError as error:
+                job["plan_error"] = str(error)
+        if item.duplicate_of:
+            job["duplicate_of"] = item.duplicate_of
+        jobs.append(job)
+    return jobs
+
+
+def _immediate_row(job: dict[str, Any]) -> Optional[dict[str, Any]]:
+    """Rows that need no worker: duplicates, incomplete dumps, unreadable archives."""
+    if job.get("duplicate_of"):
+        return {"status": "duplicate", "error_kind": "duplicate",
+                "error": f"same content as {job['duplicate_of']}"}
+    if job["kind"] == "incomplete":
+        return {"status": "error", "error_kind": "incomplete",
+                "error": "vmcore-incomplete: kdump was still writing this dump when it stopped"}
+    if job["kind"] == "unreadable-compressed":
+        return {"status": "error", "error_kind": "corrupt-dump",
+                "error": "compressed data that cannot be read"}
+    if job.get("plan_error"):
+        return {"status": "error", "error_kind": "corrupt-dump", "error": job["plan_error"]}
+    return None
+
+
+def _run_worker(job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+    immediate = _immediate_row(job)
+    if immediate is not None:
+        return immediate
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "dfforensics.triage_worker", json.dumps(job)],
+            capture_output=True, text=True, timeout=timeout, preexec_fn=_limits(memory_bytes),
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": "error", "error_kind": "timeout",
+                "error": f"analysis did not finish within {timeout:g} s"}
+    lines = result.stdout.strip().splitlines()
+    if result.returncode == 0 and lines:
+        try:
+            return json.loads(lines[-1])
+        except ValueError:
+            pass
+    if result.returncode < 0:
+        detail = f"worker killed by signal {-result.returncode}"
+    else:
+        tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
+        detail = f"worker failed (exit {result.returncode}): {tail[0][:300]}"
+    kind = "memory" if "MemoryError" in result.stderr or result.returncode == -9 else "worker-crash"
+    return {"status": "error", "error_kind": kind, "error": detail}
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; silent otherwise."""
+
+    def __init__(self, total: int, stream: TextIO):
+        self.total, self.done, self.stream = total, 0, stream
+        self.start = time.monotonic()
+        self.enabled = stream.isatty()
+
+    def step(self) -> None:
+        self.done += 1
+        if not self.enabled:
+            return
+        elapsed = time.monotonic() - self.start
+        rate = self.done / elapsed if elapsed else 0.0
+        eta = (self.total - self.done) / rate if rate else 0.0
+        self.stream.write(f"\r{self.done}/{self.total} dumps, {rate * 60:.1f}/min, ETA {eta:.0f} s ")
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+
+
+class _Writer:
+    """Streams rows as they finish: JSONL and CSV line by line, flushed to disk."""
+
+    def __init__(self, stream: TextIO, fmt: str, new_file: bool):
+        self.stream, self.fmt = stream, fmt
+        self.lock = threading.Lock()
+        self.csv = csv.DictWriter(stream, ROW_FIELDS, extrasaction="ignore") if fmt == "csv" else None
+        if self.csv is not None and new_file:
+            self.csv.writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.lock:
+            if self.fmt == "jsonl":
+                self.stream.write(json.dumps({k: row.get(k) for k in ROW_FIELDS}) + "\n")
+            elif self.csv is not None:
+                self.csv.writerow(row)
+            else:
+                return
+            self.stream.flush()
+            try:
+                os.fsync(self.stream.fileno())
+            except (OSError, io.UnsupportedOperation, ValueError):
+                pass
+
+
+def run_triage(
+    paths: list[str],
+    jobs: int,
+    fmt: str,
+    output: TextIO,
+    debuginfo_dirs: list[str],
+    timeout: float,
+    memory_bytes: Optional[int],
+    done: set[tuple[str, int, float]],
+    new_file: bool = True,
+    progress_stream: TextIO = sys.stderr,
+) -> list[dict[str, Any]]:
+    """Analyse every item under ``paths``; return all rows (written as they finish)."""
+    items = [item for item in discover(paths) if item.key not in done]
+    planned = plan_jobs(items, debuginfo_dirs)
+    writer = _Writer(output, fmt, new_file)
+    progress = _Progress(len(planned), progress_stream)
+    rows: list[dict[str, Any]] = []
+    executor = ThreadPoolExecutor(max_workers=max(1, jobs))
+    try:
+        futures = {executor.submit(_run_worker, job, timeout, memory_bytes): job for job in planned}
+        for future in as_completed(futures):
+            job = futures[future]
+            row = {"path": job["path"], "size": job["size"], "mtime": job["mtime"],
+                   "kind": job["kind"], "log": job.get("log"), **future.result()}
+            writer.write(row)
+            rows.append(row)
+            progress.step()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
+        progress.close()
+    return rows
+
+
+def summary_text(rows: list[dict[str, Any]]) -> str:
+    """The end-of-run summary: counts per verdict, release and error kind, and the matches."""
+    parts = []
+    verdicts = Counter(row.get("verdict") or row["status"] for row in rows)
+    parts.append(tabulate(sorted(verdicts.items()), headers=["verdict / status", "dumps"]))
+    releases = Counter(row.get("kernel_release") or "unknown" for row in rows if row["status"] == "ok")
+    if releases:
+        parts.append(tabulate(sorted(releases.items()), headers=["kernel release", "dumps"]))
+    errors = Counter(row.get("error_kind") for row in rows if row["status"] != "ok")
+    if errors:
+        parts.append(tabulate(sorted(errors.items()), headers=["error kind", "dumps"]))
+    matches = [[row["path"], row.get("cpu"), row.get("pid"), row.get("comm"), row.get("frames")]
+               for row in rows if row.get("verdict") == "match"]
+    if matches:
+        parts.append("matching dumps:\n" + tabulate(matches, headers=["dump", "CPU", "PID", "comm", "frames"]))
+    return "\n\n".join(parts) + "\n"
+
+
+def rows_table(rows: list[dict[str, Any]]) -> str:
+    """All rows as a table, for --format table."""
+    table = [[row["path"], row.get("verdict") or row["status"], row.get("df_class") or "",
+              row.get("kernel_release") or "", row.get("mode") or "",
+              row.get("error") or row.get("summary") or ""] for row in rows]
+    return tabulate(table, headers=["path", "verdict", "class", "release", "mode", "detail"],
+                    maxcolwidths=[50, None, None, None, None, 70]) + "\n"

@@ -1,0 +1,139 @@
+"""`dfforensics triage` on an archive built here from the real fixtures."""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+KERNELS = FIXTURES / "kernels"
+
+
+def run(*args, timeout=600):
+    return subprocess.run([sys.executable, "-m", "dfforensics.cli", "triage", *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def checksums(root: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() + str(p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("archive")
+    kdump_dir = root / "guest1-2026-11-20-10:00"
+    kdump_dir.mkdir()
+    shutil.copy(FIXTURES / "cpl0-irq-df" / "vmcore.xz", kdump_dir / "vmcore")
+    shutil.copy(FIXTURES / "cpl0-irq-df" / "console.log", kdump_dir / "vmcore-dmesg.txt")
+    incomplete = root / "guest2-2026-11-21"
+    incomplete.mkdir()
+    (incomplete / "vmcore-incomplete").write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 100)
+    loose = root / "loose"
+    loose.mkdir()
+    shutil.copy(FIXTURES / "wild-rsp-df" / "vmcore.xz", loose / "virsh-dump-guest7.xz")
+    shutil.copy(FIXTURES / "oops-not-df" / "vmcore.xz", loose / "a.xz")
+    shutil.copy(FIXTURES / "oops-not-df" / "vmcore.xz", loose / "a-copy.xz")
+    data = (FIXTURES / "kernel-stack-overflow-df" / "vmcore.xz").read_bytes()
+    (loose / "truncated.xz").write_bytes(data[: len(data) // 3])
+    (loose / "README.txt").write_text("not a dump\n")
+    shutil.copy(Path(__file__).parent / "data/logs/3.16-kvm-svm-cpl-fio.log", loose / "console.log")
+    return root
+
+
+@pytest.fixture(scope="module")
+def rows(archive, tmp_path_factory) -> dict[str, dict]:
+    before = checksums(archive)
+    out = tmp_path_factory.mktemp("out") / "rows.jsonl"
+    result = run(archive, "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", out, "--jobs", "2")
+    assert result.returncode == 0, result.stderr
+    assert checksums(archive) == before, "triage changed the archive"
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # The summary follows on stdout when rows go to a file.
+    assert "verdict / status" in result.stdout and "matching dumps:" in result.stdout
+    return {Path(row["path"]).relative_to(archive).as_posix(): row for row in rows}
+
+
+def test_every_item_has_exactly_one_row(rows):
+    assert set(rows) == {
+        "guest1-2026-11-20-10:00/vmcore", "guest2-2026-11-21/vmcore-incomplete",
+        "loose/virsh-dump-guest7.xz", "loose/a.xz", "loose/a-copy.xz", "loose/truncated.xz",
+        "loose/console.log",
+    }
+
+
+def test_dumps_recognised_by_content_and_analysed(rows):
+    match = rows["guest1-2026-11-20-10:00/vmcore"]
+    assert (match["verdict"], match["mode"], match["cpu"], match["comm"]) == ("match", "vmcore", 0, "victim")
+    assert match["frames"] >= 1 and match["log"].endswith("vmcore-dmesg.txt")
+    assert match["vmlinux"].endswith("vmlinux.xz")
+    assert rows["loose/virsh-dump-guest7.xz"]["df_class"] == "wild-rsp"
+
+
+def test_errors_are_rows_with_reasons(rows):
+    assert rows["guest2-2026-11-21/vmcore-incomplete"]["error_kind"] == "incomplete"
+    assert rows["loose/truncated.xz"]["error_kind"] == "corrupt-dump"
+    duplicate = [r for k, r in rows.items() if k in ("loose/a.xz", "loose/a-copy.xz")]
+    assert sorted(r["status"] for r in duplicate) == ["duplicate", "ok"]
+
+
+def test_lone_console_log_is_a_log_only_case(rows):
+    row = rows["loose/console.log"]
+    assert (row["mode"], row["verdict"]) == ("log-only", "possible")
+
+
+def test_missing_vmlinux_falls_back_to_the_log(archive, tmp_path):
+    out = tmp_path / "rows.csv"
+    result = run(archive / "guest1-2026-11-20-10:00", "--format", "csv", "-o", out)
+    assert result.returncode == 0, result.stderr
+    (row,) = list(csv.DictReader(out.open()))
+    assert (row["mode"], row["verdict"]) == ("log-fallback", "possible")
+
+
+def test_no_vmlinux_and_no_log_is_an_error_row_not_a_skip(archive, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run(archive / "loose" / "virsh-dump-guest7.xz", "--format", "jsonl", "-o", out)
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["error_kind"] == "no-debuginfo" and "6.1.192" in row["error"]
+
+
+def test_resume_skips_what_is_done_and_completes_the_rest(archive, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    first = run(archive / "loose", "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", out)
+    assert first.returncode == 0
+    lines = out.read_text().splitlines()
+    # Simulate an interrupted run: keep two finished rows and half a line.
+    out.write_text("\n".join(lines[:2]) + "\n" + lines[2][:20])
+    second = run(archive / "loose", "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", out,
+                 "--resume")
+    assert second.returncode == 0, second.stderr
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.endswith("}")]
+    assert sorted(r["path"] for r in rows) == sorted(json.loads(l)["path"] for l in lines)
+
+
+def test_a_hanging_or_starved_worker_costs_only_its_row(archive, tmp_path):
+    out = tmp_path / "rows.jsonl"
+    result = run(archive / "loose" / "virsh-dump-guest7.xz", archive / "loose" / "console.log",
+                 "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", out, "--timeout", "0.3")
+    rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
+    assert rows["virsh-dump-guest7.xz"]["error_kind"] == "timeout"
+    starved = run(archive / "loose" / "virsh-dump-guest7.xz", "--debuginfo-dir", KERNELS,
+                  "--format", "jsonl", "--memory-limit", "40")
+    (row,) = [json.loads(line) for line in starved.stdout.splitlines()]
+    assert row["status"] == "error" and row["error_kind"] in ("memory", "worker-crash")
+    assert starved.returncode == 0 and result.returncode == 0
+
+
+@pytest.mark.parametrize("args", [
+    ["/nonexistent"], ["--jobs", "0", "."], ["--resume", "."], ["--format", "xml", "."],
+])
+def test_usage_errors(args):
+    result = run(*args)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("dfforensics: error: ")
