@@ -16,6 +16,7 @@ import drgn
 from drgn import Object, Program
 from drgn.helpers.linux.cpumask import for_each_possible_cpu
 from drgn.helpers.linux.percpu import per_cpu
+from drgn.helpers.linux.pid import find_task
 from drgn.helpers.linux.sched import cpu_curr
 
 from dfforensics import kernel_facts
@@ -107,21 +108,20 @@ def saved_df_regs(prog: Program, cpu: int) -> Optional[IstRegs]:
     The #DF entry builds a full ``struct pt_regs`` at the top of the IST
     stack; a CPU that never took a #DF has zeros there, which fail the frame
     checks of :func:`dfforensics.frames.frame_problems`.
+
+    :raises drgn.FaultError: if the TSS or the #DF stack is not in the dump.
     """
     try:
         top = df_stack_top(prog, cpu)
-    except (LookupError, drgn.FaultError):
+    except LookupError:
         return None
     if not top:
         return None
     pt_regs_type = prog.type("struct pt_regs")
     address = top - pt_regs_type.size
-    try:
-        regs = Object(prog, pt_regs_type, address=address).read_()
-        rip, cs, flags = int(regs.ip), int(regs.cs) & 0xFFFF, int(regs.flags)
-        sp, ss, orig_ax = int(regs.sp), int(regs.ss) & 0xFFFF, int(regs.orig_ax) & (2**64 - 1)
-    except drgn.FaultError:
-        return None
+    regs = Object(prog, pt_regs_type, address=address).read_()
+    rip, cs, flags = int(regs.ip), int(regs.cs) & 0xFFFF, int(regs.flags)
+    sp, ss, orig_ax = int(regs.sp), int(regs.ss) & 0xFFFF, int(regs.orig_ax) & (2**64 - 1)
     if frame_problems(rip, cs, flags, sp, ss):
         return None
     others = {("r" + name if name[0] != "r" else name): int(getattr(regs, name))
@@ -177,12 +177,32 @@ def _task_cpu(task: Object) -> Optional[int]:
         return None
 
 
-def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[FoundDf]:
+def _task_of(prog: Program, cpu: Optional[int], pid: Optional[int]) -> Optional[Object]:
+    """The task on a CPU, or (when the run queue is unreadable) the task the log named."""
+    if cpu is not None:
+        try:
+            return cpu_curr(prog, cpu)
+        except (LookupError, drgn.FaultError, IndexError):
+            pass
+    if pid is not None:
+        try:
+            task = find_task(prog, pid)
+            return task if task else None
+        except (LookupError, drgn.FaultError):
+            pass
+    return None
+
+
+def find_double_faults(prog: Program, log_reports: list[DfReport],
+                       problems: Optional[list[str]] = None) -> list[FoundDf]:
     """Find every #DF in a dump, and say which sources saw each.
 
     :param log_reports: the #DF reports the core's log parser found in the
         dump's own kernel log.
+    :param problems: receives a sentence for each source that could not be
+        read (a CPU's #DF stack missing from the dump, ...).
     """
+    problems = problems if problems is not None else []
     handlers = {fact.value for fact in kernel_facts.DF_HANDLER}
     crashed_task, trace, handler_cr2 = _crashed_trace(prog)
     trace_has_df = any(name.split("+")[0] in handlers for name in trace)
@@ -190,13 +210,14 @@ def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[Found
 
     found: dict[int, FoundDf] = {}
     for cpu in for_each_possible_cpu(prog):
-        ist = saved_df_regs(prog, cpu)
+        try:
+            ist = saved_df_regs(prog, cpu)
+        except drgn.FaultError as error:
+            problems.append(f"CPU {cpu}: its #DF stack (TSS IST slot) is not in the dump ({error})")
+            continue
         if ist is None:
             continue
-        try:
-            task = cpu_curr(prog, cpu)
-        except (LookupError, drgn.FaultError):
-            task = None
+        task = _task_of(prog, cpu, None)
         ist.regs.rip_symbol = _symbol_name(prog, ist.regs.rip)
         found[cpu] = FoundDf(cpu, task, ist.regs, ["ist-pt_regs"], ist=ist)
 
@@ -221,12 +242,7 @@ def find_double_faults(prog: Program, log_reports: list[DfReport]) -> list[Found
         if logged.cr2 is not None:
             entry.cr2_source = "the dump's kernel log"
     for report in unmatched_logs:
-        task = None
-        if report.cpu is not None:
-            try:
-                task = cpu_curr(prog, report.cpu)
-            except (LookupError, drgn.FaultError, IndexError):
-                task = None
+        task = _task_of(prog, report.cpu, report.pid)
         found[report.cpu if report.cpu is not None else -1 - len(found)] = FoundDf(
             report.cpu, task, report.regs, ["log"], log_report=report)
 

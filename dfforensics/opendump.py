@@ -298,8 +298,8 @@ def _parse_vmcoreinfo(data: bytes) -> dict[str, str]:
     return result
 
 
-def _check_match(prog: drgn.Program, facts: VmlinuxFacts, vmcoreinfo: Optional[dict[str, str]],
-                 vmcore: str, vmlinux: str) -> None:
+def _check_vmcoreinfo_match(facts: VmlinuxFacts, vmcoreinfo: Optional[dict[str, str]],
+                            vmcore: str, vmlinux: str) -> None:
     if vmcoreinfo:
         dump_id = vmcoreinfo.get("BUILD-ID")
         if dump_id and facts.build_id and dump_id.lower() != facts.build_id.lower():
@@ -309,6 +309,9 @@ def _check_match(prog: drgn.Program, facts: VmlinuxFacts, vmcoreinfo: Optional[d
         if release and facts.release and release != facts.release:
             raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: kernel "
                             f"{facts.release} != the dump's {release}")
+
+
+def _check_banner_match(prog: drgn.Program, facts: VmlinuxFacts, vmcore: str, vmlinux: str) -> None:
     if facts.banner:
         try:
             # drgn relocates the symbol by the dump's KASLR offset.
@@ -355,10 +358,15 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
         raise DumpError(f"VMCORE {vmcore}: {error.strerror or error}") from None
     except drgn.FaultError as error:
         raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})") from None
+    except Exception as error:  # libdrgn reports libelf/libkdumpfile failures as bare Exception
+        raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore}: not a Linux kernel dump (a user-space core?)")
     if facts is None:
         facts = vmlinux_facts(vmlinux_path)
+    parsed = _parse_vmcoreinfo(vmcoreinfo) if vmcoreinfo else None
+    # Before loading, so that drgn never gets (and warns about) a foreign vmlinux.
+    _check_vmcoreinfo_match(facts, parsed, vmcore, vmlinux)
     try:
         prog.load_debug_info([vmlinux_path, *module_paths])
     except drgn.MissingDebugInfoError as error:
@@ -367,5 +375,7 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
             raise DumpError(f"VMLINUX {vmlinux}: {error}") from None
     except (OSError, ValueError) as error:
         raise DumpError(f"VMLINUX {vmlinux}: {error}") from None
-    _check_match(prog, facts, _parse_vmcoreinfo(vmcoreinfo) if vmcoreinfo else None, vmcore, vmlinux)
+    except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
+        raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})") from None
+    _check_banner_match(prog, facts, vmcore, vmlinux)
     return OpenedDump(prog, vmcore_path, vmlinux_path, source, notes)

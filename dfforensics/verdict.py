@@ -297,7 +297,8 @@ def decide(obs: Observation) -> Decision:
             return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
                             f"RSP {rsp:#x} is the kernel address {truncated:#x} cut to 32 bits: "
                             "kernel code loaded a truncated stack pointer", evidence)
-        if obs.rsp_region is not None and obs.rsp_region.kind not in _USER_MAPPED_REGIONS:
+        # Only a positive "no mapping" makes it wild; unreadable mappings do not.
+        if obs.rsp_region is not None and obs.rsp_region.kind == "user-unmapped":
             return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
                             f"RSP {rsp:#x} lies in no mapping of the task: a wild stack "
                             "pointer, not a user stack", evidence)

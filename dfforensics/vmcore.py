@@ -220,7 +220,9 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
     kernel.hardware_name = log.hardware_name
     encoding = orig_ax_encoding(prog)
     warnings: list[str] = list(source.pop("notes", []))
-    found_all = find_double_faults(prog, log.reports)
+    problems: list[str] = []
+    found_all = find_double_faults(prog, log.reports, problems)
+    warnings.extend(problems)
     if not found_all:
         what = log.other_crash[1] if log.other_crash else ""
         if not what:
