@@ -55,7 +55,7 @@ def _vmcore_parser() -> argparse.ArgumentParser:
         prog="dfforensics",
         description="Does this Linux x86_64 guest crash match the hypervisor CPL-corruption "
                     "double-fault signature? Proven from guest memory, with evidence. "
-                    "Other commands: 'dfforensics log FILE...', 'dfforensics triage PATH...'.",
+                    "Other commands: 'dfforensics log FILE...', 'dfforensics triage PATH...', 'dfforensics sweep VMCORE VMLINUX'.",
     )
     parser.add_argument("vmcore", metavar="VMCORE", help="the crash dump (ELF or kdump-compressed; .gz/.xz/.zst)")
     parser.add_argument("vmlinux", metavar="VMLINUX", help="the kernel's debug-info vmlinux (.gz/.xz/.zst)")
@@ -63,6 +63,27 @@ def _vmcore_parser() -> argparse.ArgumentParser:
                         help="debug info of a module (repeatable)")
     _add_output_options(parser)
     return parser
+
+
+def _sweep_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="dfforensics sweep",
+        description="Scan every thread's user stack for frames the CPU pushed at CPL 0: "
+                    "proof of the hypervisor's CPL corruption in any dump, crashed or not.",
+    )
+    parser.add_argument("vmcore", metavar="VMCORE")
+    parser.add_argument("vmlinux", metavar="VMLINUX")
+    _add_output_options(parser)
+    return parser
+
+
+def _run_sweep(argv: Sequence[str]) -> int:
+    from dfforensics.vmcore import analyze_vmcore_files
+
+    args = _sweep_parser().parse_args(argv)
+    report = analyze_vmcore_files(args.vmcore, args.vmlinux, sweep=True)
+    _write(render_many([report], args.format), args.output)
+    return EXIT_OK
 
 
 def _triage_parser() -> argparse.ArgumentParser:
@@ -195,6 +216,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return _run_log(argv[1:])
         if argv and argv[0] == "triage":
             return _run_triage(argv[1:])
+        if argv and argv[0] == "sweep":
+            return _run_sweep(argv[1:])
         return _run_vmcore(argv)
     except InputError as error:
         sys.stderr.write(f"dfforensics: error: {error}\n")

@@ -129,3 +129,19 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
     else:
         print("no frames found in " + ", ".join(f"{s:#x}-{e:#x}" for s, e, _ in ranges))
     return frames
+
+
+@command(
+    description="scan every task's user stack for frames pushed at CPL 0",
+    long_description="The sweep of 'dfforensics sweep': every thread's user stack mapping "
+                     "(bounded per task), read through its page tables, searched for frames "
+                     "pushed without a stack switch. Works on dumps and on the live kernel.",
+    arguments=(
+        argument("--format", choices=sorted(FORMATS), default="table", help="output format"),
+    ),
+    enabled=_is_kernel,
+)
+def _cmd_dfsweep(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    report = api.analyze(prog, {"kind": "program", "path": "drgn session"}, sweep=True)
+    print(render(report, args.format), end="")
+    return report

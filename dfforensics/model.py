@@ -27,6 +27,8 @@ __all__ = (
     "DoubleFault",
     "KernelInfo",
     "AnnotatedWord",
+    "SweptStack",
+    "SweepResult",
     "Report",
     "to_json_dict",
 )
@@ -133,6 +135,9 @@ class Frame:
     #: SS that a healthy kernel never saves with this CS (e.g. CS 0x10, SS 0x2b).
     impossible_ss: bool
     rip_symbol: Optional[str] = None
+    #: The task whose stack holds the frame, when known.
+    pid: Optional[int] = None
+    tid: Optional[int] = None
 
     @property
     def vector(self) -> Optional[int]:
@@ -207,6 +212,41 @@ class AnnotatedWord:
 
 
 @dataclass
+class SweptStack:
+    """One user stack mapping read by the sweep."""
+
+    pid: int
+    tid: int
+    comm: str
+    mapping: str
+    start: int
+    end: int
+    pages_present: int
+    #: Resident in the task but not in the dump.
+    pages_missing: int
+    #: Addresses of the frames found on it (the frames are in Report.frames).
+    frame_addresses: list[int] = field(default_factory=list)
+    #: Not resident in the task (never touched or swapped out).
+    pages_not_resident: int = 0
+
+
+@dataclass
+class SweepResult:
+    """Frames pushed at CPL 0 on the user stacks of every task."""
+
+    #: cpl0-frames-found, clean or incomplete.
+    verdict: str
+    summary: str = ""
+    tasks_scanned: int = 0
+    tasks_unreadable: int = 0
+    pages_present: int = 0
+    pages_missing: int = 0
+    stacks: list[SweptStack] = field(default_factory=list)
+    frames: list["Frame"] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
 class Report:
     """The whole answer for one input (a console log or a dump)."""
 
@@ -222,6 +262,8 @@ class Report:
     annotated_words: list[AnnotatedWord] = field(default_factory=list)
     #: For the signature: what it means and where the hypervisor side was fixed.
     explanation: list[str] = field(default_factory=list)
+    #: The sweep of every user stack, when it ran.
+    sweep: Optional[SweepResult] = None
     schema_version: int = SCHEMA_VERSION
 
     def __str__(self) -> str:
@@ -237,6 +279,8 @@ def _jsonable(value: Any) -> Any:
         result = {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
         if isinstance(value, Frame):
             result["vector"] = value.vector
+        if isinstance(value, SweepResult):
+            result.pop("frames")  # they are the report's frames
         return result
     if isinstance(value, dict):
         return {key: _jsonable(item) for key, item in value.items()}

@@ -106,6 +106,18 @@ def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
         if df.call_trace:
             body += "\ncall trace: " + " ".join(df.call_trace[:24])
         sections.append((_df_title(df, index), body))
+    if report.sweep is not None:
+        sweep = report.sweep
+        body = (f"{sweep.verdict}: {sweep.summary}\n"
+                f"tasks scanned {sweep.tasks_scanned}, unreadable {sweep.tasks_unreadable}; "
+                f"stack pages read {sweep.pages_present}, missing {sweep.pages_missing}\n")
+        rows = [[s.pid, s.tid, s.comm, s.mapping, f"{s.start:x}-{s.end:x}", s.pages_present,
+                 s.pages_missing, len(s.frame_addresses)]
+                for s in sweep.stacks if s.frame_addresses or s.pages_missing]
+        if rows:
+            body += tabulate(rows, headers=["pid", "tid", "comm", "stack mapping", "range",
+                                            "pages", "missing", "frames"], tablefmt=tablefmt)
+        sections.append(("Sweep of every user stack", body))
     if report.frames:
         sections.append((f"Frames ({len(report.frames)})",
                          tabulate(_frame_rows(report.frames), headers=_FRAME_HEADERS, tablefmt=tablefmt)))

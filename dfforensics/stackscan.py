@@ -14,7 +14,7 @@ from typing import Callable, Final, Optional
 
 import drgn
 from drgn import Object, Program
-from drgn.helpers.linux.mm import access_process_vm, vma_find, vma_name
+from drgn.helpers.linux.mm import access_process_vm, follow_phys, vma_find, vma_name
 
 from dfforensics import kernel_facts, x86
 from dfforensics.frames import scan_frames
@@ -36,7 +36,10 @@ class StackRead:
     end: int
     name: str
     pages_present: int = 0
+    #: Mapped in the task's page tables but not in the dump (excluded or cut).
     pages_missing: int = 0
+    #: Not resident in the task's page tables (never touched, or swapped out).
+    pages_not_resident: int = 0
     frames: list[Frame] = field(default_factory=list)
     #: The bytes read, by page address (present pages only).
     pages: dict[int, bytes] = field(default_factory=dict)
@@ -68,14 +71,26 @@ def bounded_window(start: int, end: int, around: int, limit: int = USER_SCAN_LIM
 
 
 def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
-    """Read the present pages of a user range through the task's page tables."""
+    """Read the present pages of a user range through the task's page tables.
+
+    A page that cannot be read is either not resident in the task (no
+    page-table entry: never touched, or swapped out) or resident but absent
+    from the dump (makedumpfile excluded it, or the dump is cut); the two are
+    counted apart, because only the second hides evidence the guest had.
+    """
     result = StackRead(start, end, name)
+    mm = task.mm
     for page in range(start & ~(PAGE - 1), end, PAGE):
         try:
             result.pages[page] = access_process_vm(task, page, PAGE)
             result.pages_present += 1
         except drgn.FaultError:
-            result.pages_missing += 1
+            try:
+                follow_phys(mm, page)
+            except drgn.FaultError:
+                result.pages_not_resident += 1
+            else:
+                result.pages_missing += 1
     return result
 
 

@@ -23,10 +23,11 @@ from dfforensics.consolelog import parse_log
 from dfforensics.context import guest_context
 from dfforensics.finddf import FoundDf, find_double_faults
 from dfforensics.log_analysis import strongest
-from dfforensics.model import DoubleFault, Evidence, Frame, Report, RspRegion, Status
+from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
 from dfforensics.errors import InputError
 from dfforensics.opendump import open_dump
 from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
+from dfforensics.sweep import sweep_evidence, sweep_user_stacks
 from dfforensics.stackscan import (
     StackRead, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
 )
@@ -111,11 +112,13 @@ def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
         return "no user stack mapping to read"
     present = sum(read.pages_present for read in reads)
     missing = sum(read.pages_missing for read in reads)
+    if present == 0 and missing:
+        return (f"none of the user stack is in the dump: {missing} resident page(s) were left out "
+                "(makedumpfile dump levels with bit 8 drop user pages, exactly the evidence needed)")
     if present == 0:
-        return (f"none of the {missing} page(s) of the user stack is in the dump: not present, "
-                "swapped out, or excluded (makedumpfile dump levels with bit 8 drop user pages)")
+        return "no page of the user stack is resident in the task"
     if missing:
-        return f"{missing} of {present + missing} user stack page(s) not present"
+        return f"{missing} resident user stack page(s) are not in the dump"
     return None
 
 
@@ -184,9 +187,9 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
     ))
     for read in user_reads:
         if read.pages_missing:
-            warnings.append(f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} of "
-                            f"{read.pages_present + read.pages_missing} page(s) not in the dump "
-                            "(not present or excluded)")
+            warnings.append(f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} "
+                            "resident page(s) are not in the dump (excluded by the dump level, or "
+                            "the dump is cut)")
     warnings.extend(f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements)
     push_page = _push_slot_page_status(found)
     if push_page is not None:
@@ -203,13 +206,16 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
     return df, frames, _annotated(found, user_reads, frames, name)
 
 
-def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
+def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
+            sweep: Optional[bool] = None) -> Report:
     """Analyse a Linux x86_64 crash dump (or live kernel) for the CPL-corruption signature.
 
     Supports x86_64 kernels from 3.x on (per-CPU TSS names and IST layouts of
     every era, see :mod:`dfforensics.kernel_facts`).
 
     :param source: what to record as the input (path, vmlinux, ...).
+    :param sweep: scan every task's user stack too: always (True), never
+        (False), or when no double fault is found (None, the default).
     :return: the report: verdict, double faults, frames, evidence.
     """
     source = dict(source or {"kind": "program"})
@@ -233,8 +239,11 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
             except (LookupError, drgn.FaultError):
                 what = ""
         decision = decide_no_double_fault("dump", what or "no panic message")
-        return Report(source, decision.verdict, None, decision.summary, kernel,
-                      evidence=decision.evidence, warnings=warnings)
+        report = Report(source, decision.verdict, None, decision.summary, kernel,
+                        evidence=decision.evidence, warnings=warnings)
+        if sweep is not False:
+            _attach_sweep(prog, report, headline=True)
+        return report
     double_faults, frames, words = [], [], []
     for found in found_all:
         df, df_frames, df_words = _double_fault(prog, found, kernel, encoding, warnings)
@@ -243,12 +252,35 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None) -> Report:
         if not words:
             words = df_words
     chosen = strongest(double_faults)
-    return Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel, double_faults,
-                  frames, chosen.evidence, warnings, words,
-                  explain(chosen.df_class, kernel.release, kernel.cpu_vendor))
+    report = Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel, double_faults,
+                    frames, chosen.evidence, warnings, words,
+                    explain(chosen.df_class, kernel.release, kernel.cpu_vendor))
+    if sweep:
+        _attach_sweep(prog, report, headline=False)
+    return report
 
 
-def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -> Report:
+def _attach_sweep(prog: Program, report: Report, headline: bool) -> None:
+    result = sweep_user_stacks(prog)
+    report.sweep = result
+    known = {f.address: f for f in report.frames}
+    for frame in result.frames:
+        if frame.address in known:
+            known[frame.address].pid, known[frame.address].tid = frame.pid, frame.tid
+        else:
+            report.frames.append(frame)
+    report.evidence.append(sweep_evidence(result))
+    report.warnings.extend(result.problems[:20])
+    if headline and result.verdict == "cpl0-frames-found":
+        tasks = len({(f.pid, f.tid) for f in result.frames})
+        report.summary = (f"no double fault, but {len(result.frames)} CPU-pushed frame(s) on user "
+                          f"stacks of {tasks} task(s) prove CPL-0 event delivery")
+        report.explanation = explain(DfClass.CPL_CORRUPTION, report.kernel.release,
+                                     report.kernel.cpu_vendor)
+
+
+def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = (),
+                         sweep: Optional[bool] = None) -> Report:
     """Open a dump with its debug info and analyse it.
 
     :raises InputError: on unusable inputs (one line for the user).
@@ -257,7 +289,7 @@ def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[s
     source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux,
               "vmcoreinfo": opened.vmcoreinfo_source, "notes": opened.notes}
     try:
-        return analyze(opened.prog, source)
+        return analyze(opened.prog, source, sweep)
     except drgn.FaultError as error:
         raise InputError(f"VMCORE {vmcore}: memory the analysis needs is missing or corrupt "
                          f"({error})") from None

@@ -1,0 +1,80 @@
+"""The sweep of every user stack, on real dumps: the frames the builder caused,
+and clean where there were none."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+WITH_FRAMES = ["cpl0-irq-df", "cpl0-thread-stack-df", "cpl0-irq-df-6.12"]
+SWEEP_FIXTURES = sorted(p.parent.name for p in FIXTURES.glob("*/expected.json")
+                        if "sweep_verdict" in json.loads(p.read_text()))
+
+
+def sweep(name: str, *extra: str) -> dict:
+    directory = FIXTURES / name
+    expected = json.loads((directory / "expected.json").read_text())
+    (dump,) = [p for p in directory.iterdir() if p.name.startswith("vmcore")]
+    result = subprocess.run([sys.executable, "-m", "dfforensics.cli", "sweep", str(dump),
+                             str(directory / expected["vmlinux"]), "--format", "json", *extra],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.mark.parametrize("name", WITH_FRAMES)
+def test_sweep_finds_every_user_stack_frame_the_builder_caused(name):
+    expected = json.loads((FIXTURES / name / "expected.json").read_text())
+    report = sweep(name)
+    assert report["sweep"]["verdict"] == "cpl0-frames-found"
+    found = {f["address"]: f for f in report["frames"]}
+    for frame in expected["frames"]:
+        if frame["stack"] != "user":
+            continue
+        got = found[int(frame["address"], 16)]
+        assert got["consistent"]
+        assert (got["pid"], got["tid"]) == (expected["pid"], expected["tid"])
+    stacks = {(s["pid"], s["tid"]): s for s in report["sweep"]["stacks"]}
+    assert stacks[(expected["pid"], expected["tid"])]["frame_addresses"]
+
+
+def test_sweep_of_a_dump_without_frames_is_clean():
+    report = sweep("oops-not-df")
+    assert report["sweep"]["verdict"] == "clean"
+    assert report["frames"] == [] and report["sweep"]["tasks_scanned"] >= 1
+
+
+@pytest.mark.parametrize("name", SWEEP_FIXTURES)
+def test_sweep_fixtures(name):
+    expected = json.loads((FIXTURES / name / "expected.json").read_text())
+    report = sweep(name)
+    assert report["sweep"]["verdict"] == expected["sweep_verdict"]
+    assert {f["address"] for f in report["frames"]} == {int(f["address"], 16) for f in expected["frames"]}
+
+
+@pytest.mark.parametrize("name", SWEEP_FIXTURES)
+def test_main_command_sweeps_when_there_is_no_double_fault(name):
+    expected = json.loads((FIXTURES / name / "expected.json").read_text())
+    directory = FIXTURES / name
+    (dump,) = [p for p in directory.iterdir() if p.name.startswith("vmcore")]
+    result = subprocess.run([sys.executable, "-m", "dfforensics.cli", str(dump),
+                             str(directory / expected["vmlinux"])], capture_output=True, text=True,
+                            timeout=600)
+    first_line = result.stdout.splitlines()[0]
+    assert first_line.startswith("verdict: no-double-fault")
+    if expected["sweep_verdict"] == "cpl0-frames-found":
+        assert "no double fault, but" in first_line and "prove CPL-0 event delivery" in first_line
+
+
+def test_dfsweep_drgn_command():
+    from drgn.commands import run_command
+
+    import dfforensics.drgn_commands  # noqa: F401
+    from dfforensics.opendump import open_dump
+    prog = open_dump(str(FIXTURES / "cpl0-irq-df" / "vmcore.xz"),
+                     str(FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz")).prog
+    report = run_command(prog, "dfsweep --format json")
+    assert report.sweep.verdict == "cpl0-frames-found"
