@@ -126,15 +126,16 @@ def _run_triage(argv: Sequence[str]) -> int:
     if args.resume and not new_file and not _ends_with_newline(args.output):
         stream.write("\n")  # an interrupted run may have left half a line
     try:
-        rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
-                                 args.timeout, args.memory_limit << 20, done, new_file)
-        if args.format == "table":
-            stream.write(triage.rows_table(rows))
+        try:
+            rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
+                                     args.timeout, args.memory_limit << 20, done, new_file)
+            if args.format == "table":
+                stream.write(triage.rows_table(rows))
+        finally:
+            if stream is not sys.stdout:
+                stream.close()
     except OSError as error:
         raise InputError(f"{args.output or 'stdout'}: cannot write: {error.strerror or error}") from None
-    finally:
-        if stream is not sys.stdout:
-            stream.close()
     summary = triage.summary_text(rows)
     (sys.stdout if args.output or args.format == "table" else sys.stderr).write("\n" + summary)
     return EXIT_OK

@@ -105,31 +105,59 @@ def _immediate_row(job: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
-def _run_worker(job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
-    immediate = _immediate_row(job)
-    if immediate is not None:
-        return immediate
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "dfforensics.triage_worker", json.dumps(job)],
-            capture_output=True, text=True, timeout=timeout, preexec_fn=_limits(memory_bytes),
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": "error", "error_kind": "timeout",
-                "error": f"analysis did not finish within {timeout:g} s"}
-    lines = result.stdout.strip().splitlines()
-    if result.returncode == 0 and lines:
+class _Workers:
+    """The worker processes running now, so that an interrupt can stop them all."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running: set[subprocess.Popen[str]] = set()
+        self.stopping = False
+
+    def run(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+        immediate = _immediate_row(job)
+        if immediate is not None:
+            return immediate
+        with self.lock:
+            if self.stopping:
+                return {"status": "error", "error_kind": "interrupted", "error": "run interrupted"}
+            process = subprocess.Popen(
+                [sys.executable, "-m", "dfforensics.triage_worker", json.dumps(job)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                text=True, preexec_fn=_limits(memory_bytes),
+            )
+            self.running.add(process)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            return {"status": "error", "error_kind": "timeout",
+                    "error": f"analysis did not finish within {timeout:g} s"}
+        finally:
+            with self.lock:
+                self.running.discard(process)
+        return _row_from_worker(process.returncode, stdout, stderr)
+
+    def stop_all(self) -> None:
+        with self.lock:
+            self.stopping = True
+            for process in self.running:
+                process.kill()
+
+
+def _row_from_worker(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+    lines = stdout.strip().splitlines()
+    if returncode == 0 and lines:
         try:
             return json.loads(lines[-1])
         except ValueError:
             pass
-    if result.returncode < 0:
-        detail = f"worker killed by signal {-result.returncode}"
+    if returncode < 0:
+        detail = f"worker killed by signal {-returncode}"
     else:
-        tail = result.stderr.strip().splitlines()[-1:] or ["no output"]
-        detail = f"worker failed (exit {result.returncode}): {tail[0][:300]}"
-    kind = "memory" if "MemoryError" in result.stderr or result.returncode == -9 else "worker-crash"
+        tail = stderr.strip().splitlines()[-1:] or ["no output"]
+        detail = f"worker failed (exit {returncode}): {tail[0][:300]}"
+    kind = "memory" if "MemoryError" in stderr else "worker-crash"
     return {"status": "error", "error_kind": kind, "error": detail}
 
 
@@ -199,9 +227,10 @@ def run_triage(
     writer = _Writer(output, fmt, new_file)
     progress = _Progress(len(planned), progress_stream)
     rows: list[dict[str, Any]] = []
+    workers = _Workers()
     executor = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        futures = {executor.submit(_run_worker, job, timeout, memory_bytes): job for job in planned}
+        futures = {executor.submit(workers.run, job, timeout, memory_bytes): job for job in planned}
         for future in as_completed(futures):
             job = futures[future]
             row = {"path": job["path"], "size": job["size"], "mtime": job["mtime"],
@@ -209,8 +238,12 @@ def run_triage(
             writer.write(row)
             rows.append(row)
             progress.step()
+    except BaseException:
+        # Ctrl-C or a failed write: stop every worker; finished rows are on disk.
+        workers.stop_all()
+        raise
     finally:
-        executor.shutdown(wait=False, cancel_futures=True)
+        executor.shutdown(wait=True, cancel_futures=True)
         progress.close()
     return rows
 
