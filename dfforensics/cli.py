@@ -8,6 +8,7 @@ VMLINUX`` analyses a dump. Errors in the input end in one line
 """
 
 import argparse
+import logging
 import os
 import sys
 from typing import NoReturn, Optional, Sequence
@@ -212,6 +213,9 @@ def _run_vmcore(argv: Sequence[str]) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    # drgn logs what it cannot load (modules, debug info) on stderr; the command
+    # reports what matters in its own output and keeps stderr for one error line.
+    logging.getLogger("drgn").setLevel(logging.CRITICAL)
     try:
         if argv and argv[0] == "log":
             return _run_log(argv[1:])
