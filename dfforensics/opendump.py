@@ -278,6 +278,31 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
                     "with KASLR (rebuilding a randomized layout is not supported yet)")
 
 
+# struct disk_dump_header (makedumpfile diskdump_mod.h): block_size at 428;
+# struct kdump_sub_header starts one block in, with phys_base then dump_level.
+_KDUMP_BLOCK_SIZE_OFFSET: Final = 428
+_KDUMP_SUB_DUMP_LEVEL_OFFSET: Final = 8
+#: makedumpfile -d bit that excludes user process data.
+DUMP_LEVEL_USER_DATA: Final = 8
+
+
+def read_dump_format(path: str) -> tuple[str, Optional[int]]:
+    """Return (format, makedumpfile dump level or None) of an uncompressed dump file."""
+    with open(path, "rb") as file:
+        head = file.read(4096)
+        if head[:8] in (b"KDUMP   ", b"DISKDUMP"):
+            block_size = int.from_bytes(head[_KDUMP_BLOCK_SIZE_OFFSET:_KDUMP_BLOCK_SIZE_OFFSET + 4],
+                                        "little", signed=True)
+            if 0 < block_size <= 1 << 20:
+                file.seek(block_size + _KDUMP_SUB_DUMP_LEVEL_OFFSET)
+                level = int.from_bytes(file.read(4), "little", signed=True)
+                return "kdump-compressed", level if 0 <= level <= 31 else None
+            return "kdump-compressed", None
+        if head.startswith(b"makedumpfile"):
+            return "flattened", None
+    return "elf", None
+
+
 @dataclass
 class OpenedDump:
     """A program ready for analysis, and what was done to open it."""
@@ -287,6 +312,8 @@ class OpenedDump:
     vmlinux: str
     vmcoreinfo_source: str
     notes: list[str] = field(default_factory=list)
+    format: str = "elf"
+    dump_level: Optional[int] = None
 
 
 def _parse_vmcoreinfo(data: bytes) -> dict[str, str]:
@@ -378,4 +405,5 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
         raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})") from None
     _check_banner_match(prog, facts, vmcore, vmlinux)
-    return OpenedDump(prog, vmcore_path, vmlinux_path, source, notes)
+    dump_format, dump_level = read_dump_format(vmcore_path)
+    return OpenedDump(prog, vmcore_path, vmlinux_path, source, notes, dump_format, dump_level)

@@ -66,6 +66,8 @@ class Observation:
     user_stack_problem: Optional[str] = None
     #: The #DF happened inside a firmware call (the log said so).
     firmware_context: Optional[str] = None
+    #: The dump's level excluded user pages (makedumpfile -d with bit 8).
+    user_pages_excluded: bool = False
 
 
 @dataclass
@@ -253,6 +255,14 @@ def decide(obs: Observation) -> Decision:
             return Decision(Verdict.NO_MATCH, DfClass.BARE_METAL,
                             "the CPU delivered events at CPL 0 with user state, but on bare "
                             "metal: no hypervisor can have corrupted CPL", evidence)
+        if obs.user_pages_excluded:
+            _check(evidence, "user-pages-in-dump", Status.UNKNOWN,
+                   "the dump level excluded user pages (makedumpfile -d with bit 8): the user "
+                   "stack, where the proof lives, was not captured")
+            return Decision(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
+                            "the marks of the CPL-corruption signature, but the dump left out the "
+                            "user pages that would prove it (take dumps with a level without bit 8)",
+                            evidence)
         if obs.source == "log":
             _check(evidence, "proof-from-memory", Status.UNKNOWN,
                    "a console log shows the marks but cannot prove them; the dump can")

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import drgn
 from drgn import Object, Program
-from drgn.helpers.linux.mm import access_process_vm, vma_find
+from drgn.helpers.linux.mm import access_process_vm, follow_phys, vma_find
 
 from dfforensics import x86
 from dfforensics.annotate import annotate
@@ -25,7 +25,7 @@ from dfforensics.finddf import FoundDf, find_double_faults
 from dfforensics.log_analysis import strongest
 from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
 from dfforensics.errors import InputError
-from dfforensics.opendump import open_dump
+from dfforensics.opendump import DUMP_LEVEL_USER_DATA, open_dump
 from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
 from dfforensics.sweep import sweep_evidence, sweep_user_stacks
 from dfforensics.stackscan import (
@@ -122,7 +122,7 @@ def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
     return None
 
 
-def _push_slot_page_status(found: FoundDf) -> Optional[Evidence]:
+def _push_slot_page_status(found: FoundDf, user_pages_excluded: bool) -> Optional[Evidence]:
     """Whether the page of the CPU's first push slot below a user RSP is present."""
     rsp = found.regs.rsp
     if found.task is None or rsp is None or not x86.is_plausible_user_pointer(rsp):
@@ -131,6 +131,13 @@ def _push_slot_page_status(found: FoundDf) -> Optional[Evidence]:
     try:
         access_process_vm(found.task, slot, 8)
     except drgn.FaultError:
+        try:
+            follow_phys(found.task.mm, slot)
+        except drgn.FaultError:
+            pass
+        else:
+            return Evidence("push-slot-page-not-present", Status.UNKNOWN,
+                            f"the page of the first push slot {slot:#x} is mapped but not in the dump")
         return Evidence("push-slot-page-not-present", Status.PASS,
                         f"the page of the first push slot {slot:#x} is not present in the task's "
                         "page tables: a push there faults, as the #DF's did")
@@ -159,7 +166,8 @@ def _annotated(found: FoundDf, user_reads: list[StackRead], frames: list[Frame],
     return annotate(words, [f for f in frames if f.stack == "user"], name, marks)
 
 
-def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: list[str]):
+def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: list[str],
+                  user_pages_excluded: bool = False):
     regs = found.regs
     pid, tid, comm = _task_identity(found.task)
     region = classify_rsp(prog, found.task, found.cpu, regs.rsp) if regs.rsp is not None else None
@@ -184,6 +192,7 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
         hypervisor=kernel.hypervisor, guard_page_hit=guard, kernel_pointers=kernel_pointers,
         rsp_region=region, frames=frames,
         user_stack_read=any(read.pages_present for read in user_reads), user_stack_problem=problem,
+        user_pages_excluded=user_pages_excluded,
     ))
     for read in user_reads:
         if read.pages_missing:
@@ -191,7 +200,7 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
                             "resident page(s) are not in the dump (excluded by the dump level, or "
                             "the dump is cut)")
     warnings.extend(f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements)
-    push_page = _push_slot_page_status(found)
+    push_page = _push_slot_page_status(found, user_pages_excluded)
     if push_page is not None:
         decision.evidence.append(push_page)
     if found.cr2_source:
@@ -245,8 +254,14 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
             _attach_sweep(prog, report, headline=True)
         return report
     double_faults, frames, words = [], [], []
+    dump_level = source.get("dump_level")
+    user_pages_excluded = dump_level is not None and bool(dump_level & DUMP_LEVEL_USER_DATA)
+    if user_pages_excluded:
+        warnings.append(f"dump level {dump_level} excludes user pages (makedumpfile -d bit 8): user "
+                        "stacks, where frames pushed at CPL 0 would be, are not in this dump")
     for found in found_all:
-        df, df_frames, df_words = _double_fault(prog, found, kernel, encoding, warnings)
+        df, df_frames, df_words = _double_fault(prog, found, kernel, encoding, warnings,
+                                                user_pages_excluded)
         double_faults.append(df)
         frames.extend(f for f in df_frames if all(f.address != g.address for g in frames))
         if not words:
@@ -286,8 +301,9 @@ def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[s
     :raises InputError: on unusable inputs (one line for the user).
     """
     opened = open_dump(vmcore, vmlinux, module_debuginfo)
-    source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux,
-              "vmcoreinfo": opened.vmcoreinfo_source, "notes": opened.notes}
+    source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux, "format": opened.format,
+              "dump_level": opened.dump_level, "vmcoreinfo": opened.vmcoreinfo_source,
+              "notes": opened.notes}
     try:
         return analyze(opened.prog, source, sweep)
     except drgn.FaultError as error:

@@ -93,3 +93,12 @@ def test_syscall_entry_window():
 def test_every_decision_explains_itself():
     decision = decide(obs(rip=0xFFFFFFFF81000000, cs=0x10, rsp=0xFFFFC90000013F00, ss=0x18))
     assert decision.summary and all(e.detail for e in decision.evidence)
+
+
+def test_a_dump_without_user_pages_is_never_better_than_possible():
+    # Rule (ii) from kernel-side state alone, but the dump level dropped the
+    # user pages that would show the push slot and the frames.
+    decision = decide(obs(rip=0x40166C, cs=0x33, rsp=0x10003000, ss=0x2B, cr2=0x10002FF8,
+                          user_pages_excluded=True))
+    assert (decision.verdict, decision.df_class) == (Verdict.POSSIBLE, DfClass.CPL_CORRUPTION)
+    assert any(e.check == "user-pages-in-dump" for e in decision.evidence)
