@@ -16,7 +16,7 @@ import gzip
 import hashlib
 import lzma
 import os
-import shutil
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Final, Optional, Sequence
@@ -138,6 +138,63 @@ def decompressed(path: str, what: str) -> str:
         os.replace(partial, target)
     except (OSError, EOFError, lzma.LZMAError, gzip.BadGzipFile, ValueError) as error:
         raise DumpError(f"{what} {path}: corrupt {name} data: {error}") from None
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+# makedumpfile's flattened stream (makedumpfile.h, QEMU dump.c): a 4096-byte
+# header starting "makedumpfile", then records {int64 offset; int64 size}
+# (big-endian) each followed by its bytes, ended by {-1, -1}.
+_FLAT_SIGNATURE: Final = b"makedumpfile"
+_FLAT_HEADER_SIZE: Final = 4096
+_FLAT_RECORD: Final = struct.Struct(">qq")
+
+
+def reassembled(path: str, what: str = "VMCORE") -> str:
+    """Return a path to the kdump-compressed file a flattened stream holds.
+
+    What ``makedumpfile -R`` does, done once into the cache; other files are
+    returned as they are.
+    """
+    with open(path, "rb") as file:
+        if not file.read(len(_FLAT_SIGNATURE)) == _FLAT_SIGNATURE:
+            return path
+    stat = os.stat(path)
+    key = hashlib.sha256(
+        f"flat\0{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode()
+    ).hexdigest()[:24]
+    cache = _cache_dir()
+    target = os.path.join(cache, f"{key}-reassembled")
+    if os.path.exists(target):
+        return target
+    fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
+    try:
+        with open(path, "rb") as source, os.fdopen(fd, "wb") as out:
+            source.seek(_FLAT_HEADER_SIZE)
+            end = 0
+            while True:
+                record = source.read(_FLAT_RECORD.size)
+                if len(record) < _FLAT_RECORD.size:
+                    raise DumpError(f"{what} {path}: flattened dump cut before its end marker")
+                offset, size = _FLAT_RECORD.unpack(record)
+                if offset == -1 and size == -1:
+                    break
+                if offset < 0 or size <= 0 or offset + size > _MAX_DECOMPRESSED:
+                    raise DumpError(f"{what} {path}: corrupt flattened dump (record at offset "
+                                    f"{offset}, size {size})")
+                out.seek(offset)
+                remaining = size
+                while remaining:
+                    chunk = source.read(min(remaining, _CHUNK))
+                    if not chunk:
+                        raise DumpError(f"{what} {path}: flattened dump cut inside a record")
+                    out.write(chunk)
+                    remaining -= len(chunk)
+                end = max(end, offset + size)
+            out.truncate(end)
+        os.replace(partial, target)
     finally:
         if os.path.exists(partial):
             os.unlink(partial)
@@ -357,7 +414,8 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
 
     :raises DumpError: on unreadable, unrecognised or mismatched inputs.
     """
-    vmcore_path = decompressed(vmcore, "VMCORE")
+    vmcore_path = reassembled(decompressed(vmcore, "VMCORE"))
+    flattened = vmcore_path != decompressed(vmcore, "VMCORE")
     vmlinux_path = decompressed(vmlinux, "VMLINUX")
     module_paths = [decompressed(path, "module debug info") for path in module_debuginfo]
     notes = []
@@ -406,4 +464,8 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
         raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})") from None
     _check_banner_match(prog, facts, vmcore, vmlinux)
     dump_format, dump_level = read_dump_format(vmcore_path)
+    if flattened:
+        dump_format = "flattened"
+        notes.append("the dump is makedumpfile's flattened format; it was reassembled into the "
+                     "cache (what 'makedumpfile -R' does)")
     return OpenedDump(prog, vmcore_path, vmlinux_path, source, notes, dump_format, dump_level)
