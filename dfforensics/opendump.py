@@ -294,45 +294,90 @@ def _physical_reader(path: str) -> Callable[[int, int], Optional[bytes]]:
     return read
 
 
+# x86_64 page-table bits and the kernel text mapping's slots in init_top_pgt
+# (the same in every 4-level kernel).
+_PTE_PRESENT: Final = 0x1
+_PTE_HUGE: Final = 0x80
+_PTE_ADDRESS: Final = 0x000FFFFFFFFFF000
+_HUGE_2M: Final = 1 << 21
+
+
+def _kernel_text_virtual(read: Callable[[int, int], Optional[bytes]], pgd_physical: int,
+                         text_physical: int) -> Optional[int]:
+    """Find the virtual address at which init_top_pgt maps the kernel's first 2 MiB page."""
+    def entry(table: int, index: int) -> Optional[int]:
+        data = read(table + 8 * index, 8)
+        return int.from_bytes(data, "little") if data else None
+
+    pud_entry = entry(pgd_physical, (_START_KERNEL_MAP >> 39) & 511)
+    if not pud_entry or not pud_entry & _PTE_PRESENT:
+        return None
+    for pud_index in range((_START_KERNEL_MAP >> 30) & 511, 512):
+        pmd_entry = entry(pud_entry & _PTE_ADDRESS, pud_index)
+        if not pmd_entry or not pmd_entry & _PTE_PRESENT:
+            continue
+        table = read(pmd_entry & _PTE_ADDRESS, 4096)
+        if table is None:
+            continue
+        for index in range(512):
+            value = int.from_bytes(table[8 * index:8 * index + 8], "little")
+            if value & (_PTE_PRESENT | _PTE_HUGE) == _PTE_PRESENT | _PTE_HUGE and \
+                    value & _PTE_ADDRESS & ~(_HUGE_2M - 1) == text_physical:
+                return (0xFFFF << 48) | (511 << 39) | (pud_index << 30) | (index << 21)
+    return None
+
+
 def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
     """Build the VMCOREINFO drgn needs from VMLINUX and guest memory.
 
-    Finds where the kernel sits in guest-physical memory by looking for
-    VMLINUX's own ``linux_banner`` at its physical address for each 2 MiB
-    aligned ``phys_base`` candidate (the kernel is loaded 2 MiB aligned).
-    Returns the note and a sentence saying how it was rebuilt.
-
-    Supports kernels booted without KASLR of the virtual text address
-    (``nokaslr``, or a physical-only relocation); see the no-VMCOREINFO issue
-    for the randomized case.
+    1. Where the kernel sits in guest-physical memory: VMLINUX's own
+       ``linux_banner`` is looked for at every 2 MiB-aligned load address
+       (the kernel is loaded 2 MiB aligned, randomized or not).
+    2. Where it sits virtually (the KASLR offset): ``init_top_pgt``, read at
+       its physical address, maps the kernel text with 2 MiB pages; the slot
+       that maps the text's physical page gives the virtual address.
+    Returns the note and a sentence saying how it was rebuilt. Supports
+    x86_64 kernels with 4-level paging, with or without KASLR.
     """
     if not facts.banner or "linux_banner" not in facts.symbols or not facts.release:
         raise DumpError("the dump has no VMCOREINFO and VMLINUX has no linux_banner to rebuild it from")
     pgd = facts.symbols.get("init_top_pgt") or facts.symbols.get("swapper_pg_dir")
-    if pgd is None:
-        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt")
+    text = facts.symbols.get("_text")
+    if pgd is None or text is None:
+        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt/_text")
     try:
         read = _physical_reader(vmcore)
     except (ELFError, OSError) as error:
         raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})") from None
-    banner_physical = facts.symbols["linux_banner"] - _START_KERNEL_MAP
-    for phys_base in range(0, 64 << 30, 2 << 20):
-        data = read(banner_physical + phys_base, len(facts.banner))
-        if data == facts.banner:
-            note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET=0\n"
-                    f"SYMBOL(swapper_pg_dir)={pgd:x}\nNUMBER(phys_base)={phys_base}\n"
-                    f"NUMBER(pgtable_l5_enabled)=0\n")
-            if facts.build_id:
-                note += f"BUILD-ID={facts.build_id}\n"
-            how = (f"the dump has no VMCOREINFO; rebuilt from VMLINUX: its linux_banner was found "
-                   f"in guest memory at physical {banner_physical + phys_base:#x} "
-                   f"(phys_base {phys_base:#x}, no virtual KASLR offset)")
-            return note.encode(), how
-        if data is None and phys_base > (4 << 30):
-            break
-    raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is not in guest memory "
-                    "at any unrandomized address: the kernel differs from VMLINUX, or it was booted "
-                    "with KASLR (rebuilding a randomized layout is not supported yet)")
+    banner_from_text = facts.symbols["linux_banner"] - text
+    link_physical_text = text - _START_KERNEL_MAP
+    for load in range(0, 64 << 30, _HUGE_2M):
+        data = read(load + banner_from_text, len(facts.banner))
+        if data is None:
+            if load > link_physical_text + (4 << 30):
+                break
+            continue
+        if data != facts.banner:
+            continue
+        virtual_text = _kernel_text_virtual(read, load + (pgd - text), load)
+        if virtual_text is None:
+            raise DumpError("the dump has no VMCOREINFO; VMLINUX's banner is in guest memory at "
+                            f"physical {load + banner_from_text:#x}, but the kernel page tables "
+                            "there do not map it: cannot rebuild the KASLR layout")
+        offset = virtual_text - text
+        phys_base = load - (virtual_text - _START_KERNEL_MAP)
+        note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n"
+                f"SYMBOL(swapper_pg_dir)={pgd + offset:x}\nNUMBER(phys_base)={phys_base}\n"
+                f"NUMBER(pgtable_l5_enabled)=0\n")
+        if facts.build_id:
+            note += f"BUILD-ID={facts.build_id}\n"
+        how = (f"the dump has no VMCOREINFO; rebuilt from VMLINUX and guest memory: its "
+               f"linux_banner is at physical {load + banner_from_text:#x} (kernel loaded at "
+               f"{load:#x}), and init_top_pgt maps the text at {virtual_text:#x} "
+               f"(KASLR offset {offset:#x}, phys_base {phys_base:#x})")
+        return note.encode(), how
+    raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is nowhere in guest "
+                    "memory at a 2 MiB-aligned load address: VMLINUX is not this kernel's")
 
 
 # struct disk_dump_header (makedumpfile diskdump_mod.h): block_size at 428;
