@@ -9,14 +9,17 @@ layouts of debug-info trees. No drgn: pyelftools and the headers only.
 
 import os
 import re
-import struct
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
 from dataclasses import dataclass
 from typing import Final, Iterable, Optional
 
 from dfforensics.opendump import decompressed, read_elf_vmcoreinfo, vmlinux_facts
 from dfforensics.errors import InputError
 
-__all__ = ("DumpIdentity", "dump_kernel_identity", "find_vmlinux")
+__all__ = ("DumpIdentity", "dump_kernel_identity", "find_vmlinux", "fetch_from_debuginfod")
 
 _COMPRESSED_SUFFIXES: Final = ("", ".xz", ".gz", ".zst")
 # struct disk_dump_header (makedumpfile diskdump_mod.h): signature[8],
@@ -83,11 +86,21 @@ def find_vmlinux(identity: DumpIdentity, directories: Iterable[str]) -> Optional
     Tries the standard layouts first (``usr/lib/debug/boot/vmlinux-<release>``,
     ``usr/lib/debug/lib/modules/<release>/vmlinux``, ``.build-id/xx/rest.debug``,
     each also ``.xz``/``.gz``/``.zst``), then any file named ``vmlinux*``
-    below the trees whose build ID (or release) matches.
+    below the trees whose build ID (or release) matches, then the debuginfod
+    servers of ``$DEBUGINFOD_URLS`` by build ID.
     """
     directories = list(directories)
     if not identity.release and not identity.build_id:
         return None
+    found = _find_in_trees(identity, directories)
+    if found is None and identity.build_id:
+        fetched = fetch_from_debuginfod(identity.build_id)
+        if fetched and _matches(fetched, identity):
+            return fetched
+    return found
+
+
+def _find_in_trees(identity: DumpIdentity, directories: list[str]) -> Optional[str]:
     for directory in directories:
         for candidate in _standard_candidates(directory, identity):
             for suffix in _COMPRESSED_SUFFIXES:
@@ -105,4 +118,36 @@ def find_vmlinux(identity: DumpIdentity, directories: Iterable[str]) -> Optional
                     path = os.path.join(root, name)
                     if _matches(path, identity):
                         return path
+    return None
+
+
+def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional[str]:
+    """Fetch a debug file by build ID from the servers in ``$DEBUGINFOD_URLS``.
+
+    The debuginfod protocol: ``GET <url>/buildid/<id>/debuginfo``. Files are
+    kept in the dfforensics cache; ``$DEBUGINFOD_TIMEOUT`` (seconds, default
+    90) bounds each request. Returns ``None`` when no server has it.
+    """
+    urls = os.environ.get("DEBUGINFOD_URLS", "") if urls is None else urls
+    if not urls.strip() or not re.fullmatch(r"[0-9a-f]{8,}", build_id):
+        return None
+    from dfforensics.opendump import _cache_dir
+
+    target_dir = os.path.join(_cache_dir(), "debuginfod", build_id)
+    target = os.path.join(target_dir, "debuginfo")
+    if os.path.exists(target):
+        return target
+    timeout = float(os.environ.get("DEBUGINFOD_TIMEOUT", "90"))
+    for url in urls.split():
+        request_url = f"{url.rstrip('/')}/buildid/{build_id}/debuginfo"
+        try:
+            with urllib.request.urlopen(request_url, timeout=timeout) as response:
+                os.makedirs(target_dir, exist_ok=True)
+                fd, partial = tempfile.mkstemp(dir=target_dir, prefix=".partial-")
+                with os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(response, out)
+                os.replace(partial, target)
+                return target
+        except (urllib.error.URLError, OSError, ValueError):
+            continue
     return None

@@ -137,3 +137,34 @@ def test_usage_errors(args):
     result = run(*args)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("dfforensics: error: ")
+
+
+def test_vmlinux_from_a_debuginfod_server(archive, tmp_path):
+    """A real HTTP server on loopback speaking the debuginfod protocol."""
+    import http.server
+    import threading
+
+    from dfforensics.debuginfo import dump_kernel_identity
+    from dfforensics.opendump import decompressed
+
+    dump = archive / "guest1-2026-11-20-10:00" / "vmcore"
+    build_id = dump_kernel_identity(decompressed(str(dump), "VMCORE"), "elf-core").build_id
+    served = tmp_path / "served" / "buildid" / build_id
+    served.mkdir(parents=True)
+    shutil.copy(decompressed(str(KERNELS / "linux-6.1" / "vmlinux.xz"), "VMLINUX"), served / "debuginfo")
+    handler = lambda *a, **k: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path / "served"), **k)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    out = tmp_path / "rows.jsonl"
+    env = {**os.environ, "DEBUGINFOD_URLS": f"http://127.0.0.1:{server.server_port}",
+           "DFFORENSICS_CACHE": str(tmp_path / "cache")}
+    try:
+        result = subprocess.run([sys.executable, "-m", "dfforensics.cli", "triage", str(dump),
+                                 "--format", "jsonl", "-o", str(out)],
+                                capture_output=True, text=True, timeout=600, env=env)
+    finally:
+        server.shutdown()
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (row["mode"], row["verdict"]) == ("vmcore", "match")
+    assert "debuginfod" in row["vmlinux"]
