@@ -106,6 +106,8 @@ def _triage_parser() -> argparse.ArgumentParser:
                         help="per-dump time limit (default 600)")
     parser.add_argument("--memory-limit", type=int, default=8192, metavar="MIB",
                         help="per-worker address-space cap in MiB (default 8192)")
+    parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                        help="run the per-dump jobs on an existing Dask cluster (dfforensics[cluster])")
     return parser
 
 
@@ -129,7 +131,8 @@ def _run_triage(argv: Sequence[str]) -> int:
     try:
         try:
             rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
-                                     args.timeout, args.memory_limit << 20, done, new_file)
+                                     args.timeout, args.memory_limit << 20, done, new_file,
+                                     scheduler=args.scheduler)
             if args.format == "table":
                 stream.write(triage.rows_table(rows))
         finally:

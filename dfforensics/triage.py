@@ -29,7 +29,7 @@ from dfforensics.discover import Item, discover
 from dfforensics.errors import InputError
 from dfforensics.opendump import decompressed
 
-__all__ = ("ROW_FIELDS", "plan_jobs", "run_triage", "summary_text", "load_done")
+__all__ = ("ROW_FIELDS", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
 
 ROW_FIELDS: Final = (
     "path", "size", "mtime", "kind", "status", "mode", "verdict", "df_class", "kernel_release",
@@ -161,6 +161,37 @@ def _row_from_worker(returncode: int, stdout: str, stderr: str) -> dict[str, Any
     return {"status": "error", "error_kind": kind, "error": detail}
 
 
+def run_isolated(job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+    """Run one job in its own worker process; what a Dask worker runs for each dump."""
+    return _Workers().run(job, timeout, memory_bytes)
+
+
+def _dask_results(scheduler: str, planned: list[dict[str, Any]], timeout: float,
+                  memory_bytes: Optional[int]):
+    """Yield (job, row) as a Dask cluster finishes them; each still runs in its own process."""
+    try:
+        from distributed import Client, as_completed as dask_completed
+    except ImportError:
+        raise InputError("--scheduler needs dask.distributed: pip install 'dfforensics[cluster]'") from None
+    try:
+        client = Client(scheduler, timeout=10)
+    except (OSError, TimeoutError) as error:
+        raise InputError(f"cannot reach the Dask scheduler {scheduler}: {error}") from None
+    try:
+        futures = {client.submit(run_isolated, job, timeout, memory_bytes, pure=False): job
+                   for job in planned}
+        for future in dask_completed(futures):
+            job = futures[future]
+            try:
+                row = future.result()
+            except Exception as error:  # a lost Dask worker costs only this row
+                row = {"status": "error", "error_kind": "worker-crash",
+                       "error": f"Dask task failed: {error}"}
+            yield job, row
+    finally:
+        client.close()
+
+
 class _Progress:
     """A one-line progress bar on a terminal; silent otherwise."""
 
@@ -220,24 +251,39 @@ def run_triage(
     done: set[tuple[str, int, float]],
     new_file: bool = True,
     progress_stream: TextIO = sys.stderr,
+    scheduler: Optional[str] = None,
 ) -> list[dict[str, Any]]:
-    """Analyse every item under ``paths``; return all rows (written as they finish)."""
+    """Analyse every item under ``paths``; return all rows (written as they finish).
+
+    With ``scheduler`` (``tcp://HOST:PORT``), the per-dump jobs run on an
+    existing Dask cluster instead of local workers; the rows are the same.
+    """
     items = [item for item in discover(paths) if item.key not in done]
     planned = plan_jobs(items, debuginfo_dirs)
     writer = _Writer(output, fmt, new_file)
     progress = _Progress(len(planned), progress_stream)
     rows: list[dict[str, Any]] = []
+
+    def record(job: dict[str, Any], result: dict[str, Any]) -> None:
+        row = {"path": job["path"], "size": job["size"], "mtime": job["mtime"],
+               "kind": job["kind"], "log": job.get("log"), **result}
+        writer.write(row)
+        rows.append(row)
+        progress.step()
+
+    if scheduler:
+        try:
+            for job, result in _dask_results(scheduler, planned, timeout, memory_bytes):
+                record(job, result)
+        finally:
+            progress.close()
+        return rows
     workers = _Workers()
     executor = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {executor.submit(workers.run, job, timeout, memory_bytes): job for job in planned}
         for future in as_completed(futures):
-            job = futures[future]
-            row = {"path": job["path"], "size": job["size"], "mtime": job["mtime"],
-                   "kind": job["kind"], "log": job.get("log"), **future.result()}
-            writer.write(row)
-            rows.append(row)
-            progress.step()
+            record(futures[future], future.result())
     except BaseException:
         # Ctrl-C or a failed write: stop every worker; finished rows are on disk.
         workers.stop_all()

@@ -168,3 +168,31 @@ def test_vmlinux_from_a_debuginfod_server(archive, tmp_path):
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert (row["mode"], row["verdict"]) == ("vmcore", "match")
     assert "debuginfod" in row["vmlinux"]
+
+
+def test_same_rows_on_a_dask_cluster(archive, tmp_path):
+    """--scheduler runs the per-dump jobs on a local Dask cluster started here."""
+    from distributed import LocalCluster
+
+    local = tmp_path / "local.jsonl"
+    remote = tmp_path / "dask.jsonl"
+    target = archive / "loose"
+    assert run(target, "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", local).returncode == 0
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster:
+        result = run(target, "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", remote,
+                     "--scheduler", cluster.scheduler_address)
+    assert result.returncode == 0, result.stderr
+
+    def essence(path):
+        keep = ("path", "status", "verdict", "df_class", "error_kind", "mode", "frames")
+        return sorted(tuple(row.get(k) for k in keep)
+                      for row in map(json.loads, path.read_text().splitlines()))
+
+    assert essence(remote) == essence(local)
+
+
+def test_unreachable_scheduler_is_one_error_line(archive):
+    result = run(archive / "loose", "--scheduler", "tcp://127.0.0.1:9", "--debuginfo-dir", KERNELS)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("dfforensics: error: ")
