@@ -17,6 +17,11 @@ REQUIRED = {"scenario", "format", "kernel_release", "verdict", "df_class", "cpu"
             "comm", "regs", "frames", "vmlinux", "module_debuginfo", "qemu", "notes"}
 FRAME_KEYS = {"address", "rip", "cs", "rflags", "rsp", "ss", "orig_ax", "stack"}
 REG_KEYS = {"rip", "cs", "rflags", "rsp", "ss", "cr2"}
+SWEEP_VERDICTS = {"cpl0-frames-found", "clean", "incomplete"}
+# Dumps of a running guest (no crash): no crashing CPU, task or registers (null), but the
+# sweep ground truth: each frame's task and the tasks of the workload.
+SWEEP_FRAME_KEYS = FRAME_KEYS | {"pid", "tid", "comm"}
+TASK_KEYS = {"pid", "tid", "comm"}
 
 pytestmark = pytest.mark.skipif(not os.path.exists(MANIFEST), reason="no fixtures/MANIFEST.json")
 
@@ -96,15 +101,19 @@ def test_scenario_dir(name):
         assert e["df_class"] and e["df_class"] != "cpl-corruption"
     else:
         assert e["df_class"] is None
-    for k in ("cpu", "pid", "tid"):
-        assert isinstance(e[k], int) and not isinstance(e[k], bool), k
-    assert isinstance(e["comm"], str) and e["comm"]
-    assert set(e["regs"]) == REG_KEYS
-    for k, v in e["regs"].items():
-        assert v is None or HEX.match(v), (k, v)
     assert isinstance(e["frames"], list)
+    if "sweep_verdict" in e:
+        check_running_guest(e)
+    else:
+        for k in ("cpu", "pid", "tid"):
+            assert isinstance(e[k], int) and not isinstance(e[k], bool), k
+        assert isinstance(e["comm"], str) and e["comm"]
+        assert set(e["regs"]) == REG_KEYS
+        for k, v in e["regs"].items():
+            assert v is None or HEX.match(v), (k, v)
+        for fr in e["frames"]:
+            assert set(fr) == FRAME_KEYS, fr
     for fr in e["frames"]:
-        assert set(fr) == FRAME_KEYS, fr
         assert fr["stack"] in ("user", "kernel")
         for k in FRAME_KEYS - {"stack"}:
             assert HEX.match(fr[k]), (k, fr[k])
@@ -112,3 +121,23 @@ def test_scenario_dir(name):
         assert os.path.isfile(os.path.normpath(os.path.join(d, p))), p
     assert isinstance(e["kernel_release"], str) and e["kernel_release"]
     assert isinstance(e["notes"], str) and e["notes"]
+
+
+def check_running_guest(e):
+    """A dump of a guest that did not crash, for the sweep: verdict no-double-fault, no
+    crash fields, every frame attributed to one of the listed tasks."""
+    assert e["sweep_verdict"] in SWEEP_VERDICTS
+    assert e["verdict"] == "no-double-fault" and e["df_class"] is None
+    for k in ("cpu", "pid", "tid", "comm", "regs"):
+        assert e[k] is None, k
+    assert (e["sweep_verdict"] == "clean") == (not e["frames"])
+    assert isinstance(e["tasks"], list) and e["tasks"]
+    for t in e["tasks"]:
+        assert set(t) == TASK_KEYS, t
+        assert isinstance(t["pid"], int) and isinstance(t["tid"], int), t
+        assert isinstance(t["comm"], str) and t["comm"], t
+    tasks = {(t["pid"], t["tid"], t["comm"]) for t in e["tasks"]}
+    for fr in e["frames"]:
+        assert set(fr) == SWEEP_FRAME_KEYS, fr
+        assert (fr["pid"], fr["tid"], fr["comm"]) in tasks, fr
+    assert len({fr["address"] for fr in e["frames"]}) == len(e["frames"])
