@@ -19,7 +19,7 @@ _SLOTS = ("orig_ax", "RIP", "CS", "RFLAGS", "RSP", "SS")
 
 def _frame_slot_notes(frame: Frame, name: Callable[[int], Optional[str]]) -> dict[int, str]:
     where = f"frame @{frame.address:x}"
-    rip_name = name(frame.rip)
+    rip_name = frame.rip_symbol or name(frame.rip)
     notes = {
         frame.address: f"{where} orig_ax: {frame.orig_ax.meaning}",
         frame.address + 8: f"{where} RIP" + (f" {rip_name}" if rip_name else ""),

@@ -53,11 +53,14 @@ def _sysret_ss_workaround(prog: Program, release: Optional[str]) -> Optional[boo
 
 
 def _uptime(prog: Program) -> Optional[float]:
+    """Seconds since boot from the timekeeper (3.17+: tk_core.timekeeper.ktime_sec).
+
+    The last kernel log record's time is not the uptime (a quiet guest logs
+    nothing for hours), so it is not used.
+    """
     try:
-        from drgn.helpers.linux.printk import get_printk_records
-        records = get_printk_records(prog)
-        return records[-1].timestamp / 1e9 if records else None
-    except (LookupError, drgn.FaultError, ValueError):
+        return float(prog["tk_core"].timekeeper.ktime_sec)
+    except (LookupError, AttributeError, drgn.FaultError):
         return None
 
 

@@ -237,6 +237,38 @@ def _read_symbol_bytes(elf: ELFFile, address: int, size: int) -> Optional[bytes]
     return None
 
 
+_ELF64_SYM: Final = struct.Struct("<IBBHQQ")
+
+
+def _symbol_values(elf: ELFFile, symtab, names: Sequence[str]) -> dict[str, int]:
+    """The value of the first symbol of each name, from the raw .symtab and .strtab.
+
+    pyelftools' get_symbol_by_name parses every symbol of the table one by one
+    (seconds on a vmlinux); this matches the names' string table offsets instead.
+    """
+    if elf.elfclass != 64 or not elf.little_endian or symtab["sh_entsize"] != _ELF64_SYM.size:
+        symbols = {}
+        for name in names:
+            found = symtab.get_symbol_by_name(name)
+            if found:
+                symbols[name] = found[0]["st_value"]
+        return symbols
+    strings = symtab.stringtable.data()
+    wanted: dict[int, str] = {}
+    for name in names:
+        key = name.encode() + b"\0"
+        at = strings.find(key)
+        while at >= 0:
+            wanted[at] = name
+            at = strings.find(key, at + 1)
+    symbols = {}
+    for st_name, _, _, _, st_value, _ in _ELF64_SYM.iter_unpack(symtab.data()):
+        name = wanted.get(st_name)
+        if name is not None and name not in symbols:
+            symbols[name] = st_value
+    return symbols
+
+
 def vmlinux_facts(path: str) -> VmlinuxFacts:
     """Read the build ID, ``linux_banner`` and a few symbols from a vmlinux with pyelftools.
 
@@ -257,11 +289,7 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
                 raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux")
-            symbols = {}
-            for name in ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"):
-                found = symtab.get_symbol_by_name(name)
-                if found:
-                    symbols[name] = found[0]["st_value"]
+            symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"))
             banner = None
             if "linux_banner" in symbols:
                 raw = _read_symbol_bytes(elf, symbols["linux_banner"], 512)

@@ -20,7 +20,7 @@ from drgn.helpers.linux.pid import for_each_task
 from dfforensics import x86
 from dfforensics.model import Evidence, Frame, Status, SweepResult, SweptStack
 from dfforensics.rspregion import user_stack_pointer
-from dfforensics.stackscan import bounded_window, orig_ax_encoding, scan_user_range, symbolizer
+from dfforensics.stackscan import StackRead, bounded_window, orig_ax_encoding, scan_user_range, symbolizer
 
 __all__ = ("sweep_user_stacks", "sweep_evidence")
 
@@ -37,13 +37,16 @@ def _stack_of(task) -> Optional[tuple[int, int, str, int]]:
     return int(vma.vm_start), int(vma.vm_end), name, sp
 
 
-def sweep_user_stacks(prog: Program) -> SweepResult:
+def sweep_user_stacks(prog: Program, reads_with_frames: Optional[list[StackRead]] = None) -> SweepResult:
     """Scan every thread's user stack mapping for frames pushed at CPL 0.
 
     Supports x86_64 kernels whose task, mm and VMA layouts drgn's helpers
     know (3.x–6.x). Each mapping is read once, at most
     :data:`~dfforensics.stackscan.USER_SCAN_LIMIT` around the saved RSP, through
     the owning task's page tables.
+
+    :param reads_with_frames: receives the stack memory read where frames
+        were found (for annotating the words around them).
     """
     encoding = orig_ax_encoding(prog)
     result = SweepResult(verdict="clean")
@@ -80,6 +83,8 @@ def sweep_user_stacks(prog: Program) -> SweepResult:
                                         read.pages_missing, [f.address for f in frames],
                                         read.pages_not_resident))
         result.frames.extend(frames)
+        if frames and reads_with_frames is not None:
+            reads_with_frames.append(read)
     tasks_with_frames = {(f.pid, f.tid) for f in result.frames}
     if result.frames:
         result.verdict = "cpl0-frames-found"

@@ -146,18 +146,28 @@ def _push_slot_page_status(found: FoundDf, user_pages_excluded: bool) -> Optiona
                     "not have faulted (unless it was mapped after the #DF)")
 
 
-def _annotated(found: FoundDf, user_reads: list[StackRead], frames: list[Frame], name) -> list:
+def _window_words(reads: list[StackRead], centres: list[tuple[int, tuple[int, int]]]) -> dict[int, Optional[int]]:
     words: dict[int, Optional[int]] = {}
-    regs = found.regs
-    centres = [(f.address, _FRAME_WINDOW) for f in frames if f.stack == "user"][:8]
-    if regs.rsp is not None and x86.is_user_address(regs.rsp):
-        centres.insert(0, (regs.rsp & ~7, _RSP_WINDOW))
     for centre, (below, above) in centres:
-        for read in user_reads:
+        for read in reads:
             if not read.start <= centre <= read.end:
                 continue
             for address in range(max(read.start, centre - below), min(read.end, centre + above), 8):
                 words[address] = read.word(address)
+    return words
+
+
+def _annotated_frames(reads: list[StackRead], frames: list[Frame], name) -> list:
+    user = [f for f in frames if f.stack == "user"]
+    return annotate(_window_words(reads, [(f.address, _FRAME_WINDOW) for f in user[:8]]), user, name)
+
+
+def _annotated(found: FoundDf, user_reads: list[StackRead], frames: list[Frame], name) -> list:
+    regs = found.regs
+    centres = [(f.address, _FRAME_WINDOW) for f in frames if f.stack == "user"][:8]
+    if regs.rsp is not None and x86.is_user_address(regs.rsp):
+        centres.insert(0, (regs.rsp & ~7, _RSP_WINDOW))
+    words = _window_words(user_reads, centres)
     marks = {}
     if regs.rsp is not None:
         marks[regs.rsp & ~7] = "<- RSP saved at the #DF"
@@ -276,7 +286,8 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
 
 
 def _attach_sweep(prog: Program, report: Report, headline: bool) -> None:
-    result = sweep_user_stacks(prog)
+    reads: list[StackRead] = []
+    result = sweep_user_stacks(prog, reads)
     report.sweep = result
     known = {f.address: f for f in report.frames}
     for frame in result.frames:
@@ -292,6 +303,8 @@ def _attach_sweep(prog: Program, report: Report, headline: bool) -> None:
                           f"stacks of {tasks} task(s) prove CPL-0 event delivery")
         report.explanation = explain(DfClass.CPL_CORRUPTION, report.kernel.release,
                                      report.kernel.cpu_vendor)
+    if not report.annotated_words and result.frames:
+        report.annotated_words = _annotated_frames(reads, result.frames, symbolizer(prog, None))
 
 
 def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = (),
