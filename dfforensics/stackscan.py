@@ -70,6 +70,72 @@ def bounded_window(start: int, end: int, around: int, limit: int = USER_SCAN_LIM
     return low, min(end, low + limit)
 
 
+_PRESENT: Final = 0x1
+_HUGE: Final = 0x80
+_ADDRESS_MASK: Final = 0x000FFFFFFFFFF000
+_PMD_SPAN: Final = 1 << 21
+
+
+def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
+    """Return the pages of [start, end) that the task's page tables map.
+
+    Walks the 4-level x86_64 page tables at PMD granularity: an empty PMD
+    skips 2 MiB at once, and one read gets a whole PTE page, so a mostly
+    untouched 8 MiB thread stack costs a few reads instead of 2048 probes.
+    Returns ``None`` where the walk cannot be done (5-level paging, tables not
+    in the dump), so that callers probe page by page.
+    """
+    prog = mm.prog_
+    try:
+        # CONFIG_X86_5LEVEL kernels keep the runtime choice in this variable.
+        if int(prog["__pgtable_l5_enabled"]):
+            return None
+    except (LookupError, TypeError, drgn.FaultError):
+        pass
+    try:
+        from drgn.helpers.linux.mm import phys_to_virt
+
+        def table(physical: int) -> bytes:
+            return prog.read(int(phys_to_virt(prog, physical)), PAGE)
+
+        def entry(data: bytes, index: int) -> int:
+            return int.from_bytes(data[8 * index:8 * index + 8], "little")
+
+        pgd = prog.read(int(mm.pgd), PAGE)
+        pages: set[int] = set()
+        address = start & ~(PAGE - 1)
+        while address < end:
+            next_pmd = (address | (_PMD_SPAN - 1)) + 1
+            pgd_entry = entry(pgd, (address >> 39) & 511)
+            if not pgd_entry & _PRESENT:
+                address = ((address >> 39) + 1) << 39
+                continue
+            pud_entry = entry(table(pgd_entry & _ADDRESS_MASK), (address >> 30) & 511)
+            if not pud_entry & _PRESENT:
+                address = ((address >> 30) + 1) << 30
+                continue
+            if pud_entry & _HUGE:
+                pages.update(range(address, min(end, ((address >> 30) + 1) << 30), PAGE))
+                address = ((address >> 30) + 1) << 30
+                continue
+            pmd_entry = entry(table(pud_entry & _ADDRESS_MASK), (address >> 21) & 511)
+            if not pmd_entry & _PRESENT:
+                address = next_pmd
+                continue
+            if pmd_entry & _HUGE:
+                pages.update(range(address, min(end, next_pmd), PAGE))
+                address = next_pmd
+                continue
+            ptes = table(pmd_entry & _ADDRESS_MASK)
+            while address < min(end, next_pmd):
+                if entry(ptes, (address >> 12) & 511) & _PRESENT:
+                    pages.add(address)
+                address += PAGE
+        return pages
+    except (LookupError, drgn.FaultError, ValueError):
+        return None
+
+
 def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
     """Read the present pages of a user range through the task's page tables.
 
@@ -80,7 +146,11 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
     """
     result = StackRead(start, end, name)
     mm = task.mm
+    resident = resident_pages(mm, start, end)
     for page in range(start & ~(PAGE - 1), end, PAGE):
+        if resident is not None and page not in resident:
+            result.pages_not_resident += 1
+            continue
         try:
             result.pages[page] = access_process_vm(task, page, PAGE)
             result.pages_present += 1

@@ -78,3 +78,36 @@ def test_dfsweep_drgn_command():
                      str(FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz")).prog
     report = run_command(prog, "dfsweep --format json")
     assert report.sweep.verdict == "cpl0-frames-found"
+
+
+def test_page_table_walk_agrees_with_drgn_page_by_page():
+    """resident_pages() walks PMDs; drgn's follow_phys() is the reference, page by page."""
+    import drgn
+    from drgn.helpers.linux.mm import follow_phys, vma_find
+    from drgn.helpers.linux.pid import for_each_task
+
+    from dfforensics.opendump import open_dump
+    from dfforensics.rspregion import user_stack_pointer
+    from dfforensics.stackscan import PAGE, resident_pages
+
+    prog = open_dump(str(FIXTURES / "sweep-survived" / "vmcore.xz"),
+                     str(FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz")).prog
+    checked = 0
+    for task in for_each_task(prog):
+        if not task.mm or user_stack_pointer(task) is None:
+            continue
+        vma = vma_find(task.mm, user_stack_pointer(task))
+        if not vma:
+            continue
+        start, end = int(vma.vm_start), int(vma.vm_end)
+        walked = resident_pages(task.mm, start, end)
+        reference = set()
+        for page in range(start, end, PAGE):
+            try:
+                follow_phys(task.mm, page)
+                reference.add(page)
+            except drgn.FaultError:
+                pass
+        assert walked == reference
+        checked += 1
+    assert checked >= 3
