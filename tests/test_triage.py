@@ -196,3 +196,28 @@ def test_unreachable_scheduler_is_one_error_line(archive):
     result = run(archive / "loose", "--scheduler", "tcp://127.0.0.1:9", "--debuginfo-dir", KERNELS)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith("dfforensics: error: ")
+
+
+def test_progress_bar_on_a_terminal_and_silence_otherwise(archive, tmp_path):
+    import pty
+
+    target = archive / "loose" / "console.log"
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "dfforensics.cli", "triage", str(target),
+                                "--format", "jsonl", "-o", str(tmp_path / "rows.jsonl")],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=secondary)
+    os.close(secondary)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert process.wait(timeout=300) == 0
+    os.close(primary)
+    assert b"1/1 dumps" in output and b"ETA" in output
+    quiet = run(target, "--format", "jsonl", "-o", tmp_path / "rows2.jsonl")
+    assert "ETA" not in quiet.stderr

@@ -1,0 +1,74 @@
+"""Damage inside a valid dump: the kernel log's ring buffer overwritten with
+garbage, and a stack mapping larger than anything worth reading."""
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from dfforensics.opendump import decompressed
+from dfforensics.stackscan import USER_SCAN_LIMIT, bounded_window
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+VMLINUX = FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz"
+START_KERNEL_MAP = 0xFFFFFFFF80000000
+
+
+def sparse_copy(source: Path, target: Path) -> None:
+    with open(source, "rb") as src, open(target, "wb") as out:
+        while chunk := src.read(1 << 20):
+            if chunk.count(0) == len(chunk):
+                out.seek(len(chunk), 1)
+            else:
+                out.write(chunk)
+        out.truncate()
+
+
+def file_offset(dump: Path, physical: int) -> int:
+    with open(dump, "rb") as file:
+        for segment in ELFFile(file).iter_segments("PT_LOAD"):
+            if segment["p_paddr"] <= physical < segment["p_paddr"] + segment["p_filesz"]:
+                return segment["p_offset"] + physical - segment["p_paddr"]
+    raise AssertionError(f"{physical:#x} not in the dump")
+
+
+def test_garbage_kernel_log_leaves_the_memory_proof_standing(tmp_path):
+    import drgn
+
+    plain = Path(decompressed(str(FIXTURES / "cpl0-irq-df" / "vmcore.xz"), "VMCORE"))
+    prog = drgn.Program()
+    prog.set_core_dump(str(plain))
+    prog.load_debug_info([decompressed(str(VMLINUX), "VMLINUX")])
+    # Static kernel data: physical = virtual - __START_KERNEL_map (nokaslr, phys_base 0).
+    regions = [(prog[name].address_, 0x4000) for name in
+               ("__log_buf", "_printk_rb_static_descs", "_printk_rb_static_infos")]
+    dump = tmp_path / "vmcore"
+    sparse_copy(plain, dump)
+    rng = random.Random(3)
+    with open(dump, "r+b") as out:
+        for address, size in regions:
+            out.seek(file_offset(dump, address - START_KERNEL_MAP))
+            out.write(rng.randbytes(size))
+    result = subprocess.run([sys.executable, "-m", "dfforensics.cli", str(dump), str(VMLINUX),
+                             "--format", "json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    (df,) = report["double_faults"]
+    # The log is gone; the #DF stack, the stack trace and the user stack are not.
+    assert "log" not in df["sources"] and "ist-pt_regs" in df["sources"]
+    assert report["verdict"] == "match"
+
+
+def test_reading_a_huge_stack_mapping_is_bounded():
+    start, end = 0x7F0000000000, 0x7F0000000000 + (64 << 30)   # a 64 GiB mapping
+    rsp = start + (40 << 30) + 0x1234
+    low, high = bounded_window(start, end, rsp)
+    assert high - low == USER_SCAN_LIMIT and low <= rsp < high and low % 4096 == 0
+    assert bounded_window(start, start + 0x3000, start + 0x10) == (start, start + 0x3000)
+    low, high = bounded_window(start, end, start + 5)       # RSP at the bottom
+    assert (low, high) == (start, start + USER_SCAN_LIMIT)
+    low, high = bounded_window(start, end, end - 8)          # RSP at the top
+    assert high == end and high - low <= USER_SCAN_LIMIT
