@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""dfforensics benchmarks (issue 7): one command, every contender in the same run.
+
+    python bench/run.py [--quick] [--reps N] [--sections fixtures,growth,triage]
+
+1. per fixture: `dfforensics VMCORE VMLINUX` end to end vs drgn's floor
+   (bench/drgn_floor.py: open, load the same debug info, read the log) vs the crash
+   utility doing the seed report's manual path (log, bt -a, rd -s around the saved RSP);
+2. growth: the cpl0-irq-df scenario in 128 MiB, 1 GiB and 4 GiB guests (the 1 GiB and
+   4 GiB dumps are made by bench/gendumps.py into the cache when missing: minutes);
+3. triage throughput at --jobs 1 and --jobs 2 over an archive of distinct dumps.
+
+Every contender reads the same uncompressed files: the fixtures' .xz are decompressed
+once by dfforensics' own cache (opendump.decompressed) before anything is timed, and
+one untimed warm-up run of each contender per input puts them in the page cache.
+Runs alternate between contenders (the order rotates every repetition); tables give
+medians over the repetitions and ratios of medians.  Wall time is measured around the
+child, peak RSS is the child's ru_maxrss from os.wait4.  Nothing here is a test.
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from tabulate import tabulate
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+sys.path.insert(0, HERE)
+
+from dfforensics.opendump import decompressed  # noqa: E402
+
+CACHE = os.environ.get("DFFORENSICS_BENCH_CACHE", os.path.expanduser("~/.cache/dfforensics-bench"))
+DFF = os.path.join(os.path.dirname(sys.executable), "dfforensics")
+if not os.path.exists(DFF):
+    DFF = shutil.which("dfforensics")
+FLOOR = [sys.executable, os.path.join(HERE, "drgn_floor.py")]
+CRASH = shutil.which("crash")
+
+TARGETS = {"floor_time": 1.3, "floor_rss": 1.2, "crash_speedup": 3.0, "growth": 1.5, "triage_scaling": 1.8}
+
+
+# ---------------------------------------------------------------- running one child
+def measure(cmd, stdin_path=None, out_path=None):
+    """Run cmd; return (wall seconds, peak RSS in MiB, exit code, output)."""
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    out = open(out_path, "w+b") if out_path else tempfile.TemporaryFile()
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        CHILD_CPU[0] += usage.ru_utime + usage.ru_stime
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    finally:
+        if stdin_path:
+            stdin.close()
+        out.close()
+    return wall, usage.ru_maxrss / 1024, proc.returncode, text
+
+
+CHILD_CPU = [0.0]  # CPU seconds of every child measured so far
+
+
+def busy_seconds():
+    """CPU seconds the whole machine spent busy since boot (/proc/stat)."""
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (f[0] + f[1] + f[2] + f[5] + f[6] + (f[7] if len(f) > 7 else 0)) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherCpu:
+    """How many cores other processes (not the contenders) kept busy during a section."""
+
+    def __enter__(self):
+        self.t, self.busy, self.ours = time.monotonic(), busy_seconds(), CHILD_CPU[0]
+        return self
+
+    def __exit__(self, *exc):
+        elapsed = time.monotonic() - self.t
+        others = busy_seconds() - self.busy - (CHILD_CPU[0] - self.ours)
+        self.cores = max(0.0, others / elapsed) if elapsed else 0.0
+
+
+def other_load():
+    """Load average and the other QEMU guests running on the machine (shared with other jobs)."""
+    qemus = 0
+    for comm in glob.glob("/proc/[0-9]*/comm"):
+        try:
+            if open(comm).read().startswith("qemu-system"):
+                qemus += 1
+        except OSError:
+            pass
+    return {"loadavg1": float(open("/proc/loadavg").read().split()[0]), "qemu_guests": qemus}
+
+
+# ---------------------------------------------------------------- inputs
+class Dump:
+    def __init__(self, name, vmcore, vmlinux, modules, expected):
+        self.name, self.vmcore, self.vmlinux, self.modules, self.expected = name, vmcore, vmlinux, modules, expected
+
+    def rsp(self):
+        regs = self.expected.get("regs") or {}
+        return int(regs["rsp"], 16) if regs.get("rsp") else None
+
+
+def committed_fixtures():
+    """Fixture scenarios whose vmcore.xz is committed (others may be in the making)."""
+    try:
+        listed = subprocess.run(["git", "-C", ROOT, "ls-files", "fixtures/*/vmcore.xz"],
+                                capture_output=True, text=True, check=True).stdout.split()
+        return sorted(os.path.basename(os.path.dirname(p)) for p in listed)
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(os.path.basename(os.path.dirname(p)) for p in glob.glob(os.path.join(ROOT, "fixtures/*/vmcore.xz")))
+
+
+def fixture_dump(name):
+    d = os.path.join(ROOT, "fixtures", name)
+    exp = json.load(open(os.path.join(d, "expected.json")))
+    return Dump(name, decompressed(os.path.join(d, "vmcore.xz"), "VMCORE"),
+                decompressed(os.path.normpath(os.path.join(d, exp["vmlinux"])), "VMLINUX"),
+                [decompressed(os.path.normpath(os.path.join(d, m)), "module debug info")
+                 for m in exp.get("module_debuginfo") or []], exp)
+
+
+def growth_dump(mem):
+    import gendumps
+    d = gendumps.dump_dir(CACHE, "cpl0-irq-df", mem)
+    if not os.path.exists(os.path.join(d, "expected.json")):
+        print(f"growth: making the cpl0-irq-df dump of a {mem} guest (bench/gendumps.py, minutes)", flush=True)
+        gendumps.generate("cpl0-irq-df", mem, CACHE, port=16000 + ["1G", "4G"].index(mem) if mem in ("1G", "4G") else 16010)
+    exp = json.load(open(os.path.join(d, "expected.json")))
+    return Dump(f"cpl0-irq-df {mem}", os.path.join(d, "vmcore"), decompressed(exp["vmlinux"], "VMLINUX"), [], exp)
+
+
+# ---------------------------------------------------------------- contenders
+def crash_commands(dump, path):
+    """The seed report's manual path: the log, every CPU's backtrace, the stack around the saved RSP."""
+    lines = ["log", "bt -a"]
+    rsp = dump.rsp()
+    if rsp is not None:
+        lines += [f"rd -s {rsp - 0x100:x} 100", f"rd -s {rsp:x} 100"]
+    lines.append("quit")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def contenders(dump, with_crash=True):
+    mods = [a for m in dump.modules for a in ("--module-debuginfo", m)]
+    c = {"dfforensics": dict(cmd=[DFF, dump.vmcore, dump.vmlinux, *mods], check=check_dff),
+         "drgn floor": dict(cmd=FLOOR + [dump.vmcore, dump.vmlinux, *dump.modules], check=check_floor)}
+    if with_crash and CRASH:
+        os.makedirs(CACHE, exist_ok=True)
+        cmdfile = crash_commands(dump, os.path.join(CACHE, f"crash-{dump.name.replace(' ', '-')}.cmd"))
+        c["crash"] = dict(cmd=[CRASH, "-s", dump.vmlinux, dump.vmcore], stdin=cmdfile, check=check_crash)
+    return c
+
+
+def check_dff(dump, code, text):
+    if code != 0:
+        return f"exit {code}: {text[-300:]}"
+    first = text.splitlines()[0] if text else ""
+    want = dump.expected.get("verdict")
+    if want and not first.startswith(f"verdict: {want} "):
+        return f"verdict line {first!r}, expected {want}"
+    return None
+
+
+def check_floor(dump, code, text):
+    return None if code == 0 and text.strip().isdigit() and int(text.strip()) > 0 else f"exit {code}: {text[-300:]}"
+
+
+def check_crash(dump, code, text):
+    # crash exits 0 after 'quit'; the backtrace section must be there.
+    return None if code == 0 and "PID:" in text else f"exit {code}: {text[-300:]}"
+
+
+def bench(dumps, reps, with_crash=True, label=""):
+    """Alternate the contenders on every dump; return {dump: {contender: [(wall, rss)]}}."""
+    results = {d.name: {} for d in dumps}
+    plans = {d.name: contenders(d, with_crash) for d in dumps}
+    for rep in range(-1, reps):  # rep -1: untimed warm-up (page cache, pyc)
+        for d in dumps:
+            names = list(plans[d.name])
+            k = rep % len(names) if rep >= 0 else 0
+            for name in names[k:] + names[:k]:
+                c = plans[d.name][name]
+                wall, rss, code, text = measure(c["cmd"], c.get("stdin"))
+                problem = c["check"](d, code, text)
+                if problem:
+                    raise SystemExit(f"{label}{d.name}: {name}: {problem}\ncommand: {' '.join(c['cmd'])}")
+                if rep >= 0:
+                    results[d.name].setdefault(name, []).append((wall, rss))
+        if rep >= 0:
+            print(f"  {label}repetition {rep + 1}/{reps} done", flush=True)
+    return results
+
+
+def med(samples, i):
+    return statistics.median(s[i] for s in samples)
+
+
+# ---------------------------------------------------------------- sections
+def section_fixtures(names, reps, crash_on):
+    dumps = [fixture_dump(n) for n in names]
+    load0 = other_load()
+    res = {}
+    with OtherCpu() as other:
+        for d in dumps:  # crash takes seconds a run: on the asked fixtures only
+            res.update(bench([d], reps, with_crash=d.name in crash_on, label="fixtures: "))
+    rows, out = [], []
+    for d in dumps:
+        r = res[d.name]
+        t_d, m_d = med(r["dfforensics"], 0), med(r["dfforensics"], 1)
+        t_f, m_f = med(r["drgn floor"], 0), med(r["drgn floor"], 1)
+        t_c = med(r["crash"], 0) if "crash" in r else None
+        m_c = med(r["crash"], 1) if "crash" in r else None
+        out.append(dict(fixture=d.name, dff_s=t_d, dff_mib=m_d, floor_s=t_f, floor_mib=m_f, crash_s=t_c,
+                        crash_mib=m_c, time_vs_floor=t_d / t_f, rss_vs_floor=m_d / m_f,
+                        crash_vs_dff=(t_c / t_d) if t_c else None, n=len(r["dfforensics"])))
+        rows.append([d.name, f"{t_d:.2f}", f"{t_f:.2f}", f"{t_c:.2f}" if t_c else "-",
+                     f"{t_d / t_f:.2f}x", f"{m_d:.0f}", f"{m_f:.0f}", f"{m_c:.0f}" if m_c else "-",
+                     f"{m_d / m_f:.2f}x", f"{t_c / t_d:.1f}x" if t_c else "-"])
+    head = ["fixture", "dff s", "floor s", "crash s", "dff/floor time", "dff MiB", "floor MiB", "crash MiB",
+            "dff/floor RSS", "crash/dff time"]
+    return dict(rows=out, load_before=load0, load_after=other_load(), other_cores=other.cores,
+                reps=reps), (head, rows)
+
+
+def section_growth(reps, with_crash):
+    dumps = [fixture_dump("cpl0-irq-df")]
+    dumps[0].name = "cpl0-irq-df 128M"
+    dumps += [growth_dump("1G"), growth_dump("4G")]
+    load0 = other_load()
+    with OtherCpu() as other:
+        res = bench(dumps, reps, with_crash=with_crash, label="growth: ")
+    base = res[dumps[0].name]
+    rows, out = [], []
+    for d in dumps:
+        r = res[d.name]
+        size = os.path.getsize(d.vmcore) / (1 << 20)
+        row = dict(dump=d.name, vmcore_mib=size)
+        cells = [d.name, f"{size:.0f}"]
+        for name in ("dfforensics", "drgn floor", "crash"):
+            if name not in r:
+                cells += ["-", "-"]
+                continue
+            t, m = med(r[name], 0), med(r[name], 1)
+            row[name] = dict(s=t, mib=m, time_vs_128M=t / med(base[name], 0), rss_vs_128M=m / med(base[name], 1))
+            cells += [f"{t:.2f} ({t / med(base[name], 0):.2f}x)", f"{m:.0f} ({m / med(base[name], 1):.2f}x)"]
+        out.append(row)
+        rows.append(cells)
+    head = ["guest", "vmcore MiB", "dff s (vs 128M)", "dff MiB (vs 128M)", "floor s", "floor MiB", "crash s", "crash MiB"]
+    return dict(rows=out, load_before=load0, load_after=other_load(), other_cores=other.cores,
+                reps=reps), (head, rows)
+
+
+def build_archive(names, rounds):
+    """rounds x the fixtures, every file of distinct content (triage skips identical ones).
+
+    Round 0 hard-links the decompressed fixtures; round r > 0 is a sparse copy with a
+    4 KiB trailer naming the copy appended after the ELF's last byte (nothing reads it;
+    it changes the triage identity, size + first and last MiB).  The debug vmlinuxes
+    are hard-linked into a --debuginfo-dir."""
+    arch = os.path.join(CACHE, f"archive-{rounds}x{len(names)}")
+    dbg = os.path.join(CACHE, "archive-debuginfo")
+    os.makedirs(arch, exist_ok=True)
+    os.makedirs(dbg, exist_ok=True)
+    expected = {}
+    for name in names:
+        d = fixture_dump(name)
+        rel = d.expected["kernel_release"]
+        link = os.path.join(dbg, f"vmlinux-{rel}")
+        if not os.path.exists(link):
+            os.link(d.vmlinux, link)
+        for r in range(rounds):
+            dst = os.path.join(arch, f"vmcore-{name}-{r}")
+            expected[dst] = d.expected.get("verdict")
+            if os.path.exists(dst):
+                continue
+            if r == 0:
+                os.link(d.vmcore, dst)
+            else:
+                subprocess.run(["cp", "--sparse=always", d.vmcore, dst + ".tmp"], check=True)
+                with open(dst + ".tmp", "ab") as f:
+                    f.write(f"dfforensics-bench copy {r} of {name}\n".encode().ljust(4096, b"\0"))
+                os.replace(dst + ".tmp", dst)
+    return arch, dbg, expected
+
+
+def section_triage(names, rounds, reps):
+    arch, dbg, expected = build_archive(names, rounds)
+    n = len(expected)
+    load0 = other_load()
+    samples = {1: [], 2: []}
+    outdir = tempfile.mkdtemp(prefix="triage-", dir=CACHE)
+    for rep in range(-1, reps):
+        for jobs in ((1, 2) if rep % 2 else (2, 1)):
+            out = os.path.join(outdir, f"rows-{jobs}.jsonl")
+            if os.path.exists(out):
+                os.unlink(out)
+            with OtherCpu() as other:
+                wall, rss, code, text = measure([DFF, "triage", arch, "--jobs", str(jobs), "--debuginfo-dir", dbg,
+                                                 "--format", "jsonl", "-o", out])
+            rows = [json.loads(line) for line in open(out) if line.strip()] if os.path.exists(out) else []
+            bad = [r for r in rows if r.get("status") != "ok" or r.get("verdict") != expected.get(r["path"])]
+            if code != 0 or len(rows) != n or bad:
+                raise SystemExit(f"triage --jobs {jobs}: exit {code}, {len(rows)}/{n} rows, "
+                                 f"unexpected: {bad[:2]}\n{text[-500:]}")
+            if rep >= 0:
+                samples[jobs].append((wall, rss, statistics.median(r["seconds"] for r in rows), other.cores))
+        if rep >= 0:
+            print(f"  triage: repetition {rep + 1}/{reps} done", flush=True)
+    shutil.rmtree(outdir, ignore_errors=True)
+    t1, t2 = med(samples[1], 0), med(samples[2], 0)
+    rows = [[f"--jobs {j}", n, f"{med(samples[j], 0):.1f}", f"{60 * n / med(samples[j], 0):.1f}",
+             f"{med(samples[j], 2):.2f}", f"{t1 / med(samples[j], 0):.2f}x", f"{med(samples[j], 3):.2f}"]
+            for j in (1, 2)]
+    head = ["triage", "dumps", "wall s", "dumps/min", "per-dump worker s", "speed-up vs --jobs 1",
+            "cores busy with other work"]
+    out = dict(dumps=n, archive=arch, jobs1_s=t1, jobs2_s=t2, scaling=t1 / t2,
+               worker_s={j: med(samples[j], 2) for j in (1, 2)}, other_cores={j: med(samples[j], 3) for j in (1, 2)},
+               samples=samples, load_before=load0, load_after=other_load(), reps=reps)
+    return out, (head, rows)
+
+
+# ---------------------------------------------------------------- report
+def machine():
+    model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    import drgn
+    crash_v = subprocess.run([CRASH, "--version"], capture_output=True, text=True).stdout.split("\n")[0] if CRASH else "-"
+    return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem / (1 << 20), 1),
+            "python": platform.python_version(), "drgn": drgn.__version__, "crash": crash_v.strip(),
+            "kernel": platform.release()}
+
+
+def verdicts(results):
+    v = []
+    if "fixtures" in results:
+        rows = results["fixtures"]["rows"]
+        worst_t = max(r["time_vs_floor"] for r in rows)
+        worst_m = max(r["rss_vs_floor"] for r in rows)
+        v.append(("time <= 1.3x drgn floor", f"worst {worst_t:.2f}x", worst_t <= TARGETS["floor_time"]))
+        v.append(("peak RSS <= 1.2x drgn floor", f"worst {worst_m:.2f}x", worst_m <= TARGETS["floor_rss"]))
+        cr = [r["crash_vs_dff"] for r in rows if r["crash_vs_dff"]]
+        if cr:
+            v.append((">= 3x faster than crash", f"worst {min(cr):.1f}x", min(cr) >= TARGETS["crash_speedup"]))
+    if "growth" in results:
+        last = results["growth"]["rows"][-1]["dfforensics"]
+        v.append(("128 MiB -> 4 GiB cost < 1.5x", f"time {last['time_vs_128M']:.2f}x, RSS {last['rss_vs_128M']:.2f}x",
+                  last["time_vs_128M"] < TARGETS["growth"] and last["rss_vs_128M"] < TARGETS["growth"]))
+    if "triage" in results:
+        s = results["triage"]["scaling"]
+        v.append(("triage --jobs 2 >= 1.8x --jobs 1", f"{s:.2f}x", s >= TARGETS["triage_scaling"]))
+    return v
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true",
+                    help="3 repetitions, crash on one fixture, growth without crash, an 8-dump archive")
+    ap.add_argument("--reps", type=int, help="repetitions (default 5, --quick 3)")
+    ap.add_argument("--sections", default="fixtures,growth,triage")
+    ap.add_argument("--fixtures", help="comma-separated fixture names (default: every committed one)")
+    ap.add_argument("--rounds", type=int, help="triage archive: copies of each fixture (default 2, --quick 1)")
+    a = ap.parse_args()
+    reps = a.reps or (3 if a.quick else 5)
+    names = a.fixtures.split(",") if a.fixtures else committed_fixtures()
+    sections = a.sections.split(",")
+    print(f"dfforensics: {DFF}\ndrgn floor: {' '.join(FLOOR)}\ncrash: {CRASH}\ncache: {CACHE}", flush=True)
+    results, tables = {"machine": machine(), "reps": reps, "quick": a.quick,
+                       "started": time.strftime("%Y-%m-%d %H:%M:%S")}, []
+    if "fixtures" in sections:
+        crash_on = names[:1] if a.quick else names
+        results["fixtures"], t = section_fixtures(names, reps, crash_on)
+        tables.append(("Per dump: medians of %d runs each, alternating" % reps, t))
+    if "growth" in sections:
+        results["growth"], t = section_growth(reps, with_crash=not a.quick)
+        tables.append(("Growth, cpl0-irq-df (medians of %d runs; ratio to the 128 MiB guest)" % reps, t))
+    if "triage" in sections:
+        results["triage"], t = section_triage(names, a.rounds or (1 if a.quick else 2), reps)
+        tables.append(("Triage throughput (medians of %d runs, alternating --jobs 1 / 2)" % reps, t))
+    results["targets"] = [dict(target=t, measured=m, met=ok) for t, m, ok in verdicts(results)]
+    md = [f"Machine: {results['machine']}", ""]
+    for title, (head, rows) in tables:
+        print(f"\n{title}\n{tabulate(rows, head)}")
+        md += [f"**{title}**", "", tabulate(rows, head, tablefmt="github"), ""]
+    vt = [[t["target"], t["measured"], "met" if t["met"] else "MISSED"] for t in results["targets"]]
+    print("\n" + tabulate(vt, ["target", "measured", ""]))
+    md += ["**Targets**", "", tabulate(vt, ["target", "measured", ""], tablefmt="github"), ""]
+    for key in ("fixtures", "growth", "triage"):
+        if key in results:
+            md.append(f"{key}: load before {results[key]['load_before']}, after {results[key]['load_after']}, "
+                      f"cores kept busy by other processes: {results[key].get('other_cores')}")
+    os.makedirs(CACHE, exist_ok=True)
+    with open(os.path.join(CACHE, "last-results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(CACHE, "last-results.md"), "w") as f:
+        f.write("\n".join(md) + "\n")
+    print(f"\nwritten: {os.path.join(CACHE, 'last-results.md')} and last-results.json")
+
+
+if __name__ == "__main__":
+    main()
