@@ -56,14 +56,20 @@ def _vmcore_parser() -> argparse.ArgumentParser:
         prog="dfforensics",
         description="Does this Linux x86_64 guest crash match the hypervisor CPL-corruption "
                     "double-fault signature? Proven from guest memory, with evidence. "
-                    "Other commands: 'dfforensics log FILE...', 'dfforensics triage PATH...', 'dfforensics sweep VMCORE VMLINUX'.",
+                    "Other commands: 'dfforensics log FILE...', 'dfforensics triage PATH...', "
+                    "'dfforensics sweep VMCORE VMLINUX'.",
     )
-    parser.add_argument("vmcore", metavar="VMCORE", help="the crash dump (ELF or kdump-compressed; .gz/.xz/.zst)")
+    _add_dump_arguments(parser)
+    return parser
+
+
+def _add_dump_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("vmcore", metavar="VMCORE",
+                        help="the crash dump (ELF, kdump-compressed or flattened; .gz/.xz/.zst)")
     parser.add_argument("vmlinux", metavar="VMLINUX", help="the kernel's debug-info vmlinux (.gz/.xz/.zst)")
     parser.add_argument("--module-debuginfo", action="append", default=[], metavar="PATH",
                         help="debug info of a module (repeatable)")
     _add_output_options(parser)
-    return parser
 
 
 def _sweep_parser() -> argparse.ArgumentParser:
@@ -72,9 +78,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
         description="Scan every thread's user stack for frames the CPU pushed at CPL 0: "
                     "proof of the hypervisor's CPL corruption in any dump, crashed or not.",
     )
-    parser.add_argument("vmcore", metavar="VMCORE")
-    parser.add_argument("vmlinux", metavar="VMLINUX")
-    _add_output_options(parser)
+    _add_dump_arguments(parser)
     return parser
 
 
@@ -82,7 +86,7 @@ def _run_sweep(argv: Sequence[str]) -> int:
     from dfforensics.vmcore import analyze_vmcore_files
 
     args = _sweep_parser().parse_args(argv)
-    report = analyze_vmcore_files(args.vmcore, args.vmlinux, sweep=True)
+    report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, sweep=True)
     _write(render_many([report], args.format), args.output)
     return EXIT_OK
 

@@ -47,8 +47,13 @@ def _is_kernel(prog: Program) -> bool:
     enabled=_is_kernel,
 )
 def _cmd_doublefault(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
-    report = api.analyze(prog, {"kind": "program", "path": "drgn session"})
-    print(render(report, args.format), end="")
+    return _print_analysis(prog, args.format, sweep=None)
+
+
+def _print_analysis(prog: Program, fmt: str, sweep: Any) -> Any:
+    """The one code path of %doublefault and %dfsweep (and of the dfforensics command)."""
+    report = api.analyze(prog, {"kind": "program", "path": "drgn session"}, sweep=sweep)
+    print(render(report, fmt), end="")
     return report
 
 
@@ -142,6 +147,4 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
     enabled=_is_kernel,
 )
 def _cmd_dfsweep(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
-    report = api.analyze(prog, {"kind": "program", "path": "drgn session"}, sweep=True)
-    print(render(report, args.format), end="")
-    return report
+    return _print_analysis(prog, args.format, sweep=True)

@@ -96,6 +96,40 @@ def check_input_file(path: str, what: str) -> None:
         raise DumpError(f"{what} {path}: cannot read: {error.strerror or error}") from None
 
 
+def _cached(path: str, tag: str, name: str, produce: Callable[[BinaryIO], None]) -> str:
+    """Run ``produce`` once per input into a cache file, atomically; return its path.
+
+    The cache key is the input's identity (real path, size, mtime, inode), so
+    a changed input is produced again; a failed or interrupted run leaves no
+    partial file behind.
+    """
+    stat = os.stat(path)
+    key = hashlib.sha256(
+        f"{tag}\0{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode()
+    ).hexdigest()[:24]
+    cache = _cache_dir()
+    target = os.path.join(cache, f"{key}-{name}")
+    if os.path.exists(target):
+        return target
+    fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            produce(out)
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+def _write_sparse(out: BinaryIO, chunk: bytes) -> None:
+    # Dumps are mostly zeros: keep cached copies sparse.
+    if chunk.count(0) == len(chunk):
+        out.seek(len(chunk), os.SEEK_CUR)
+    else:
+        out.write(chunk)
+
+
 def decompressed(path: str, what: str) -> str:
     """Return a path to the uncompressed contents of ``path``.
 
@@ -109,39 +143,22 @@ def decompressed(path: str, what: str) -> str:
     if compression is None:
         return path
     name, opener = compression
-    stat = os.stat(path)
-    key = hashlib.sha256(
-        f"{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode()
-    ).hexdigest()[:24]
-    cache = _cache_dir()
-    target = os.path.join(cache, f"{key}-{os.path.basename(path).rsplit('.', 1)[0]}")
-    if os.path.exists(target):
-        return target
-    fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
-    written = 0
-    try:
-        with os.fdopen(fd, "wb") as out, opener(path) as source:
-            while True:
-                chunk = source.read(_CHUNK)
-                if not chunk:
-                    break
+
+    def produce(out: BinaryIO) -> None:
+        written = 0
+        with opener(path) as source:
+            while chunk := source.read(_CHUNK):
                 written += len(chunk)
                 if written > _MAX_DECOMPRESSED:
                     raise DumpError(f"{what} {path}: decompresses to more than "
                                     f"{_MAX_DECOMPRESSED >> 30} GiB (DFFORENSICS_MAX_DECOMPRESSED)")
-                # Dumps are mostly zeros: keep the cached copy sparse.
-                if chunk.count(0) == len(chunk):
-                    out.seek(len(chunk), os.SEEK_CUR)
-                else:
-                    out.write(chunk)
-            out.truncate()
-        os.replace(partial, target)
+                _write_sparse(out, chunk)
+        out.truncate()
+
+    try:
+        return _cached(path, "plain", os.path.basename(path).rsplit(".", 1)[0], produce)
     except (OSError, EOFError, lzma.LZMAError, gzip.BadGzipFile, ValueError) as error:
         raise DumpError(f"{what} {path}: corrupt {name} data: {error}") from None
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return target
 
 
 # makedumpfile's flattened stream (makedumpfile.h, QEMU dump.c): a 4096-byte
@@ -161,17 +178,9 @@ def reassembled(path: str, what: str = "VMCORE") -> str:
     with open(path, "rb") as file:
         if not file.read(len(_FLAT_SIGNATURE)) == _FLAT_SIGNATURE:
             return path
-    stat = os.stat(path)
-    key = hashlib.sha256(
-        f"flat\0{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode()
-    ).hexdigest()[:24]
-    cache = _cache_dir()
-    target = os.path.join(cache, f"{key}-reassembled")
-    if os.path.exists(target):
-        return target
-    fd, partial = tempfile.mkstemp(dir=cache, prefix=".partial-")
-    try:
-        with open(path, "rb") as source, os.fdopen(fd, "wb") as out:
+
+    def produce(out: BinaryIO) -> None:
+        with open(path, "rb") as source:
             source.seek(_FLAT_HEADER_SIZE)
             end = 0
             while True:
@@ -194,11 +203,8 @@ def reassembled(path: str, what: str = "VMCORE") -> str:
                     remaining -= len(chunk)
                 end = max(end, offset + size)
             out.truncate(end)
-        os.replace(partial, target)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
-    return target
+
+    return _cached(path, "flat", "reassembled", produce)
 
 
 def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:

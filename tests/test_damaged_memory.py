@@ -10,21 +10,12 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from dfforensics.opendump import decompressed
+from dumpfiles import sparse_copy
 from dfforensics.stackscan import USER_SCAN_LIMIT, bounded_window
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 VMLINUX = FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz"
 START_KERNEL_MAP = 0xFFFFFFFF80000000
-
-
-def sparse_copy(source: Path, target: Path) -> None:
-    with open(source, "rb") as src, open(target, "wb") as out:
-        while chunk := src.read(1 << 20):
-            if chunk.count(0) == len(chunk):
-                out.seek(len(chunk), 1)
-            else:
-                out.write(chunk)
-        out.truncate()
 
 
 def file_offset(dump: Path, physical: int) -> int:

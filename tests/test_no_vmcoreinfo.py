@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dfforensics.opendump import decompressed
+from dumpfiles import sparse_copy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 VMLINUX = FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz"
@@ -17,13 +18,7 @@ NOVMCI_FIXTURES = sorted(p.parent for p in FIXTURES.glob("*novmcoreinfo*/expecte
 
 def copy_without_vmcoreinfo(source: Path, target: Path) -> None:
     """A sparse copy of a real dump whose VMCOREINFO note name is changed."""
-    with open(source, "rb") as src, open(target, "wb") as out:
-        while chunk := src.read(1 << 20):
-            if chunk.count(0) == len(chunk):
-                out.seek(len(chunk), 1)
-            else:
-                out.write(chunk)
-        out.truncate()
+    sparse_copy(source, target)
     with open(target, "r+b") as out:
         head = out.read(16384)
         at = head.find(b"VMCOREINFO")
