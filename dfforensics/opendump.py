@@ -418,7 +418,8 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
 # struct kdump_sub_header starts one block in, with phys_base then dump_level.
 _KDUMP_BLOCK_SIZE_OFFSET: Final = 428
 _KDUMP_SUB_DUMP_LEVEL_OFFSET: Final = 8
-#: makedumpfile -d bit that excludes user process data.
+#: makedumpfile -d bits: zero pages, and user process data.
+DUMP_LEVEL_ZERO_PAGES: Final = 1
 DUMP_LEVEL_USER_DATA: Final = 8
 
 

@@ -25,7 +25,7 @@ from dfforensics.finddf import FoundDf, find_double_faults
 from dfforensics.log_analysis import strongest
 from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
 from dfforensics.errors import InputError
-from dfforensics.opendump import DUMP_LEVEL_USER_DATA, open_dump
+from dfforensics.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
 from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
 from dfforensics.sweep import sweep_evidence, sweep_user_stacks
 from dfforensics.stackscan import (
@@ -247,6 +247,12 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
     warnings: list[str] = list(source.pop("notes", []))
     problems: list[str] = []
     found_all = find_double_faults(prog, log.reports, problems)
+    dump_level = source.get("dump_level")
+    if dump_level is not None and dump_level & DUMP_LEVEL_ZERO_PAGES:
+        # Such a dump leaves out all-zero pages: a CPU that never took a #DF
+        # has an all-zero #DF stack, so its absence is what "no #DF" looks like.
+        problems = [f"{problem}; with dump level {dump_level} (bit 1 leaves out zero pages) "
+                    "that means the stack was all zeros: no #DF on that CPU" for problem in problems]
     warnings.extend(problems)
     if not found_all:
         what = log.other_crash[1] if log.other_crash else ""
@@ -264,7 +270,6 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
             _attach_sweep(prog, report, headline=True)
         return report
     double_faults, frames, words = [], [], []
-    dump_level = source.get("dump_level")
     user_pages_excluded = dump_level is not None and bool(dump_level & DUMP_LEVEL_USER_DATA)
     if user_pages_excluded:
         warnings.append(f"dump level {dump_level} excludes user pages (makedumpfile -d bit 8): user "
