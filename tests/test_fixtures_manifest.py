@@ -1,6 +1,10 @@
-"""The guest crash fixtures in fixtures/ agree with fixtures/MANIFEST.json.
+"""The guest crash fixtures in fixtures/ agree with fixtures/MANIFEST*.json.
 
-No drgn needed: checks hashes, sizes and the fields of every expected.json."""
+fixtures/MANIFEST.json is written by fixtures/build/builder.py, fixtures/MANIFEST-kdump.json by
+fixtures/build/kdump.py; together they list every artifact and scenario.  A manifest never
+describes another manifest.  No drgn needed: checks hashes, sizes and the fields of every
+expected.json."""
+import glob
 import hashlib
 import json
 import os
@@ -10,6 +14,7 @@ import pytest
 
 FIX = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 MANIFEST = os.path.join(FIX, "MANIFEST.json")
+MANIFESTS = sorted(glob.glob(os.path.join(FIX, "MANIFEST*.json")))
 HEX = re.compile(r"^0x[0-9a-f]+$")
 VERDICTS = {"match", "possible", "no-match", "no-double-fault"}
 FORMATS = {"elf", "kdump-compressed", "flattened"}
@@ -26,9 +31,25 @@ TASK_KEYS = {"pid", "tid", "comm"}
 pytestmark = pytest.mark.skipif(not os.path.exists(MANIFEST), reason="no fixtures/MANIFEST.json")
 
 
+def is_manifest(rel):
+    return re.fullmatch(r"MANIFEST[^/]*\.json", rel) is not None
+
+
+def manifests():
+    res = []
+    for p in MANIFESTS:
+        with open(p) as f:
+            res.append(json.load(f))
+    return res
+
+
 def manifest():
-    with open(MANIFEST) as f:
-        return json.load(f)
+    """All manifests merged: artifacts (other manifests left out) and scenarios."""
+    arts, scen = {}, set()
+    for m in manifests():
+        arts.update({k: v for k, v in m["artifacts"].items() if not is_manifest(k)})
+        scen.update(m["scenarios"])
+    return {"artifacts": arts, "scenarios": sorted(scen)}
 
 
 def scenario_dirs():
@@ -46,8 +67,10 @@ def sha256(path):
     return h.hexdigest()
 
 
-def test_manifest_top_level():
-    m = manifest()
+@pytest.mark.parametrize("path", MANIFESTS, ids=os.path.basename)
+def test_manifest_top_level(path):
+    with open(path) as f:
+        m = json.load(f)
     for key in ("qemu", "gcc", "kernels", "scenarios", "artifacts"):
         assert key in m
     for name, k in m["kernels"].items():
@@ -57,9 +80,18 @@ def test_manifest_top_level():
         assert k["kernel_release"], name
 
 
-@pytest.mark.parametrize("rel", sorted(manifest()["artifacts"]) if os.path.exists(MANIFEST) else [])
-def test_artifact_hash(rel):
-    a = manifest()["artifacts"][rel]
+def artifact_entries():
+    """(manifest file name, artifact) for every artifact of every manifest: each must be right."""
+    res = []
+    for path, m in zip(MANIFESTS, manifests()):
+        res += [(os.path.basename(path), rel) for rel in sorted(m["artifacts"]) if not is_manifest(rel)]
+    return res
+
+
+@pytest.mark.parametrize("mname,rel", artifact_entries() if os.path.exists(MANIFEST) else [])
+def test_artifact_hash(mname, rel):
+    with open(os.path.join(FIX, mname)) as f:
+        a = json.load(f)["artifacts"][rel]
     p = os.path.join(FIX, rel)
     assert os.path.isfile(p), rel
     assert os.path.getsize(p) == a["size"], rel
@@ -75,9 +107,9 @@ def test_every_artifact_listed():
             continue
         for fn in fns:
             r = os.path.relpath(os.path.join(dp, fn), FIX)
-            if r in ("MANIFEST.json", "README.md"):
+            if r == "README.md" or is_manifest(r):
                 continue
-            assert r in listed, f"{r} is not in MANIFEST.json"
+            assert r in listed, f"{r} is in no MANIFEST*.json"
 
 
 def test_scenarios_listed():
