@@ -70,10 +70,28 @@ def _standard_candidates(directory: str, identity: DumpIdentity) -> Iterable[str
             yield os.path.join(directory, relative)
 
 
-def _matches(path: str, identity: DumpIdentity) -> bool:
+_FACTS: dict[tuple, object] = {}
+
+
+def _facts(path: str):
+    """vmlinux_facts of a candidate, read once per file version: triage asks again for
+    every dump of the same kernel, and that planning runs before any worker starts."""
     try:
-        facts = vmlinux_facts(decompressed(path, "VMLINUX"))
-    except InputError:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _FACTS:
+        try:
+            _FACTS[key] = vmlinux_facts(decompressed(path, "VMLINUX"))
+        except InputError:
+            _FACTS[key] = None
+    return _FACTS[key]
+
+
+def _matches(path: str, identity: DumpIdentity) -> bool:
+    facts = _facts(path)
+    if facts is None:
         return False
     if identity.build_id and facts.build_id:
         return facts.build_id.lower() == identity.build_id
