@@ -100,3 +100,24 @@ def test_inputs_are_never_written(tmp_path):
     assert run("triage", FIXTURES / "cpl0-irq-df", "--debuginfo-dir", VMLINUX.parent,
                "--format", "jsonl").returncode == 0
     assert [_fingerprint(p) for p in inputs] == before
+
+
+@pytest.mark.parametrize("tool, suffix", [("zstd", ".zst"), ("gzip", ".gz")])
+def test_compressed_inputs_of_every_kind(tmp_path, plain_dump, tool, suffix):
+    """VMCORE and VMLINUX may be .gz, .xz or .zst; each is decompressed once into the cache."""
+    import gzip as gzip_module
+
+    import zstandard
+
+    vmlinux_plain = Path(decompressed(str(VMLINUX), "VMLINUX"))
+    for source, name in ((plain_dump, "vmcore"), (vmlinux_plain, "vmlinux")):
+        target = tmp_path / (name + suffix)
+        with open(source, "rb") as src, open(target, "wb") as out:
+            if tool == "zstd":
+                zstandard.ZstdCompressor(level=1).copy_stream(src, out)
+            else:
+                with gzip_module.GzipFile(fileobj=out, mode="wb", compresslevel=1) as gz:
+                    shutil.copyfileobj(src, gz)
+    result = run(tmp_path / ("vmcore" + suffix), tmp_path / ("vmlinux" + suffix), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["verdict"] == "match"
