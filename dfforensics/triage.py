@@ -108,10 +108,14 @@ def _immediate_row(job: dict[str, Any]) -> Optional[dict[str, Any]]:
 class _Workers:
     """The worker processes running now, so that an interrupt can stop them all."""
 
-    def __init__(self) -> None:
+    def __init__(self, threads: Optional[int] = None) -> None:
         self.lock = threading.Lock()
         self.running: set[subprocess.Popen[str]] = set()
         self.stopping = False
+        # drgn indexes DWARF with OpenMP threads; workers that already fill the cores
+        # only contend with them (unless the user chose OMP_NUM_THREADS).
+        self.env = None if threads is None or "OMP_NUM_THREADS" in os.environ else \
+            dict(os.environ, OMP_NUM_THREADS=str(threads))
 
     def run(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
         immediate = _immediate_row(job)
@@ -123,7 +127,7 @@ class _Workers:
             process = subprocess.Popen(
                 [sys.executable, "-m", "dfforensics.triage_worker", json.dumps(job)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                text=True, preexec_fn=_limits(memory_bytes),
+                text=True, preexec_fn=_limits(memory_bytes), env=self.env,
             )
             self.running.add(process)
         try:
@@ -278,7 +282,7 @@ def run_triage(
         finally:
             progress.close()
         return rows
-    workers = _Workers()
+    workers = _Workers(threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
     executor = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
         futures = {executor.submit(workers.run, job, timeout, memory_bytes): job for job in planned}
