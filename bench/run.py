@@ -209,7 +209,8 @@ def bench(dumps, reps, with_crash=True, label=""):
                     # This contender cannot open the dump (crash on a too new kernel, drgn
                     # without VMCOREINFO): say so, do not time it.
                     lines = [l.strip() for l in problem.splitlines() if l.strip()]
-                    first = next((l for l in lines if l.startswith(("crash:", "ValueError", "Exception", "OSError"))),
+                    first = next((l for l in lines if "invalid" in l or l.startswith(("crash:", "ValueError", "Exception",
+                                                                                     "OSError"))),
                                  lines[0] if lines else problem)
                     FAILURES[(d.name, name)] = first[:200]
                     print(f"  {label}{d.name}: {name} cannot open it: {first[:200]}", flush=True)
@@ -396,7 +397,8 @@ def machine():
     model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
     mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
     import drgn
-    crash_v = subprocess.run([CRASH, "--version"], capture_output=True, text=True).stdout.split("\n")[0] if CRASH else "-"
+    crash_v = next((l for l in subprocess.run([CRASH, "--version"], capture_output=True, text=True).stdout.splitlines()
+                    if l.strip()), "?") if CRASH else "-"
     return {"nproc": os.cpu_count(), "cpu": model, "ram_gib": round(mem / (1 << 20), 1),
             "python": platform.python_version(), "drgn": drgn.__version__, "crash": crash_v.strip(),
             "kernel": platform.release()}
