@@ -35,7 +35,7 @@ def _frame_slot_notes(frame: Frame, name: Callable[[int], Optional[str]]) -> dic
 
 def _describe(value: Optional[int], name: Callable[[int], Optional[str]]) -> str:
     if value is None:
-        return "not in the dump (page not present)"
+        return "cannot be read from the dump"
     if value == 0:
         return ""
     label = name(value)

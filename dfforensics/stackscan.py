@@ -36,7 +36,8 @@ class StackRead:
     end: int
     name: str
     pages_present: int = 0
-    #: Mapped in the task's page tables but not in the dump (excluded or cut).
+    #: Mapped in the task's page tables but not in the dump (excluded or cut),
+    #: or behind page tables the dump lacks: unreadable either way.
     pages_missing: int = 0
     #: Not resident in the task's page tables (never touched, or swapped out).
     pages_not_resident: int = 0
@@ -136,13 +137,28 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
         return None
 
 
+def page_residency(mm: Object, address: int) -> str:
+    """Say whether a user address is ``resident``, ``not-resident`` or ``unreadable``.
+
+    A translation that fails *at the address itself* means the task's page
+    tables do not map it (never touched, or swapped out); one that fails
+    anywhere else means the page tables or the ``mm`` could not be read (left
+    out of the dump, or damaged), which says nothing about the page.
+    """
+    try:
+        follow_phys(mm, address)
+    except drgn.FaultError as error:
+        return "not-resident" if error.address == address else "unreadable"
+    return "resident"
+
+
 def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
     """Read the present pages of a user range through the task's page tables.
 
     A page that cannot be read is either not resident in the task (no
-    page-table entry: never touched, or swapped out) or resident but absent
-    from the dump (makedumpfile excluded it, or the dump is cut); the two are
-    counted apart, because only the second hides evidence the guest had.
+    page-table entry: never touched, or swapped out) or unreadable (absent
+    from the dump, or reached through page tables the dump lacks); the two
+    are counted apart, because only the second hides evidence the guest had.
     """
     result = StackRead(start, end, name)
     mm = task.mm
@@ -155,9 +171,7 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
             result.pages[page] = access_process_vm(task, page, PAGE)
             result.pages_present += 1
         except drgn.FaultError:
-            try:
-                follow_phys(mm, page)
-            except drgn.FaultError:
+            if page_residency(mm, page) == "not-resident":
                 result.pages_not_resident += 1
             else:
                 result.pages_missing += 1

@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 
 import drgn
 from drgn import Object, Program
-from drgn.helpers.linux.mm import access_process_vm, follow_phys, vma_find
+from drgn.helpers.linux.mm import vma_find
 
 from dfforensics import x86
 from dfforensics.annotate import annotate
@@ -29,7 +29,7 @@ from dfforensics.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, op
 from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
 from dfforensics.sweep import sweep_evidence, sweep_user_stacks
 from dfforensics.stackscan import (
-    StackRead, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
+    StackRead, page_residency, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
 )
 from dfforensics.verdict import Observation, decide, decide_no_double_fault, explain
 
@@ -48,13 +48,22 @@ def _dmesg(prog: Program) -> str:
         return ""
 
 
+# PID_MAX_LIMIT on 64-bit kernels (include/linux/threads.h, all eras).
+_PID_MAX_LIMIT = 4 * 1024 * 1024
+
+
 def _task_identity(task: Optional[Object]) -> tuple[Optional[int], Optional[int], Optional[str]]:
+    """(tgid, pid, comm) of a task, or Nones when it cannot be read or is not a task."""
     if task is None:
         return None, None, None
     try:
-        return int(task.tgid), int(task.pid), task.comm.string_().decode(errors="replace")
-    except drgn.FaultError:
+        tgid, pid = int(task.tgid), int(task.pid)
+        comm = task.comm.string_().decode("ascii")
+    except (drgn.FaultError, UnicodeDecodeError):
         return None, None, None
+    if not (0 <= tgid <= _PID_MAX_LIMIT and 0 <= pid <= _PID_MAX_LIMIT and comm.isprintable()):
+        return None, None, None
+    return tgid, pid, comm
 
 
 def _user_stack_ranges(task: Object, region: Optional[RspRegion], rsp: Optional[int],
@@ -113,12 +122,13 @@ def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
     present = sum(read.pages_present for read in reads)
     missing = sum(read.pages_missing for read in reads)
     if present == 0 and missing:
-        return (f"none of the user stack is in the dump: {missing} resident page(s) were left out "
-                "(makedumpfile dump levels with bit 8 drop user pages, exactly the evidence needed)")
+        return (f"none of the user stack could be read: {missing} page(s) are not in the dump or "
+                "sit behind page tables the dump lacks (makedumpfile dump levels with bit 8 drop "
+                "user pages, exactly the evidence needed)")
     if present == 0:
         return "no page of the user stack is resident in the task"
     if missing:
-        return f"{missing} resident user stack page(s) are not in the dump"
+        return f"{missing} user stack page(s) could not be read from the dump"
     return None
 
 
@@ -129,15 +139,14 @@ def _push_slot_page_status(found: FoundDf, user_pages_excluded: bool) -> Optiona
         return None
     slot = x86.first_push_slot(rsp)
     try:
-        access_process_vm(found.task, slot, 8)
+        residency = page_residency(found.task.mm, slot)
     except drgn.FaultError:
-        try:
-            follow_phys(found.task.mm, slot)
-        except drgn.FaultError:
-            pass
-        else:
-            return Evidence("push-slot-page-not-present", Status.UNKNOWN,
-                            f"the page of the first push slot {slot:#x} is mapped but not in the dump")
+        residency = "unreadable"
+    if residency == "unreadable":
+        return Evidence("push-slot-page-not-present", Status.UNKNOWN,
+                        f"the page tables (or the task) that say whether {slot:#x} is mapped "
+                        "cannot be read from the dump")
+    if residency == "not-resident":
         return Evidence("push-slot-page-not-present", Status.PASS,
                         f"the page of the first push slot {slot:#x} is not present in the task's "
                         "page tables: a push there faults, as the #DF's did")
@@ -180,6 +189,15 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
                   user_pages_excluded: bool = False):
     regs = found.regs
     pid, tid, comm = _task_identity(found.task)
+    if found.task is not None and pid is None:
+        logged = found.log_report
+        warnings.append(f"#DF on CPU {found.cpu}: the task struct at {found.task.value_():#x} "
+                        "cannot be read from the dump or looks corrupt (implausible PID or name)"
+                        + (f"; the identity shown is the log's (PID {logged.pid}, {logged.comm})"
+                           if logged is not None and logged.pid is not None else ""))
+        if logged is not None:
+            pid, comm = logged.pid, logged.comm
+        found.task = None  # nothing read through it can be trusted
     region = classify_rsp(prog, found.task, found.cpu, regs.rsp) if regs.rsp is not None else None
     user_reads, kernel_reads = _scan(prog, found, region, encoding)
     frames = _evidence_frames(user_reads, kernel_reads)
@@ -207,8 +225,8 @@ def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: lis
     for read in user_reads:
         if read.pages_missing:
             warnings.append(f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} "
-                            "resident page(s) are not in the dump (excluded by the dump level, or "
-                            "the dump is cut)")
+                            "page(s) could not be read (left out by the dump level, the dump is cut, "
+                            "or the page tables reaching them are not in the dump)")
     warnings.extend(f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements)
     push_page = _push_slot_page_status(found, user_pages_excluded)
     if push_page is not None:

@@ -63,3 +63,59 @@ def test_reading_a_huge_stack_mapping_is_bounded():
     assert (low, high) == (start, start + USER_SCAN_LIMIT)
     low, high = bounded_window(start, end, end - 8)          # RSP at the top
     assert high == end and high - low <= USER_SCAN_LIMIT
+
+
+def _damaged_copy(tmp_path, damage) -> Path:
+    """A sparse copy of cpl0-irq-df with bytes at kernel addresses overwritten."""
+    import drgn
+    from drgn.helpers.linux.pid import find_task
+
+    plain = Path(decompressed(str(FIXTURES / "cpl0-irq-df" / "vmcore.xz"), "VMCORE"))
+    prog = drgn.Program()
+    prog.set_core_dump(str(plain))
+    prog.load_debug_info([decompressed(str(VMLINUX), "VMLINUX")])
+    victim = find_task(prog, json.loads((FIXTURES / "cpl0-irq-df" / "expected.json").read_text())["pid"])
+    direct_map = int(prog["page_offset_base"])
+    dump = tmp_path / "vmcore"
+    sparse_copy(plain, dump)
+    with open(dump, "r+b") as out:
+        for address, data in damage(prog, victim):
+            out.seek(file_offset(plain, address - direct_map))
+            out.write(data)
+    return dump
+
+
+def _analyse(dump: Path) -> dict:
+    result = subprocess.run([sys.executable, "-m", "dfforensics.cli", str(dump), str(VMLINUX),
+                             "--format", "json"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_page_tables_pointing_to_absent_memory_are_unknown_not_absent(tmp_path):
+    # The victim's top-level entry for its stack now points to physical memory
+    # the dump does not have.
+    def damage(prog, victim):
+        user_stack = 0x7FFC00000000
+        entry = (0x7FFF00000000 | 0x67).to_bytes(8, "little")
+        yield int(victim.mm.pgd) + 8 * ((user_stack >> 39) & 511), entry
+
+    report = _analyse(_damaged_copy(tmp_path, damage))
+    evidence = {e["check"]: e for e in report["evidence"]}
+    assert evidence["cpl0-frames-on-user-stack"]["status"] == "unknown"
+    assert evidence["push-slot-page-not-present"]["status"] == "unknown"
+    assert not [f for f in report["frames"] if f["stack"] == "user"]
+    assert any("could not be read" in w for w in report["warnings"])
+
+
+def test_corrupt_task_struct_is_not_trusted_and_the_verdict_drops(tmp_path):
+    def damage(prog, victim):
+        yield victim.value_(), random.Random(1).randbytes(prog.type("struct task_struct").size)
+
+    report = _analyse(_damaged_copy(tmp_path, damage))
+    assert report["verdict"] == "possible"
+    (df,) = report["double_faults"]
+    # The identity falls back to what the log printed, and says so.
+    assert (df["pid"], df["comm"]) == (34, "victim")
+    assert any("looks corrupt" in w and "the log's" in w for w in report["warnings"])
+    assert not [f for f in report["frames"] if f["stack"] == "user"]
