@@ -9,6 +9,7 @@ physical memory. Pages that are not present (or were left out of the dump)
 are counted, never guessed.
 """
 
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Final, Optional
 
@@ -75,6 +76,7 @@ _PRESENT: Final = 0x1
 _HUGE: Final = 0x80
 _ADDRESS_MASK: Final = 0x000FFFFFFFFFF000
 _PMD_SPAN: Final = 1 << 21
+_PTE_PAGE: Final = struct.Struct("<512Q")
 
 
 def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
@@ -127,11 +129,13 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
                 pages.update(range(address, min(end, next_pmd), PAGE))
                 address = next_pmd
                 continue
-            ptes = table(pmd_entry & _ADDRESS_MASK)
-            while address < min(end, next_pmd):
-                if entry(ptes, (address >> 12) & 511) & _PRESENT:
-                    pages.add(address)
-                address += PAGE
+            ptes = _PTE_PAGE.unpack(table(pmd_entry & _ADDRESS_MASK))
+            stop = min(end, next_pmd)
+            base = address & ~(_PMD_SPAN - 1)
+            pages.update(base + (index << 12)
+                         for index in range((address >> 12) & 511, ((stop - 1) >> 12 & 511) + 1)
+                         if ptes[index] & _PRESENT)
+            address = stop
         return pages
     except (LookupError, drgn.FaultError, ValueError):
         return None
@@ -162,11 +166,11 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
     """
     result = StackRead(start, end, name)
     mm = task.mm
+    every_page = range(start & ~(PAGE - 1), end, PAGE)
     resident = resident_pages(mm, start, end)
-    for page in range(start & ~(PAGE - 1), end, PAGE):
-        if resident is not None and page not in resident:
-            result.pages_not_resident += 1
-            continue
+    if resident is not None:
+        result.pages_not_resident = len(every_page) - len(resident)
+    for page in sorted(resident) if resident is not None else every_page:
         try:
             result.pages[page] = access_process_vm(task, page, PAGE)
             result.pages_present += 1
