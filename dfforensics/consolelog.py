@@ -143,7 +143,6 @@ _HARDWARE_RE: Final = re.compile(r"(?:Hardware name|DMI): (?P<hw>.+)")
 _KERNEL_POINTER_RES: Final = (
     re.compile(rf"\b(?:task|ti|task\.ti|task\.stack|threadinfo):? (?P<ptr>{_HEX}{{16}})\b"),
 )
-_TRACE_SYMBOL_RE: Final = re.compile(r"(?:\?\s+)?(?P<sym>[A-Za-z_][\w.]*)(?:\+0x|\+\d|/)")
 _TRACE_MARKER_RE: Final = re.compile(r"<(?P<marker>/?#?[A-Z_]+)>")
 _HYPERVISOR_LINE_RES: Final = (
     re.compile(r"Hypervisor detected: (?P<hv>.+)"),

@@ -26,9 +26,7 @@ __all__ = (
     "TSS_PERCPU_SYMBOL",
     "DF_IST_INDEX",
     "DF_HANDLER",
-    "DF_ENTRY_STUB",
     "DF_CR2_LOCAL",
-    "IRQ_STACK_PERCPU",
     "SYSCALL_ENTRY_WINDOW",
     "SYSRET_SS_WORKAROUND",
     "I386_PAGE_OFFSET",
@@ -150,25 +148,11 @@ DF_HANDLER: Final[Sequence[Fact[str]]] = (
     Fact("exc_double_fault", (5, 8), None, "DEFINE_IDTENTRY_DF(exc_double_fault) (5.8 IDTENTRY rework)"),
 )
 
-# The assembly entry stub of #DF.
-DF_ENTRY_STUB: Final[Sequence[Fact[str]]] = (
-    Fact("double_fault", (2, 6, 0), (5, 8), "entry_64.S paranoidzeroentry_ist/idtentry double_fault"),
-    Fact("asm_exc_double_fault", (5, 8), None, "idtentry.h DECLARE_IDTENTRY_DF"),
-)
-
 # The local of the #DF handler that holds CR2 as read at the #DF: the
 # faulting address when the CPU's own push faulted.
 DF_CR2_LOCAL: Final[Sequence[Fact[str]]] = (
     Fact("cr2", (5, 5), (5, 8), "do_double_fault(regs, error_code, cr2) (5.5–5.7)"),
     Fact("address", (5, 8), None, "exc_double_fault: 'unsigned long address = read_cr2();' (seen on 6.1)"),
-)
-
-# Where the per-CPU hard IRQ stack pointer lives (drgn's stack.py probes the same).
-IRQ_STACK_PERCPU: Final[Sequence[Fact[str]]] = (
-    Fact("irq_stack_ptr", (2, 6, 0), (5, 2), "per-CPU irq_stack_ptr"),
-    Fact("hardirq_stack_ptr", (5, 2), (6, 2), "'x86/irq/64: Rename irq_stack_ptr to hardirq_stack_ptr' (5.2)"),
-    Fact("pcpu_hot.hardirq_stack_ptr", (6, 2), (6, 15), "'x86/percpu: Move irq_stack variables next to current_task' (6.2)"),
-    Fact("hardirq_stack_ptr", (6, 15), None, "pcpu_hot dissolved again (6.15)"),
 )
 
 # Entry and exit code that runs on the *user* RSP at CPL 0 by design: SYSCALL

@@ -25,6 +25,7 @@ import drgn
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from dfforensics import x86
 from dfforensics.errors import InputError
 
 __all__ = (
@@ -36,8 +37,6 @@ __all__ = (
     "open_dump",
 )
 
-# x86_64 kernel text mapping base: __START_KERNEL_map (all eras).
-_START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
 _MAX_DECOMPRESSED: Final = int(os.environ.get("DFFORENSICS_MAX_DECOMPRESSED", 64 << 30))
 _CHUNK: Final = 1 << 20
 
@@ -311,28 +310,31 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
     return VmlinuxFacts(build_id, banner, release, symbols)
 
 
-def _physical_reader(path: str) -> Callable[[int, int], Optional[bytes]]:
-    """Return a reader of guest-physical memory from an ELF core's PT_LOADs."""
-    with open(path, "rb") as file:
-        elf = ELFFile(file)
-        loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"]) for s in elf.iter_segments("PT_LOAD")]
+class _PhysicalMemory:
+    """Guest-physical memory of an ELF core, read through its PT_LOADs on one open file."""
 
-    def read(address: int, size: int) -> Optional[bytes]:
-        for start, length, offset in loads:
+    def __init__(self, path: str):
+        self.file = open(path, "rb")
+        try:
+            self.loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"])
+                          for s in ELFFile(self.file).iter_segments("PT_LOAD")]
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __enter__(self) -> "_PhysicalMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def read(self, address: int, size: int) -> Optional[bytes]:
+        for start, length, offset in self.loads:
             if start <= address and address + size <= start + length:
-                with open(path, "rb") as file:
-                    file.seek(offset + address - start)
-                    return file.read(size)
+                return os.pread(self.file.fileno(), size, offset + address - start)
         return None
 
-    return read
 
-
-# x86_64 page-table bits and the kernel text mapping's slots in init_top_pgt
-# (the same in every 4-level kernel).
-_PTE_PRESENT: Final = 0x1
-_PTE_HUGE: Final = 0x80
-_PTE_ADDRESS: Final = 0x000FFFFFFFFFF000
 _HUGE_2M: Final = 1 << 21
 
 
@@ -343,20 +345,20 @@ def _kernel_text_virtual(read: Callable[[int, int], Optional[bytes]], pgd_physic
         data = read(table + 8 * index, 8)
         return int.from_bytes(data, "little") if data else None
 
-    pud_entry = entry(pgd_physical, (_START_KERNEL_MAP >> 39) & 511)
-    if not pud_entry or not pud_entry & _PTE_PRESENT:
+    pud_entry = entry(pgd_physical, (x86.START_KERNEL_MAP >> 39) & 511)
+    if not pud_entry or not pud_entry & x86.PTE_PRESENT:
         return None
-    for pud_index in range((_START_KERNEL_MAP >> 30) & 511, 512):
-        pmd_entry = entry(pud_entry & _PTE_ADDRESS, pud_index)
-        if not pmd_entry or not pmd_entry & _PTE_PRESENT:
+    for pud_index in range((x86.START_KERNEL_MAP >> 30) & 511, 512):
+        pmd_entry = entry(pud_entry & x86.PTE_ADDRESS_MASK, pud_index)
+        if not pmd_entry or not pmd_entry & x86.PTE_PRESENT:
             continue
-        table = read(pmd_entry & _PTE_ADDRESS, 4096)
+        table = read(pmd_entry & x86.PTE_ADDRESS_MASK, 4096)
         if table is None:
             continue
         for index in range(512):
             value = int.from_bytes(table[8 * index:8 * index + 8], "little")
-            if value & (_PTE_PRESENT | _PTE_HUGE) == _PTE_PRESENT | _PTE_HUGE and \
-                    value & _PTE_ADDRESS & ~(_HUGE_2M - 1) == text_physical:
+            if value & (x86.PTE_PRESENT | x86.PTE_HUGE) == x86.PTE_PRESENT | x86.PTE_HUGE and \
+                    value & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1) == text_physical:
                 return (0xFFFF << 48) | (511 << 39) | (pud_index << 30) | (index << 21)
     return None
 
@@ -380,11 +382,17 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
     if pgd is None or text is None:
         raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt/_text")
     try:
-        read = _physical_reader(vmcore)
+        memory = _PhysicalMemory(vmcore)
     except (ELFError, OSError) as error:
         raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})") from None
+    with memory:
+        return _rebuild_from_memory(memory.read, facts, pgd, text)
+
+
+def _rebuild_from_memory(read: Callable[[int, int], Optional[bytes]], facts: VmlinuxFacts,
+                         pgd: int, text: int) -> tuple[bytes, str]:
     banner_from_text = facts.symbols["linux_banner"] - text
-    link_physical_text = text - _START_KERNEL_MAP
+    link_physical_text = text - x86.START_KERNEL_MAP
     for load in range(0, 64 << 30, _HUGE_2M):
         data = read(load + banner_from_text, len(facts.banner))
         if data is None:
@@ -399,7 +407,7 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
                             f"physical {load + banner_from_text:#x}, but the kernel page tables "
                             "there do not map it: cannot rebuild the KASLR layout")
         offset = virtual_text - text
-        phys_base = load - (virtual_text - _START_KERNEL_MAP)
+        phys_base = load - (virtual_text - x86.START_KERNEL_MAP)
         note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n"
                 f"SYMBOL(swapper_pg_dir)={pgd + offset:x}\nNUMBER(phys_base)={phys_base}\n"
                 f"NUMBER(pgtable_l5_enabled)=0\n")

@@ -72,9 +72,6 @@ def bounded_window(start: int, end: int, around: int, limit: int = USER_SCAN_LIM
     return low, min(end, low + limit)
 
 
-_PRESENT: Final = 0x1
-_HUGE: Final = 0x80
-_ADDRESS_MASK: Final = 0x000FFFFFFFFFF000
 _PMD_SPAN: Final = 1 << 21
 _PTE_PAGE: Final = struct.Struct("<512Q")
 
@@ -110,31 +107,31 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
         while address < end:
             next_pmd = (address | (_PMD_SPAN - 1)) + 1
             pgd_entry = entry(pgd, (address >> 39) & 511)
-            if not pgd_entry & _PRESENT:
+            if not pgd_entry & x86.PTE_PRESENT:
                 address = ((address >> 39) + 1) << 39
                 continue
-            pud_entry = entry(table(pgd_entry & _ADDRESS_MASK), (address >> 30) & 511)
-            if not pud_entry & _PRESENT:
+            pud_entry = entry(table(pgd_entry & x86.PTE_ADDRESS_MASK), (address >> 30) & 511)
+            if not pud_entry & x86.PTE_PRESENT:
                 address = ((address >> 30) + 1) << 30
                 continue
-            if pud_entry & _HUGE:
+            if pud_entry & x86.PTE_HUGE:
                 pages.update(range(address, min(end, ((address >> 30) + 1) << 30), PAGE))
                 address = ((address >> 30) + 1) << 30
                 continue
-            pmd_entry = entry(table(pud_entry & _ADDRESS_MASK), (address >> 21) & 511)
-            if not pmd_entry & _PRESENT:
+            pmd_entry = entry(table(pud_entry & x86.PTE_ADDRESS_MASK), (address >> 21) & 511)
+            if not pmd_entry & x86.PTE_PRESENT:
                 address = next_pmd
                 continue
-            if pmd_entry & _HUGE:
+            if pmd_entry & x86.PTE_HUGE:
                 pages.update(range(address, min(end, next_pmd), PAGE))
                 address = next_pmd
                 continue
-            ptes = _PTE_PAGE.unpack(table(pmd_entry & _ADDRESS_MASK))
+            ptes = _PTE_PAGE.unpack(table(pmd_entry & x86.PTE_ADDRESS_MASK))
             stop = min(end, next_pmd)
             base = address & ~(_PMD_SPAN - 1)
             pages.update(base + (index << 12)
                          for index in range((address >> 12) & 511, ((stop - 1) >> 12 & 511) + 1)
-                         if ptes[index] & _PRESENT)
+                         if ptes[index] & x86.PTE_PRESENT)
             address = stop
         return pages
     except (LookupError, drgn.FaultError, ValueError):

@@ -18,7 +18,7 @@ from drgn.helpers.linux.mm import vma_find, vma_name
 from drgn.helpers.linux.pid import for_each_task
 
 from dfforensics import x86
-from dfforensics.model import Evidence, Frame, Status, SweepResult, SweptStack
+from dfforensics.model import Evidence, Status, SweepResult, SweptStack
 from dfforensics.rspregion import user_stack_pointer
 from dfforensics.stackscan import StackRead, bounded_window, orig_ax_encoding, scan_user_range, symbolizer
 

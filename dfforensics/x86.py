@@ -12,7 +12,7 @@ mode" (frame layout, 16-byte alignment, stack switch rules); the kernel's
 the crash utility's ``x86_64.c`` (RFLAGS reserved mask used by ``bt -e``).
 """
 
-from typing import Final, Optional
+from typing import Final
 
 __all__ = (
     "KERNEL32_CS",
@@ -27,7 +27,10 @@ __all__ = (
     "RFLAGS_RESERVED_MASK",
     "RFLAGS_FIXED_BIT",
     "HW_FRAME_WORDS",
-    "PT_REGS_TAIL_WORDS",
+    "PTE_PRESENT",
+    "PTE_HUGE",
+    "PTE_ADDRESS_MASK",
+    "START_KERNEL_MAP",
     "MMAP_MIN_ADDR",
     "selector_name",
     "rpl",
@@ -86,9 +89,12 @@ _RFLAGS_BITS: Final = (
 
 # The hardware part of a frame: RIP, CS, RFLAGS, RSP, SS (low to high).
 HW_FRAME_WORDS: Final = 5
-# orig_ax (error code / vector slot) plus the hardware part: the tail of
-# struct pt_regs, the same in every 64-bit kernel.
-PT_REGS_TAIL_WORDS: Final = 6
+# 4-level page-table entry bits (SDM Vol. 3A §4.5) and the kernel text
+# mapping base __START_KERNEL_map (every x86_64 kernel).
+PTE_PRESENT: Final = 0x1
+PTE_HUGE: Final = 0x80
+PTE_ADDRESS_MASK: Final = 0x000FFFFFFFFFF000
+START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
 
 # Lowest address user space can map with the kernel's default
 # vm.mmap_min_addr (CONFIG_DEFAULT_MMAP_MIN_ADDR = 65536 on x86 since 2.6.31).
@@ -184,8 +190,3 @@ def vector_name(vector: int) -> str:
     """Return a short name for an interrupt vector (exception mnemonic or hex)."""
     name = _VECTOR_NAMES.get(vector)
     return f"{vector:#04x} ({name})" if name else f"{vector:#04x}"
-
-
-def optional_hex(value: Optional[int]) -> str:
-    """Format an optional integer as 16-digit hex, or ``"?"``."""
-    return "?" if value is None else f"{value:016x}"
