@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import Final, Iterable, Optional
 from dfforensics.opendump import decompressed, read_elf_vmcoreinfo, vmlinux_facts
 from dfforensics.errors import InputError
 
-__all__ = ("DumpIdentity", "dump_kernel_identity", "find_vmlinux", "fetch_from_debuginfod")
+__all__ = ("DumpIdentity", "VmlinuxFinder", "dump_kernel_identity", "find_vmlinux", "fetch_from_debuginfod")
 
 _COMPRESSED_SUFFIXES: Final = ("", ".xz", ".gz", ".zst")
 # struct disk_dump_header (makedumpfile diskdump_mod.h): signature[8],
@@ -70,73 +71,86 @@ def _standard_candidates(directory: str, identity: DumpIdentity) -> Iterable[str
             yield os.path.join(directory, relative)
 
 
-_FACTS: dict[tuple, object] = {}
+class VmlinuxFinder:
+    """Finds the debug vmlinux of each dump in debug-info trees, then debuginfod.
 
+    One finder serves one triage run: it remembers the identity (build ID,
+    release) of every candidate file it opened, keyed by the file's version, so
+    the dumps of one kernel read its vmlinux once. Safe to share between the
+    threads that plan jobs.
+    """
 
-def _facts(path: str):
-    """vmlinux_facts of a candidate, read once per file version: triage asks again for
-    every dump of the same kernel, and that planning runs before any worker starts."""
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return None
-    key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
-    if key not in _FACTS:
+    def __init__(self, directories: Iterable[str]) -> None:
+        self.directories = list(directories)
+        self._facts: dict[tuple, object] = {}
+        self._lock = threading.Lock()
+
+    def find(self, identity: DumpIdentity) -> Optional[str]:
+        """The path of the vmlinux matching ``identity``, or ``None``.
+
+        Tries the standard layouts first (``usr/lib/debug/boot/vmlinux-<release>``,
+        ``usr/lib/debug/lib/modules/<release>/vmlinux``, ``.build-id/xx/rest.debug``,
+        each also ``.xz``/``.gz``/``.zst``), then any file named ``vmlinux*``
+        below the trees whose build ID (or release) matches, then the debuginfod
+        servers of ``$DEBUGINFOD_URLS`` by build ID.
+        """
+        if not identity.release and not identity.build_id:
+            return None
+        found = self._find_in_trees(identity)
+        if found is None and identity.build_id:
+            fetched = fetch_from_debuginfod(identity.build_id)
+            if fetched and self._matches(fetched, identity):
+                return fetched
+        return found
+
+    def _candidate_facts(self, path: str):
         try:
-            _FACTS[key] = vmlinux_facts(decompressed(path, "VMLINUX"))
-        except InputError:
-            _FACTS[key] = None
-    return _FACTS[key]
+            stat = os.stat(path)
+        except OSError:
+            return None
+        key = (os.path.realpath(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+        # One lock for all: two threads asking for the same compressed vmlinux would
+        # otherwise both decompress it.
+        with self._lock:
+            if key not in self._facts:
+                try:
+                    self._facts[key] = vmlinux_facts(decompressed(path, "VMLINUX"))
+                except InputError:
+                    self._facts[key] = None
+            return self._facts[key]
 
+    def _matches(self, path: str, identity: DumpIdentity) -> bool:
+        facts = self._candidate_facts(path)
+        if facts is None:
+            return False
+        if identity.build_id and facts.build_id:
+            return facts.build_id.lower() == identity.build_id
+        return bool(identity.release) and facts.release == identity.release
 
-def _matches(path: str, identity: DumpIdentity) -> bool:
-    facts = _facts(path)
-    if facts is None:
-        return False
-    if identity.build_id and facts.build_id:
-        return facts.build_id.lower() == identity.build_id
-    return bool(identity.release) and facts.release == identity.release
+    def _find_in_trees(self, identity: DumpIdentity) -> Optional[str]:
+        for directory in self.directories:
+            for candidate in _standard_candidates(directory, identity):
+                for suffix in _COMPRESSED_SUFFIXES:
+                    if os.path.isfile(candidate + suffix) and self._matches(candidate + suffix, identity):
+                        return candidate + suffix
+        scanned = 0
+        for directory in self.directories:
+            for root, dirs, files in os.walk(directory):
+                dirs.sort()
+                for name in sorted(files):
+                    scanned += 1
+                    if scanned > _MAX_SCAN_FILES:
+                        return None
+                    if name.startswith("vmlinux") or name.endswith(".debug"):
+                        path = os.path.join(root, name)
+                        if self._matches(path, identity):
+                            return path
+        return None
 
 
 def find_vmlinux(identity: DumpIdentity, directories: Iterable[str]) -> Optional[str]:
-    """Find the debug vmlinux of a dump's kernel in debug-info trees.
-
-    Tries the standard layouts first (``usr/lib/debug/boot/vmlinux-<release>``,
-    ``usr/lib/debug/lib/modules/<release>/vmlinux``, ``.build-id/xx/rest.debug``,
-    each also ``.xz``/``.gz``/``.zst``), then any file named ``vmlinux*``
-    below the trees whose build ID (or release) matches, then the debuginfod
-    servers of ``$DEBUGINFOD_URLS`` by build ID.
-    """
-    directories = list(directories)
-    if not identity.release and not identity.build_id:
-        return None
-    found = _find_in_trees(identity, directories)
-    if found is None and identity.build_id:
-        fetched = fetch_from_debuginfod(identity.build_id)
-        if fetched and _matches(fetched, identity):
-            return fetched
-    return found
-
-
-def _find_in_trees(identity: DumpIdentity, directories: list[str]) -> Optional[str]:
-    for directory in directories:
-        for candidate in _standard_candidates(directory, identity):
-            for suffix in _COMPRESSED_SUFFIXES:
-                if os.path.isfile(candidate + suffix) and _matches(candidate + suffix, identity):
-                    return candidate + suffix
-    scanned = 0
-    for directory in directories:
-        for root, dirs, files in os.walk(directory):
-            dirs.sort()
-            for name in sorted(files):
-                scanned += 1
-                if scanned > _MAX_SCAN_FILES:
-                    return None
-                if name.startswith("vmlinux") or name.endswith(".debug"):
-                    path = os.path.join(root, name)
-                    if _matches(path, identity):
-                        return path
-    return None
+    """Find the debug vmlinux of one dump's kernel (see :meth:`VmlinuxFinder.find`)."""
+    return VmlinuxFinder(directories).find(identity)
 
 
 def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional[str]:

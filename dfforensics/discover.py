@@ -20,7 +20,7 @@ import struct
 from dataclasses import dataclass
 from typing import Final, Iterable, Iterator, Optional
 
-__all__ = ("Item", "sniff", "discover", "dump_identity")
+__all__ = ("Item", "sniff", "discover", "iter_discover", "dump_identity")
 
 _SNIFF_BYTES: Final = 4096
 _LOG_NAME_RE: Final = re.compile(r"^(?:vmcore-dmesg\.txt|dmesg(?:\.\d+)?(?:\.txt)?|console(?:\.txt)?|.*\.log)$")
@@ -155,6 +155,13 @@ def discover(paths: Iterable[str]) -> list[Item]:
     (kdump was still writing when it stopped) is an item of kind
     ``incomplete``, so that it is reported, never skipped silently.
     """
+    return list(iter_discover(paths))
+
+
+def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
+    """:func:`discover` as it goes: each dump as soon as it is recognised (so
+    triage can start on it while the walk goes on), the lone logs at the end,
+    when every dump has claimed its own."""
     items: list[Item] = []
     logs: list[str] = []
     seen_real: set[str] = set()
@@ -184,9 +191,12 @@ def discover(paths: Iterable[str]) -> list[Item]:
             else:
                 item.duplicate_of = first
         items.append(item)
+        yield item
     paired = {item.log for item in items if item.log}
     for path in logs:
         if path not in paired:
-            stat = os.stat(path)
-            items.append(Item(path, "log", None, stat.st_size, stat.st_mtime))
-    return items
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue  # gone since the walk saw it
+            yield Item(path, "log", None, stat.st_size, stat.st_mtime)

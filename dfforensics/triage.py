@@ -19,17 +19,17 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Final, Iterable, Optional, TextIO
 
 from tabulate import tabulate
 
-from dfforensics.debuginfo import dump_kernel_identity, find_vmlinux
-from dfforensics.discover import Item, discover
+from dfforensics.debuginfo import VmlinuxFinder, dump_kernel_identity
+from dfforensics.discover import Item, iter_discover
 from dfforensics.errors import InputError
 from dfforensics.opendump import decompressed
 
-__all__ = ("ROW_FIELDS", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
+__all__ = ("ROW_FIELDS", "plan_job", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
 
 ROW_FIELDS: Final = (
     "path", "size", "mtime", "kind", "status", "mode", "verdict", "df_class", "kernel_release",
@@ -69,24 +69,27 @@ def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
     return done
 
 
+def plan_job(item: Item, finder: VmlinuxFinder) -> dict[str, Any]:
+    """Turn one discovered item into a worker job, finding its dump's vmlinux."""
+    job: dict[str, Any] = {"path": item.path, "size": item.size, "mtime": item.mtime,
+                           "kind": item.kind, "log": item.log, "vmlinux": None}
+    if item.kind in ("elf-core", "kdump-compressed", "flattened"):
+        try:
+            plain = decompressed(item.path, "VMCORE") if item.compression else item.path
+            identity = dump_kernel_identity(plain, item.kind)
+            job["release"] = identity.release
+            job["vmlinux"] = finder.find(identity)
+        except InputError as error:
+            job["plan_error"] = str(error)
+    if item.duplicate_of:
+        job["duplicate_of"] = item.duplicate_of
+    return job
+
+
 def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str]) -> list[dict[str, Any]]:
-    """Turn discovered items into worker jobs, finding each dump's vmlinux."""
-    jobs = []
-    for item in items:
-        job: dict[str, Any] = {"path": item.path, "size": item.size, "mtime": item.mtime,
-                               "kind": item.kind, "log": item.log, "vmlinux": None}
-        if item.kind in ("elf-core", "kdump-compressed", "flattened"):
-            try:
-                plain = decompressed(item.path, "VMCORE") if item.compression else item.path
-                identity = dump_kernel_identity(plain, item.kind)
-                job["release"] = identity.release
-                job["vmlinux"] = find_vmlinux(identity, debuginfo_dirs)
-            except InputError as error:
-                job["plan_error"] = str(error)
-        if item.duplicate_of:
-            job["duplicate_of"] = item.duplicate_of
-        jobs.append(job)
-    return jobs
+    """Turn discovered items into worker jobs (one vmlinux lookup per kernel)."""
+    finder = VmlinuxFinder(debuginfo_dirs)
+    return [plan_job(item, finder) for item in items]
 
 
 def _immediate_row(job: dict[str, Any]) -> Optional[dict[str, Any]]:
@@ -197,12 +200,22 @@ def _dask_results(scheduler: str, planned: list[dict[str, Any]], timeout: float,
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; silent otherwise."""
+    """A one-line progress bar on a terminal; silent otherwise.
 
-    def __init__(self, total: int, stream: TextIO):
+    Work starts while the archive is still being walked, so the total grows
+    until :meth:`all_found`; until then it is shown as ``N+`` and no ETA."""
+
+    def __init__(self, stream: TextIO, total: int = 0):
         self.total, self.done, self.stream = total, 0, stream
+        self.final = total > 0
         self.start = time.monotonic()
         self.enabled = stream.isatty()
+
+    def found(self) -> None:
+        self.total += 1
+
+    def all_found(self) -> None:
+        self.final = True
 
     def step(self) -> None:
         self.done += 1
@@ -210,8 +223,11 @@ class _Progress:
             return
         elapsed = time.monotonic() - self.start
         rate = self.done / elapsed if elapsed else 0.0
-        eta = (self.total - self.done) / rate if rate else 0.0
-        self.stream.write(f"\r{self.done}/{self.total} dumps, {rate * 60:.1f}/min, ETA {eta:.0f} s ")
+        line = f"\r{self.done}/{self.total}{'' if self.final else '+'} dumps, {rate * 60:.1f}/min"
+        if self.final:
+            eta = (self.total - self.done) / rate if rate else 0.0
+            line += f", ETA {eta:.0f} s"
+        self.stream.write(line + " ")
         self.stream.flush()
 
     def close(self) -> None:
@@ -262,13 +278,11 @@ def run_triage(
     With ``scheduler`` (``tcp://HOST:PORT``), the per-dump jobs run on an
     existing Dask cluster instead of local workers; the rows are the same.
     """
-    items = [item for item in discover(paths) if item.key not in done]
-    planned = plan_jobs(items, debuginfo_dirs)
     writer = _Writer(output, fmt, new_file)
-    progress = _Progress(len(planned), progress_stream)
     rows: list[dict[str, Any]] = []
+    pending_items = (item for item in iter_discover(paths) if item.key not in done)
 
-    def record(job: dict[str, Any], result: dict[str, Any]) -> None:
+    def record(job: dict[str, Any], result: dict[str, Any], progress: _Progress) -> None:
         row = {"path": job["path"], "size": job["size"], "mtime": job["mtime"],
                "kind": job["kind"], "log": job.get("log"), **result}
         writer.write(row)
@@ -276,18 +290,43 @@ def run_triage(
         progress.step()
 
     if scheduler:
+        planned = plan_jobs(pending_items, debuginfo_dirs)
+        progress = _Progress(progress_stream, len(planned))
         try:
             for job, result in _dask_results(scheduler, planned, timeout, memory_bytes):
-                record(job, result)
+                record(job, result, progress)
         finally:
             progress.close()
         return rows
+
+    # Workers start on the first dump found while the walk and the vmlinux lookups
+    # go on: both run once per archive and would otherwise hold up every worker.
+    finder = VmlinuxFinder(debuginfo_dirs)
     workers = _Workers(threads=max(1, (os.cpu_count() or 1) // max(1, jobs)))
+    progress = _Progress(progress_stream)
+    running: dict[Future, None] = {}
+
+    def plan_and_run(item: Item) -> tuple[dict[str, Any], dict[str, Any]]:
+        job = plan_job(item, finder)
+        return job, workers.run(job, timeout, memory_bytes)
+
+    def collect(block: bool) -> None:
+        if not running:
+            return
+        finished, _ = wait(running, timeout=None if block else 0, return_when=FIRST_COMPLETED)
+        for future in finished:
+            del running[future]
+            record(*future.result(), progress)
+
     executor = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
-        futures = {executor.submit(workers.run, job, timeout, memory_bytes): job for job in planned}
-        for future in as_completed(futures):
-            record(futures[future], future.result())
+        for item in pending_items:
+            running[executor.submit(plan_and_run, item)] = None
+            progress.found()
+            collect(block=False)
+        progress.all_found()
+        while running:
+            collect(block=True)
     except BaseException:
         # Ctrl-C or a failed write: stop every worker; finished rows are on disk.
         workers.stop_all()

@@ -11,7 +11,6 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfforensics.consolelog import parse_log
 from dfforensics.debuginfo import _parse_vmcoreinfo
 from dfforensics.log_analysis import analyze_log_text
 from dfforensics.model import Registers, RspRegion

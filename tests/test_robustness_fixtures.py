@@ -4,7 +4,6 @@ where something can, and input files never written."""
 
 import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys

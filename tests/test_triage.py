@@ -99,6 +99,7 @@ def test_missing_vmlinux_falls_back_to_the_log(archive, tmp_path):
 def test_no_vmlinux_and_no_log_is_an_error_row_not_a_skip(archive, tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run(archive / "loose" / "virsh-dump-guest7.xz", "--format", "jsonl", "-o", out)
+    assert result.returncode == 0, result.stderr
     (row,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert row["error_kind"] == "no-debuginfo" and "6.1.192" in row["error"]
 
