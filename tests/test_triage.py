@@ -224,3 +224,24 @@ def test_progress_bar_on_a_terminal_and_silence_otherwise(archive, tmp_path):
     assert b"1/1 dumps" in output and b"ETA" in output
     quiet = run(target, "--format", "jsonl", "-o", tmp_path / "rows2.jsonl")
     assert "ETA" not in quiet.stderr
+
+
+@pytest.mark.parametrize("jobs, cpus, expected", [
+    (1, [0, 1], []),                      # one worker may use every CPU
+    (2, [0, 1], [{0}, {1}]),
+    (2, [0, 1, 2, 3], [{0, 1}, {2, 3}]),
+    (2, [4, 9, 2], []),                   # 3 CPUs do not split in two: no pinning
+    (3, [0, 1], []),                      # more workers than CPUs
+    (2, [7, 3], [{3}, {7}]),              # the allowed set, not 0..n-1
+])
+def test_cpu_slots_split_the_allowed_cpus_evenly_or_not_at_all(jobs, cpus, expected):
+    from dfforensics.triage import cpu_slots
+    assert [set(slot) for slot in cpu_slots(jobs, cpus)] == expected
+
+
+def test_a_pinned_worker_runs_on_its_slot_only():
+    from dfforensics.triage import _limits
+    cpu = min(os.sched_getaffinity(0))
+    probe = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
+                           capture_output=True, text=True, preexec_fn=_limits(None, frozenset({cpu})))
+    assert probe.stdout.strip() == str([cpu])
