@@ -6,10 +6,15 @@
 Opens the dump, loads the same debug info dfforensics is given and reads the kernel
 log. Prints the log's size (so that the read is not optimised away by nobody).
 """
+import os
 import sys
 
-import drgn
-from drgn.helpers.linux.printk import get_dmesg
+# The least a drgn tool can do includes not loading drgn's plugins (every installed one,
+# dfforensics' own commands too), as dfforensics does for its own programs.
+os.environ.setdefault("DRGN_DISABLE_PLUGINS", "*")
+
+import drgn  # noqa: E402
+from drgn.helpers.linux.printk import get_dmesg  # noqa: E402
 
 prog = drgn.Program()
 prog.set_core_dump(sys.argv[1])

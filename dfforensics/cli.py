@@ -15,6 +15,7 @@ from typing import NoReturn, Optional, Sequence
 
 from dfforensics.errors import InputError
 from dfforensics.render import FORMATS, render_many
+from dfforensics.triage_worker import skip_drgn_plugins
 
 __all__ = ("main",)
 
@@ -226,6 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv and argv[0] == "log":
             return _run_log(argv[1:])
+        skip_drgn_plugins()
         if argv and argv[0] == "triage":
             return _run_triage(argv[1:])
         if argv and argv[0] == "sweep":

@@ -14,15 +14,12 @@ from typing import Any
 import drgn
 from drgn import Program
 from drgn.commands import CommandError, argument, command, mutually_exclusive_group
-from drgn.helpers.linux.mm import vma_find
-from drgn.helpers.linux.pid import find_task
-from drgn.helpers.linux.sched import cpu_curr
-from tabulate import tabulate
 
-from dfforensics import api
-from dfforensics.render import FORMATS, render
-from dfforensics.rspregion import kernel_stack_ranges, user_stack_pointer
-from dfforensics.stackscan import USER_SCAN_LIMIT, bounded_window
+from dfforensics.model import OUTPUT_FORMATS
+
+# drgn imports this module in every session it starts (and in every program a script
+# creates), so it imports only what registering the commands needs; the analysis
+# modules (about 0.1 s of imports) load when a command first runs.
 
 __all__ = ("drgn_prog_set",)
 
@@ -42,7 +39,7 @@ def _is_kernel(prog: Program) -> bool:
                      "a stack switch, and give the verdict with its evidence. The same analysis "
                      "as the 'dfforensics VMCORE VMLINUX' command.",
     arguments=(
-        argument("--format", choices=sorted(FORMATS), default="table", help="output format"),
+        argument("--format", choices=sorted(OUTPUT_FORMATS), default="table", help="output format"),
     ),
     enabled=_is_kernel,
 )
@@ -52,6 +49,9 @@ def _cmd_doublefault(prog: Program, name: str, args: argparse.Namespace, **kwarg
 
 def _print_analysis(prog: Program, fmt: str, sweep: Any) -> Any:
     """The one code path of %doublefault and %dfsweep (and of the dfforensics command)."""
+    from dfforensics import api
+    from dfforensics.render import render
+
     report = api.analyze(prog, {"kind": "program", "path": "drgn session"}, sweep=sweep)
     print(render(report, fmt), end="")
     return report
@@ -68,6 +68,11 @@ _HEADERS = ["address", "stack", "kind", "vector", "RIP", "symbol", "CS", "RFLAGS
 
 
 def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
+    from drgn.helpers.linux.mm import vma_find
+
+    from dfforensics.rspregion import kernel_stack_ranges, user_stack_pointer
+    from dfforensics.stackscan import bounded_window
+
     ranges = []
     if want_user and task.mm:
         sp = user_stack_pointer(task)
@@ -105,6 +110,14 @@ def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
     enabled=_is_kernel,
 )
 def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    from drgn.helpers.linux.pid import find_task
+    from drgn.helpers.linux.sched import cpu_curr
+    from tabulate import tabulate
+
+    from dfforensics import api
+    from dfforensics.rspregion import kernel_stack_ranges
+    from dfforensics.stackscan import USER_SCAN_LIMIT
+
     task = None
     if args.pid is not None:
         task = find_task(prog, args.pid)
@@ -142,7 +155,7 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
                      "(bounded per task), read through its page tables, searched for frames "
                      "pushed without a stack switch. Works on dumps and on the live kernel.",
     arguments=(
-        argument("--format", choices=sorted(FORMATS), default="table", help="output format"),
+        argument("--format", choices=sorted(OUTPUT_FORMATS), default="table", help="output format"),
     ),
     enabled=_is_kernel,
 )

@@ -16,6 +16,7 @@ from typing import Any, Final, Optional
 
 __all__ = (
     "SCHEMA_VERSION",
+    "OUTPUT_FORMATS",
     "Verdict",
     "DfClass",
     "Status",
@@ -34,6 +35,8 @@ __all__ = (
 )
 
 SCHEMA_VERSION: Final = 1
+#: The renderings of a Report (dfforensics.render.FORMATS has one function for each).
+OUTPUT_FORMATS: Final = ("table", "json", "markdown")
 
 
 class Verdict(str, enum.Enum):

@@ -237,8 +237,10 @@ def _read_symbol_bytes(elf: ELFFile, address: int, size: int) -> Optional[bytes]
     for section in elf.iter_sections():
         start = section["sh_addr"]
         if section["sh_type"] != "SHT_NOBITS" and start <= address < start + section["sh_size"]:
-            offset = address - start
-            return section.data()[offset:offset + size]
+            # Only these bytes: section.data() would read all of .rodata.
+            size = min(size, start + section["sh_size"] - address)
+            elf.stream.seek(section["sh_offset"] + address - start)
+            return elf.stream.read(size)
     return None
 
 
@@ -266,12 +268,19 @@ def _symbol_values(elf: ELFFile, symtab, names: Sequence[str]) -> dict[str, int]
         while at >= 0:
             wanted[at] = name
             at = strings.find(key, at + 1)
-    symbols = {}
-    for st_name, _, _, _, st_value, _ in _ELF64_SYM.iter_unpack(symtab.data()):
-        name = wanted.get(st_name)
-        if name is not None and name not in symbols:
-            symbols[name] = st_value
-    return symbols
+    # The st_name column (first 4 bytes of every 24-byte symbol) as one list, made in C:
+    # unpacking the tens of thousands of symbols in Python took 10 ms per vmlinux.
+    table = symtab.data()
+    st_names = memoryview(table)[:len(table) - len(table) % _ELF64_SYM.size].cast("I")[::_ELF64_SYM.size // 4].tolist()
+    first: dict[str, int] = {}
+    for offset, name in wanted.items():
+        try:
+            index = st_names.index(offset)
+        except ValueError:
+            continue
+        if name not in first or index < first[name]:
+            first[name] = index
+    return {name: _ELF64_SYM.unpack_from(table, index * _ELF64_SYM.size)[4] for name, index in first.items()}
 
 
 def vmlinux_facts(path: str) -> VmlinuxFacts:

@@ -10,8 +10,6 @@ reports. Pure: no drgn.
 import json
 from typing import Callable, Final, Optional, Sequence
 
-from tabulate import tabulate
-
 from dfforensics import x86
 from dfforensics.model import DoubleFault, Frame, Report, Status, to_json_dict
 
@@ -81,6 +79,10 @@ def _df_title(df: DoubleFault, index: int) -> str:
 
 
 def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
+    # tabulate (with wcwidth and importlib.metadata) takes ~30 ms to import: paid only
+    # by the table renderings, not by JSON output or triage workers.
+    from tabulate import tabulate
+
     sections: list[tuple[str, str]] = []
     kernel = report.kernel
     context = [

@@ -98,3 +98,17 @@ def test_drgn_executable_finds_the_plugin_through_its_entry_point():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert data["verdict"] == EXPECTED["verdict"]
+
+
+def test_the_commands_offer_every_rendering_and_only_those():
+    from dfforensics.model import OUTPUT_FORMATS
+    from dfforensics.render import FORMATS
+    assert tuple(FORMATS) == OUTPUT_FORMATS
+
+
+def test_loading_the_plugin_does_not_import_the_analysis():
+    # drgn loads the plugin in every session; the analysis loads when a command runs.
+    probe = ("import sys, dfforensics.drgn_commands; "
+             "print(sorted(m for m in sys.modules if m.startswith(('dfforensics.', 'tabulate', 'elftools'))))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert eval(loaded.stdout) == ["dfforensics.drgn_commands", "dfforensics.model"]
