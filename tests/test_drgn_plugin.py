@@ -3,6 +3,7 @@ and the drgn executable finding the plugin through its entry point.
 Runs on the real cpl0-irq-df fixture; nothing is mocked."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -112,3 +113,18 @@ def test_loading_the_plugin_does_not_import_the_analysis():
              "print(sorted(m for m in sys.modules if m.startswith(('dfforensics.', 'tabulate', 'elftools'))))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert eval(loaded.stdout) == ["dfforensics.drgn_commands", "dfforensics.model"]
+
+
+@pytest.mark.parametrize("preset, expected", [
+    ({}, "*"),                                        # our own programs: no plugins
+    ({"DRGN_DISABLE_PLUGINS": "crash_*"}, "crash_*"),  # the user's choice wins
+    ({"DRGN_PLUGINS": "mine=mymod"}, None),
+])
+def test_entry_points_skip_drgn_plugins_unless_the_user_chose(monkeypatch, preset, expected):
+    from dfforensics.triage_worker import skip_drgn_plugins
+    monkeypatch.delenv("DRGN_PLUGINS", raising=False)
+    monkeypatch.delenv("DRGN_DISABLE_PLUGINS", raising=False)
+    for key, value in preset.items():
+        monkeypatch.setenv(key, value)
+    skip_drgn_plugins()
+    assert os.environ.get("DRGN_DISABLE_PLUGINS") == expected
