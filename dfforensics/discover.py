@@ -162,7 +162,7 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
     """:func:`discover` as it goes: each dump as soon as it is recognised (so
     triage can start on it while the walk goes on), the lone logs at the end,
     when every dump has claimed its own."""
-    items: list[Item] = []
+    paired: set[str] = set()  # the logs some dump has claimed
     logs: list[str] = []
     seen_real: set[str] = set()
     identities: dict[str, str] = {}
@@ -190,9 +190,9 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
                 identities[identity] = path
             else:
                 item.duplicate_of = first
-        items.append(item)
+        if item.log:
+            paired.add(item.log)
         yield item
-    paired = {item.log for item in items if item.log}
     for path in logs:
         if path not in paired:
             try:

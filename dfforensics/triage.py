@@ -134,11 +134,11 @@ class _Workers:
         self.running: set[subprocess.Popen[str]] = set()
         self.stopping = False
         # A slot is a worker's CPU set, held while its worker runs (see cpu_slots).
+        slots = list(slots)
+        self.pinned = bool(slots)
         self.slots: "queue.SimpleQueue[frozenset[int]]" = queue.SimpleQueue()
-        self.pinned = False
         for slot in slots:
             self.slots.put(slot)
-            self.pinned = True
         # drgn indexes DWARF with OpenMP threads; workers that already fill the cores
         # only contend with them (unless the user chose OMP_NUM_THREADS).
         self.env = None if threads is None or "OMP_NUM_THREADS" in os.environ else \
