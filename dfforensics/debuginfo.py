@@ -17,7 +17,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Final, Iterable, Optional
 
-from dfforensics.opendump import decompressed, read_elf_vmcoreinfo, vmlinux_facts
+from dfforensics.elffacts import read_elf_vmcoreinfo, vmlinux_facts
+from dfforensics.opendump import decompressed
 from dfforensics.errors import InputError
 
 __all__ = ("DumpIdentity", "VmlinuxFinder", "dump_kernel_identity", "find_vmlinux", "fetch_from_debuginfod")

@@ -13,36 +13,29 @@ Input files are only ever opened for reading.
 
 import bz2
 import gzip
-import hashlib
 import lzma
 import os
 import struct
 import tempfile
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Final, Optional, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Callable, Final, Optional, Sequence
 
 import drgn
-from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
-from dfforensics import x86
-from dfforensics.errors import InputError
+from dfforensics.errors import DumpError
+
+if TYPE_CHECKING:
+    from dfforensics.elffacts import VmlinuxFacts
 
 __all__ = (
     "DumpError",
     "OpenedDump",
     "decompressed",
-    "read_elf_vmcoreinfo",
-    "vmlinux_facts",
     "open_dump",
 )
 
 _MAX_DECOMPRESSED: Final = int(os.environ.get("DFFORENSICS_MAX_DECOMPRESSED", 64 << 30))
 _CHUNK: Final = 1 << 20
-
-
-class DumpError(InputError):
-    """A dump or debug-info file the analysis cannot use."""
 
 
 def _open_zstd(path: str) -> BinaryIO:
@@ -102,6 +95,8 @@ def _cached(path: str, tag: str, name: str, produce: Callable[[BinaryIO], None])
     a changed input is produced again; a failed or interrupted run leaves no
     partial file behind.
     """
+    import hashlib  # here: loading OpenSSL costs ~2 ms, and uncompressed inputs never get here
+
     stat = os.stat(path)
     key = hashlib.sha256(
         f"{tag}\0{os.path.realpath(path)}\0{stat.st_size}\0{stat.st_mtime_ns}\0{stat.st_ino}".encode()
@@ -206,231 +201,6 @@ def reassembled(path: str, what: str = "VMCORE") -> str:
     return _cached(path, "flat", "reassembled", produce)
 
 
-def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
-    """Return the VMCOREINFO note of an ELF core, or ``None`` (also for non-ELF files)."""
-    try:
-        with open(path, "rb") as file:
-            elf = ELFFile(file)
-            if elf.header.e_type != "ET_CORE":
-                return None
-            for segment in elf.iter_segments("PT_NOTE"):
-                for note in segment.iter_notes():
-                    if note.n_name == "VMCOREINFO":
-                        desc = note.n_desc
-                        return desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)
-    except (ELFError, OSError, ValueError, KeyError, AssertionError):
-        return None
-    return None
-
-
-@dataclass
-class VmlinuxFacts:
-    """What the debug vmlinux says about its kernel."""
-
-    build_id: Optional[str]
-    banner: Optional[bytes]
-    release: Optional[str]
-    symbols: dict[str, int] = field(default_factory=dict)
-
-
-def _read_symbol_bytes(elf: ELFFile, address: int, size: int) -> Optional[bytes]:
-    for section in elf.iter_sections():
-        start = section["sh_addr"]
-        if section["sh_type"] != "SHT_NOBITS" and start <= address < start + section["sh_size"]:
-            # Only these bytes: section.data() would read all of .rodata.
-            size = min(size, start + section["sh_size"] - address)
-            elf.stream.seek(section["sh_offset"] + address - start)
-            return elf.stream.read(size)
-    return None
-
-
-_ELF64_SYM: Final = struct.Struct("<IBBHQQ")
-
-
-def _symbol_values(elf: ELFFile, symtab, names: Sequence[str]) -> dict[str, int]:
-    """The value of the first symbol of each name, from the raw .symtab and .strtab.
-
-    pyelftools' get_symbol_by_name parses every symbol of the table one by one
-    (seconds on a vmlinux); this matches the names' string table offsets instead.
-    """
-    if elf.elfclass != 64 or not elf.little_endian or symtab["sh_entsize"] != _ELF64_SYM.size:
-        symbols = {}
-        for name in names:
-            found = symtab.get_symbol_by_name(name)
-            if found:
-                symbols[name] = found[0]["st_value"]
-        return symbols
-    strings = symtab.stringtable.data()
-    wanted: dict[int, str] = {}
-    for name in names:
-        key = name.encode() + b"\0"
-        at = strings.find(key)
-        while at >= 0:
-            wanted[at] = name
-            at = strings.find(key, at + 1)
-    # The st_name column (first 4 bytes of every 24-byte symbol) as one list, made in C:
-    # unpacking the tens of thousands of symbols in Python took 10 ms per vmlinux.
-    table = symtab.data()
-    st_names = memoryview(table)[:len(table) - len(table) % _ELF64_SYM.size].cast("I")[::_ELF64_SYM.size // 4].tolist()
-    first: dict[str, int] = {}
-    for offset, name in wanted.items():
-        try:
-            index = st_names.index(offset)
-        except ValueError:
-            continue
-        if name not in first or index < first[name]:
-            first[name] = index
-    return {name: _ELF64_SYM.unpack_from(table, index * _ELF64_SYM.size)[4] for name, index in first.items()}
-
-
-def vmlinux_facts(path: str) -> VmlinuxFacts:
-    """Read the build ID, ``linux_banner`` and a few symbols from a vmlinux with pyelftools.
-
-    :raises DumpError: if it is not an ELF kernel image with a symbol table.
-    """
-    try:
-        with open(path, "rb") as file:
-            elf = ELFFile(file)
-            if elf.header.e_type != "ET_EXEC" or elf.header.e_machine != "EM_X86_64":
-                raise DumpError(f"VMLINUX {path}: not an x86_64 kernel image "
-                                f"({elf.header.e_type}, {elf.header.e_machine})")
-            build_id = None
-            for section in elf.iter_sections():
-                if section["sh_type"] == "SHT_NOTE":
-                    for note in section.iter_notes():
-                        if note.n_type == "NT_GNU_BUILD_ID":
-                            build_id = note.n_desc
-            symtab = elf.get_section_by_name(".symtab")
-            if symtab is None:
-                raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux")
-            symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"))
-            banner = None
-            if "linux_banner" in symbols:
-                raw = _read_symbol_bytes(elf, symbols["linux_banner"], 512)
-                banner = raw.split(b"\0", 1)[0] if raw else None
-            if elf.get_section_by_name(".debug_info") is None:
-                raise DumpError(f"VMLINUX {path}: has no DWARF debug info (.debug_info); "
-                                "give the debug vmlinux (e.g. from the dbgsym/debuginfo package)")
-    except ELFError as error:
-        raise DumpError(f"VMLINUX {path}: not an ELF file ({error})") from None
-    except OSError as error:
-        raise DumpError(f"VMLINUX {path}: cannot read: {error.strerror or error}") from None
-    release = banner.split()[2].decode(errors="replace") if banner and len(banner.split()) > 2 else None
-    return VmlinuxFacts(build_id, banner, release, symbols)
-
-
-class _PhysicalMemory:
-    """Guest-physical memory of an ELF core, read through its PT_LOADs on one open file."""
-
-    def __init__(self, path: str):
-        self.file = open(path, "rb")
-        try:
-            self.loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"])
-                          for s in ELFFile(self.file).iter_segments("PT_LOAD")]
-        except BaseException:
-            self.file.close()
-            raise
-
-    def __enter__(self) -> "_PhysicalMemory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-    def read(self, address: int, size: int) -> Optional[bytes]:
-        for start, length, offset in self.loads:
-            if start <= address and address + size <= start + length:
-                return os.pread(self.file.fileno(), size, offset + address - start)
-        return None
-
-
-_HUGE_2M: Final = 1 << 21
-
-
-def _kernel_text_virtual(read: Callable[[int, int], Optional[bytes]], pgd_physical: int,
-                         text_physical: int) -> Optional[int]:
-    """Find the virtual address at which init_top_pgt maps the kernel's first 2 MiB page."""
-    def entry(table: int, index: int) -> Optional[int]:
-        data = read(table + 8 * index, 8)
-        return int.from_bytes(data, "little") if data else None
-
-    pud_entry = entry(pgd_physical, (x86.START_KERNEL_MAP >> 39) & 511)
-    if not pud_entry or not pud_entry & x86.PTE_PRESENT:
-        return None
-    for pud_index in range((x86.START_KERNEL_MAP >> 30) & 511, 512):
-        pmd_entry = entry(pud_entry & x86.PTE_ADDRESS_MASK, pud_index)
-        if not pmd_entry or not pmd_entry & x86.PTE_PRESENT:
-            continue
-        table = read(pmd_entry & x86.PTE_ADDRESS_MASK, 4096)
-        if table is None:
-            continue
-        for index in range(512):
-            value = int.from_bytes(table[8 * index:8 * index + 8], "little")
-            if value & (x86.PTE_PRESENT | x86.PTE_HUGE) == x86.PTE_PRESENT | x86.PTE_HUGE and \
-                    value & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1) == text_physical:
-                return (0xFFFF << 48) | (511 << 39) | (pud_index << 30) | (index << 21)
-    return None
-
-
-def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
-    """Build the VMCOREINFO drgn needs from VMLINUX and guest memory.
-
-    1. Where the kernel sits in guest-physical memory: VMLINUX's own
-       ``linux_banner`` is looked for at every 2 MiB-aligned load address
-       (the kernel is loaded 2 MiB aligned, randomized or not).
-    2. Where it sits virtually (the KASLR offset): ``init_top_pgt``, read at
-       its physical address, maps the kernel text with 2 MiB pages; the slot
-       that maps the text's physical page gives the virtual address.
-    Returns the note and a sentence saying how it was rebuilt. Supports
-    x86_64 kernels with 4-level paging, with or without KASLR.
-    """
-    if not facts.banner or "linux_banner" not in facts.symbols or not facts.release:
-        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no linux_banner to rebuild it from")
-    pgd = facts.symbols.get("init_top_pgt") or facts.symbols.get("swapper_pg_dir")
-    text = facts.symbols.get("_text")
-    if pgd is None or text is None:
-        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt/_text")
-    try:
-        memory = _PhysicalMemory(vmcore)
-    except (ELFError, OSError) as error:
-        raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})") from None
-    with memory:
-        return _rebuild_from_memory(memory.read, facts, pgd, text)
-
-
-def _rebuild_from_memory(read: Callable[[int, int], Optional[bytes]], facts: VmlinuxFacts,
-                         pgd: int, text: int) -> tuple[bytes, str]:
-    banner_from_text = facts.symbols["linux_banner"] - text
-    link_physical_text = text - x86.START_KERNEL_MAP
-    for load in range(0, 64 << 30, _HUGE_2M):
-        data = read(load + banner_from_text, len(facts.banner))
-        if data is None:
-            if load > link_physical_text + (4 << 30):
-                break
-            continue
-        if data != facts.banner:
-            continue
-        virtual_text = _kernel_text_virtual(read, load + (pgd - text), load)
-        if virtual_text is None:
-            raise DumpError("the dump has no VMCOREINFO; VMLINUX's banner is in guest memory at "
-                            f"physical {load + banner_from_text:#x}, but the kernel page tables "
-                            "there do not map it: cannot rebuild the KASLR layout")
-        offset = virtual_text - text
-        phys_base = load - (virtual_text - x86.START_KERNEL_MAP)
-        note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n"
-                f"SYMBOL(swapper_pg_dir)={pgd + offset:x}\nNUMBER(phys_base)={phys_base}\n"
-                f"NUMBER(pgtable_l5_enabled)=0\n")
-        if facts.build_id:
-            note += f"BUILD-ID={facts.build_id}\n"
-        how = (f"the dump has no VMCOREINFO; rebuilt from VMLINUX and guest memory: its "
-               f"linux_banner is at physical {load + banner_from_text:#x} (kernel loaded at "
-               f"{load:#x}), and init_top_pgt maps the text at {virtual_text:#x} "
-               f"(KASLR offset {offset:#x}, phys_base {phys_base:#x})")
-        return note.encode(), how
-    raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is nowhere in guest "
-                    "memory at a 2 MiB-aligned load address: VMLINUX is not this kernel's")
-
-
 # struct disk_dump_header (makedumpfile diskdump_mod.h): block_size at 428;
 # struct kdump_sub_header starts one block in, with phys_base then dump_level.
 _KDUMP_BLOCK_SIZE_OFFSET: Final = 428
@@ -479,20 +249,14 @@ def _parse_vmcoreinfo(data: bytes) -> dict[str, str]:
     return result
 
 
-def _check_vmcoreinfo_match(facts: VmlinuxFacts, vmcoreinfo: Optional[dict[str, str]],
-                            vmcore: str, vmlinux: str) -> None:
-    if vmcoreinfo:
-        dump_id = vmcoreinfo.get("BUILD-ID")
-        if dump_id and facts.build_id and dump_id.lower() != facts.build_id.lower():
-            raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: build ID "
-                            f"{facts.build_id} != the dump's {dump_id}")
-        release = vmcoreinfo.get("OSRELEASE")
-        if release and facts.release and release != facts.release:
-            raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: kernel "
-                            f"{facts.release} != the dump's {release}")
+def _check_release_match(prog: drgn.Program, facts: "VmlinuxFacts", vmcore: str, vmlinux: str) -> None:
+    release = _parse_vmcoreinfo(prog["VMCOREINFO"].string_()).get("OSRELEASE")
+    if release and facts.release and release != facts.release:
+        raise DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: kernel "
+                        f"{facts.release} != the dump's {release}")
 
 
-def _check_banner_match(prog: drgn.Program, facts: VmlinuxFacts, vmcore: str, vmlinux: str) -> None:
+def _check_banner_match(prog: drgn.Program, facts: "VmlinuxFacts", vmcore: str, vmlinux: str) -> None:
     if facts.banner:
         try:
             # drgn relocates the symbol by the dump's KASLR offset.
@@ -506,6 +270,59 @@ def _check_banner_match(prog: drgn.Program, facts: VmlinuxFacts, vmcore: str, vm
                             f"'{ours}' is not the dump's '{theirs}'")
 
 
+def _rejected_vmlinux(kernel: drgn.Module, vmlinux_path: str, vmcore: str, vmlinux: str) -> DumpError:
+    """Say why drgn did not take VMLINUX as the kernel's debug info (pyelftools reads why)."""
+    from dfforensics.elffacts import vmlinux_facts
+
+    facts = vmlinux_facts(vmlinux_path)  # raises for non-ELF, foreign, stripped or DWARF-less files
+    if kernel.build_id is not None and facts.build_id and facts.build_id.lower() != kernel.build_id.hex():
+        return DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: build ID "
+                         f"{facts.build_id} != the dump's {kernel.build_id.hex()}")
+    return DumpError(f"VMLINUX {vmlinux}: drgn does not accept it as debug info for the dump's kernel")
+
+
+def _kernel_module(prog: drgn.Program) -> drgn.Module:
+    """The kernel's module, as drgn makes it: with the build ID named by VMCOREINFO.
+
+    Only the first of the loaded modules is taken: enumerating the others
+    needs the kernel's debug info, which is not loaded yet.
+    """
+    for module, _ in prog.loaded_modules():
+        if isinstance(module, drgn.MainModule):
+            return module
+        break
+    return prog.main_module("kernel", create=True)
+
+
+def _load_vmlinux(prog: drgn.Program, vmlinux_path: str, facts: Optional["VmlinuxFacts"],
+                  vmcore: str, vmlinux: str) -> None:
+    """Load VMLINUX as the kernel's debug info, refusing one that is not the dump's kernel.
+
+    Where the dump names its kernel's build ID (VMCOREINFO ``BUILD-ID``,
+    Linux 5.9 and later), drgn matches it against VMLINUX's own; pyelftools is
+    then only needed to explain a refusal. Older kernels' dumps are matched
+    by release and ``linux_banner``, read from VMLINUX with pyelftools.
+    """
+    kernel = _kernel_module(prog)
+    if kernel.build_id is None and facts is None:
+        from dfforensics.elffacts import vmlinux_facts
+
+        facts = vmlinux_facts(vmlinux_path)
+    if facts is not None:
+        # Before loading, so that drgn never gets (and warns about) a foreign vmlinux.
+        _check_release_match(prog, facts, vmcore, vmlinux)
+    try:
+        kernel.try_file(vmlinux_path)
+    except OSError as error:
+        raise DumpError(f"VMLINUX {vmlinux}: {error.strerror or error}") from None
+    except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
+        raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})") from None
+    if kernel.wants_debug_file():
+        raise _rejected_vmlinux(kernel, vmlinux_path, vmcore, vmlinux)
+    if facts is not None:
+        _check_banner_match(prog, facts, vmcore, vmlinux)
+
+
 def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -> OpenedDump:
     """Open a guest crash dump with its debug info.
 
@@ -516,7 +333,6 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
     vmlinux_path = decompressed(vmlinux, "VMLINUX")
     module_paths = [decompressed(path, "module debug info") for path in module_debuginfo]
     notes = []
-    vmcoreinfo = read_elf_vmcoreinfo(vmcore_path)
     source = "the dump's VMCOREINFO note"
     facts = None
     prog = drgn.Program()
@@ -527,6 +343,9 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
     except ValueError as error:
         if "vmcoreinfo" not in str(error).lower() and "QEMU" not in str(error):
             raise DumpError(f"VMCORE {vmcore}: {error}") from None
+        from dfforensics.elffacts import vmlinux_facts
+        from dfforensics.rebuildvmcoreinfo import rebuild_vmcoreinfo
+
         facts = vmlinux_facts(vmlinux_path)
         vmcoreinfo, how = rebuild_vmcoreinfo(vmcore_path, facts)
         source = "rebuilt from VMLINUX"
@@ -544,22 +363,16 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
         raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore}: not a Linux kernel dump (a user-space core?)")
-    if facts is None:
-        facts = vmlinux_facts(vmlinux_path)
-    parsed = _parse_vmcoreinfo(vmcoreinfo) if vmcoreinfo else None
-    # Before loading, so that drgn never gets (and warns about) a foreign vmlinux.
-    _check_vmcoreinfo_match(facts, parsed, vmcore, vmlinux)
+    _load_vmlinux(prog, vmlinux_path, facts, vmcore, vmlinux)
     try:
-        prog.load_debug_info([vmlinux_path, *module_paths])
-    except drgn.MissingDebugInfoError as error:
-        # Modules without debug info are fine: the analysis needs vmlinux.
-        if "kernel" in str(error).splitlines()[0] and "vmlinux" in str(error):
-            raise DumpError(f"VMLINUX {vmlinux}: {error}") from None
+        # Also finds the loaded kernel modules, for the ones given and for symbolizing the rest.
+        prog.load_debug_info(module_paths)
+    except drgn.MissingDebugInfoError:
+        pass  # modules without debug info are fine: the analysis needs vmlinux
     except (OSError, ValueError) as error:
-        raise DumpError(f"VMLINUX {vmlinux}: {error}") from None
+        raise DumpError(f"module debug info: {error}") from None
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
-        raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})") from None
-    _check_banner_match(prog, facts, vmcore, vmlinux)
+        raise DumpError(f"module debug info: unreadable ({error})") from None
     dump_format, dump_level = read_dump_format(vmcore_path)
     if flattened:
         dump_format = "flattened"

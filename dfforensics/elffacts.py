@@ -1,0 +1,138 @@
+"""
+What the ELF files say by themselves
+------------------------------------
+
+pyelftools readings of the inputs, for what drgn does not tell before it has
+loaded them: the VMCOREINFO note of an ELF core (to match a dump to its
+VMLINUX before opening it, in triage planning), and a vmlinux's build ID,
+``linux_banner`` and the few symbols the VMCOREINFO rebuild needs.
+
+The common path of opening a dump does not need this module (drgn reads
+VMCOREINFO and matches VMLINUX's build ID itself): it is imported where it
+is used, so that a run that does not need it does not pay for importing
+pyelftools.
+"""
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final, Optional, Sequence
+
+from elftools.common.exceptions import ELFError
+from elftools.elf.elffile import ELFFile
+
+from dfforensics.errors import DumpError
+
+__all__ = ("VmlinuxFacts", "read_elf_vmcoreinfo", "vmlinux_facts")
+
+
+def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
+    """Return the VMCOREINFO note of an ELF core, or ``None`` (also for non-ELF files)."""
+    try:
+        with open(path, "rb") as file:
+            elf = ELFFile(file)
+            if elf.header.e_type != "ET_CORE":
+                return None
+            for segment in elf.iter_segments("PT_NOTE"):
+                for note in segment.iter_notes():
+                    if note.n_name == "VMCOREINFO":
+                        desc = note.n_desc
+                        return desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)
+    except (ELFError, OSError, ValueError, KeyError, AssertionError):
+        return None
+    return None
+
+
+@dataclass
+class VmlinuxFacts:
+    """What the debug vmlinux says about its kernel."""
+
+    build_id: Optional[str]
+    banner: Optional[bytes]
+    release: Optional[str]
+    symbols: dict[str, int] = field(default_factory=dict)
+
+
+def _read_symbol_bytes(elf: ELFFile, address: int, size: int) -> Optional[bytes]:
+    for section in elf.iter_sections():
+        start = section["sh_addr"]
+        if section["sh_type"] != "SHT_NOBITS" and start <= address < start + section["sh_size"]:
+            # Only these bytes: section.data() would read all of .rodata.
+            size = min(size, start + section["sh_size"] - address)
+            elf.stream.seek(section["sh_offset"] + address - start)
+            return elf.stream.read(size)
+    return None
+
+
+_ELF64_SYM: Final = struct.Struct("<IBBHQQ")
+
+
+def _symbol_values(elf: ELFFile, symtab, names: Sequence[str]) -> dict[str, int]:
+    """The value of the first symbol of each name, from the raw .symtab and .strtab.
+
+    pyelftools' get_symbol_by_name parses every symbol of the table one by one
+    (seconds on a vmlinux); this matches the names' string table offsets instead.
+    """
+    if elf.elfclass != 64 or not elf.little_endian or symtab["sh_entsize"] != _ELF64_SYM.size:
+        symbols = {}
+        for name in names:
+            found = symtab.get_symbol_by_name(name)
+            if found:
+                symbols[name] = found[0]["st_value"]
+        return symbols
+    strings = symtab.stringtable.data()
+    wanted: dict[int, str] = {}
+    for name in names:
+        key = name.encode() + b"\0"
+        at = strings.find(key)
+        while at >= 0:
+            wanted[at] = name
+            at = strings.find(key, at + 1)
+    # The st_name column (first 4 bytes of every 24-byte symbol) as one list, made in C:
+    # unpacking the tens of thousands of symbols in Python took 10 ms per vmlinux.
+    table = symtab.data()
+    st_names = memoryview(table)[:len(table) - len(table) % _ELF64_SYM.size].cast("I")[::_ELF64_SYM.size // 4].tolist()
+    first: dict[str, int] = {}
+    for offset, name in wanted.items():
+        try:
+            index = st_names.index(offset)
+        except ValueError:
+            continue
+        if name not in first or index < first[name]:
+            first[name] = index
+    return {name: _ELF64_SYM.unpack_from(table, index * _ELF64_SYM.size)[4] for name, index in first.items()}
+
+
+def vmlinux_facts(path: str) -> VmlinuxFacts:
+    """Read the build ID, ``linux_banner`` and a few symbols from a vmlinux with pyelftools.
+
+    :raises DumpError: if it is not an ELF kernel image with a symbol table.
+    """
+    try:
+        with open(path, "rb") as file:
+            elf = ELFFile(file)
+            if elf.header.e_type != "ET_EXEC" or elf.header.e_machine != "EM_X86_64":
+                raise DumpError(f"VMLINUX {path}: not an x86_64 kernel image "
+                                f"({elf.header.e_type}, {elf.header.e_machine})")
+            build_id = None
+            for section in elf.iter_sections():
+                if section["sh_type"] == "SHT_NOTE":
+                    for note in section.iter_notes():
+                        if note.n_type == "NT_GNU_BUILD_ID":
+                            build_id = note.n_desc
+            symtab = elf.get_section_by_name(".symtab")
+            if symtab is None:
+                raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux")
+            symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"))
+            banner = None
+            if "linux_banner" in symbols:
+                raw = _read_symbol_bytes(elf, symbols["linux_banner"], 512)
+                banner = raw.split(b"\0", 1)[0] if raw else None
+            if elf.get_section_by_name(".debug_info") is None:
+                raise DumpError(f"VMLINUX {path}: has no DWARF debug info (.debug_info); "
+                                "give the debug vmlinux (e.g. from the dbgsym/debuginfo package)")
+    except ELFError as error:
+        raise DumpError(f"VMLINUX {path}: not an ELF file ({error})") from None
+    except OSError as error:
+        raise DumpError(f"VMLINUX {path}: cannot read: {error.strerror or error}") from None
+    release = banner.split()[2].decode(errors="replace") if banner and len(banner.split()) > 2 else None
+    return VmlinuxFacts(build_id, banner, release, symbols)
