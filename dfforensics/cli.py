@@ -15,7 +15,7 @@ from typing import NoReturn, Optional, Sequence
 
 from dfforensics.errors import InputError
 from dfforensics.render import FORMATS, render_many
-from dfforensics.triage_worker import skip_drgn_plugins
+from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
 
 __all__ = ("main",)
 
@@ -243,5 +243,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK
 
 
+def run() -> NoReturn:
+    """The ``dfforensics`` command: :func:`main`, then exit without interpreter teardown."""
+    exit_without_teardown(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

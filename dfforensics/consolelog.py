@@ -13,6 +13,7 @@ report, per era), :data:`OTHER_CRASH_HEADERS` (look-alikes that are not #DF),
 format is adding a row.
 """
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Final, Optional
@@ -36,14 +37,19 @@ class Header:
     """A line that starts a crash report."""
 
     name: str
-    pattern: re.Pattern[str]
+    regex: str
     #: "double-fault" or "stack-overflow" (a #DF the kernel names an overflow).
     kind: str
     eras: str
 
+    @functools.cached_property
+    def pattern(self) -> re.Pattern[str]:
+        # Compiled on first use: a run that meets no look-alike crash never compiles those.
+        return re.compile(self.regex)
+
 
 def _h(name: str, regex: str, kind: str, eras: str) -> Header:
-    return Header(name, re.compile(regex), kind, eras)
+    return Header(name, regex, kind, eras)
 
 
 DF_HEADERS: Final = (
@@ -84,7 +90,7 @@ FIRMWARE_CONTEXT: Final = re.compile(r"PNPBIOS fault|APM BIOS|BIOS call|EFI runt
 _FIRMWARE_CONTEXT_LINES: Final = 5
 
 # What capture tools put before a kernel line, stripped repeatedly.
-LINE_PREFIXES: Final = tuple(re.compile(p) for p in (
+LINE_PREFIXES: Final = (
     r"^\s*(?:>\s?)+",                                   # mail quoting
     r"^\d+,\d+,\d+,[-c][^;]*;",                          # /dev/kmsg, netconsole ext.
     r"^<\d+>",                                           # printk level
@@ -94,38 +100,39 @@ LINE_PREFIXES: Final = tuple(re.compile(p) for p in (
     r"^\[\s*\d+\.\d+\]\s?",                              # printk time
     r"^\[\s*[CT]\d+\]\s?",                               # printk caller id
     r"^\s*\[\s*\d+\.\d+\]\[\s*[CT]\d+\]\s?",             # time + caller id
-))
+)
 
 _BLOCK_END_RE: Final = re.compile(r"---\[ end (?:trace|Kernel panic)|^Kernel Offset:|^Rebooting in")
 _MAX_BLOCK_LINES: Final = 160
 _HEX = r"[0-9a-fA-F]"
 
 # Register lines per era. Whitespace may include a line break: mail clients
-# wrap register lines (the seed report does).
+# wrap register lines (the seed report does). Searched once per report block,
+# through re's own cache: the formats of other eras are never compiled.
 REGISTER_FORMATS: Final = {
     # 2.6/3.x: "RIP: 0010:[<ffffffff81048ecf>]  [<ffffffff81048ecf>] __do_page_fault+0x1f/0x540"
     # 2.6.9:   "RIP: 0010:[<ffffffff8012501d>] <ffffffff8012501d>{do_page_fault+1453}"
-    "rip_bracketed": re.compile(
+    "rip_bracketed": (
         rf"\bRIP: (?P<cs>{_HEX}{{4}}):\[<(?P<rip>{_HEX}{{8,16}})>\]"
         rf"(?:\s+(?:\[<{_HEX}+>\]\s+(?P<sym>[\w.]+\+0x{_HEX}+(?:/0x{_HEX}+)?)"
         rf"|<{_HEX}+>\{{(?P<sym26>[\w.]+\+\d+)\}}))?"),
     # 4.x+ user mode: "RIP: 0033:0x40166c"
-    "rip_user": re.compile(rf"\bRIP: (?P<cs>{_HEX}{{4}}):0x(?P<rip>{_HEX}+)\b"),
+    "rip_user": rf"\bRIP: (?P<cs>{_HEX}{{4}}):0x(?P<rip>{_HEX}+)\b",
     # 4.x+ kernel: "RIP: 0010:entry_SYSCALL_64+0x3/0x29 [module]"
-    "rip_symbol": re.compile(
+    "rip_symbol": (
         rf"\bRIP: (?P<cs>{_HEX}{{4}}):(?P<sym>[A-Za-z_][\w.]*\+0x{_HEX}+/0x{_HEX}+)"
         rf"(?: \[(?P<module>\w+)\])?"),
-    "rip_plain": re.compile(rf"\bRIP: (?P<cs>{_HEX}{{4}}):(?P<rip>{_HEX}{{16}})\b"),
-    "rsp": re.compile(rf"\bRSP: (?P<ss>{_HEX}{{4}}):(?P<rsp>{_HEX}{{16}})(?:\s+EFLAGS: (?P<rflags>{_HEX}+))?"),
-    "cs_line": re.compile(rf"\bCS:\s+(?P<cs>{_HEX}{{4}})\s+DS:"),
-    "cr2": re.compile(rf"\bCR2: (?P<cr2>{_HEX}{{8,16}})\b"),
+    "rip_plain": rf"\bRIP: (?P<cs>{_HEX}{{4}}):(?P<rip>{_HEX}{{16}})\b",
+    "rsp": rf"\bRSP: (?P<ss>{_HEX}{{4}}):(?P<rsp>{_HEX}{{16}})(?:\s+EFLAGS: (?P<rflags>{_HEX}+))?",
+    "cs_line": rf"\bCS:\s+(?P<cs>{_HEX}{{4}})\s+DS:",
+    "cr2": rf"\bCR2: (?P<cr2>{_HEX}{{8,16}})\b",
     # i386
-    "eip_bracketed": re.compile(rf"\bEIP: (?P<cs>{_HEX}{{4}}):\[<(?P<rip>{_HEX}{{8}})>\]"),
-    "eip_symbol": re.compile(rf"\bEIP: (?:{_HEX}{{4}}:)?(?P<sym>[A-Za-z_][\w.]*\+0x{_HEX}+/0x{_HEX}+)"),
-    "esp": re.compile(rf"\bESP: (?:(?P<ss>{_HEX}{{4}}):)?(?P<rsp>{_HEX}{{8}})\b"),
-    "esp_lower": re.compile(rf"\besp(?::| =) (?P<rsp>{_HEX}{{8}})\b"),
-    "eip_lower": re.compile(rf"\beip = (?P<rip>{_HEX}{{8}})\b"),
-    "ss_i386": re.compile(rf"\bSS: (?P<ss>{_HEX}{{4}}) EFLAGS: (?P<rflags>{_HEX}+)"),
+    "eip_bracketed": rf"\bEIP: (?P<cs>{_HEX}{{4}}):\[<(?P<rip>{_HEX}{{8}})>\]",
+    "eip_symbol": rf"\bEIP: (?:{_HEX}{{4}}:)?(?P<sym>[A-Za-z_][\w.]*\+0x{_HEX}+/0x{_HEX}+)",
+    "esp": rf"\bESP: (?:(?P<ss>{_HEX}{{4}}):)?(?P<rsp>{_HEX}{{8}})\b",
+    "esp_lower": rf"\besp(?::| =) (?P<rsp>{_HEX}{{8}})\b",
+    "eip_lower": rf"\beip = (?P<rip>{_HEX}{{8}})\b",
+    "ss_i386": rf"\bSS: (?P<ss>{_HEX}{{4}}) EFLAGS: (?P<rflags>{_HEX}+)",
 }
 
 _GP_REGISTER_RE: Final = re.compile(
@@ -164,7 +171,7 @@ _GUEST_HARDWARE: Final = (
     ("cloud VM", r"Alibaba Cloud|DigitalOcean|Linode|Droplet|Cloud Hypervisor|Firecracker|"
                  r"Apple Virtualization|ACRN|Oracle Cloud|Tencent Cloud|Huawei Cloud|ECS"),
 )
-_BARE_METAL_HARDWARE: Final = re.compile(
+_BARE_METAL_HARDWARE: Final = (
     r"Dell|PowerEdge|Hewlett|HPE?\b|ProLiant|LENOVO|Lenovo|ThinkPad|ThinkCentre|Supermicro|"
     r"ASUS|Gigabyte|GIGABYTE|Intel Corporation|IBM|Cisco|FUJITSU|Fujitsu|Apple Inc|Acer|"
     r"Micro-Star|MSI|ASRock|Huawei|Inspur|Quanta|Wiwynn|Tyan|TYAN|Sugon|TOSHIBA|Toshiba|Sony|"
@@ -208,15 +215,15 @@ class LogFacts:
     hypervisor: Optional[str]
 
 
+# Every prefix is anchored and none matches an empty string: one alternation,
+# matched until nothing is left to strip, tries them all in one pass per prefix.
+_ANY_LINE_PREFIX: Final = re.compile("|".join(f"(?:{prefix})" for prefix in LINE_PREFIXES))
+
+
 def _strip_prefixes(line: str) -> str:
     line = line.rstrip("\r\n")
-    changed = True
-    while changed:
-        changed = False
-        for prefix in LINE_PREFIXES:
-            stripped = prefix.sub("", line, count=1)
-            if stripped != line:
-                line, changed = stripped, True
+    while (match := _ANY_LINE_PREFIX.match(line)) and match.end():
+        line = line[match.end():]
     return line.strip()
 
 
@@ -232,7 +239,7 @@ def classify_hardware(name: Optional[str]) -> tuple[str, Optional[str]]:
     for hypervisor, regex in _GUEST_HARDWARE:
         if re.search(regex, name):
             return "guest", hypervisor
-    if _BARE_METAL_HARDWARE.search(name):
+    if re.search(_BARE_METAL_HARDWARE, name):
         return "bare-metal", name.split(",")[0].strip()
     return "unknown", None
 
@@ -253,7 +260,7 @@ def _parse_registers(block: str, report: DfReport) -> None:
     regs = report.regs
     formats = REGISTER_FORMATS
     for name in ("rip_bracketed", "rip_user", "rip_symbol", "rip_plain"):
-        match = formats[name].search(block)
+        match = re.search(formats[name], block)
         if match:
             groups = match.groupdict()
             regs.cs = _int(groups.get("cs"))
@@ -263,15 +270,15 @@ def _parse_registers(block: str, report: DfReport) -> None:
                 symbol = f"{symbol} [{groups['module']}]"
             regs.rip_symbol = symbol
             break
-    match = formats["rsp"].search(block)
+    match = re.search(formats["rsp"], block)
     if match:
         regs.ss, regs.rsp, regs.rflags = (_int(match.group(g)) for g in ("ss", "rsp", "rflags"))
     if regs.rip is None and regs.rip_symbol is None:
         _parse_i386_registers(block, report)
-    match = formats["cs_line"].search(block)
+    match = re.search(formats["cs_line"], block)
     if match and regs.cs is None:
         regs.cs = _int(match.group("cs"))
-    match = formats["cr2"].search(block)
+    match = re.search(formats["cr2"], block)
     if match:
         regs.cr2 = _int(match.group("cr2"))
     for match in _GP_REGISTER_RE.finditer(block):
@@ -280,9 +287,9 @@ def _parse_registers(block: str, report: DfReport) -> None:
 
 def _parse_i386_registers(block: str, report: DfReport) -> None:
     formats, regs = REGISTER_FORMATS, report.regs
-    eip = formats["eip_bracketed"].search(block) or formats["eip_lower"].search(block)
-    eip_symbol = formats["eip_symbol"].search(block)
-    esp = formats["esp"].search(block) or formats["esp_lower"].search(block)
+    eip = re.search(formats["eip_bracketed"], block) or re.search(formats["eip_lower"], block)
+    eip_symbol = re.search(formats["eip_symbol"], block)
+    esp = re.search(formats["esp"], block) or re.search(formats["esp_lower"], block)
     if not (eip or eip_symbol or esp):
         return
     report.arch_bits = 32
@@ -294,7 +301,7 @@ def _parse_i386_registers(block: str, report: DfReport) -> None:
     if esp:
         regs.rsp = _int(esp.group("rsp"))
         regs.ss = _int(esp.groupdict().get("ss"))
-    ss = formats["ss_i386"].search(block)
+    ss = re.search(formats["ss_i386"], block)
     if ss:
         regs.ss, regs.rflags = _int(ss.group("ss")), _int(ss.group("rflags"))
 

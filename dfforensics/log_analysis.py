@@ -14,9 +14,9 @@ from dfforensics.consolelog import DfReport, LogFacts, parse_log
 from dfforensics.frames import scan_frames, words_to_bytes
 from dfforensics.model import DoubleFault, Frame, KernelInfo, Report, Verdict
 from dfforensics.textdump import parse_word_dumps
-from dfforensics.verdict import Decision, Observation, decide, decide_no_double_fault, explain
+from dfforensics.verdict import Decision, Observation, decide, decide_no_double_fault, explain, strongest
 
-__all__ = ("analyze_log_text", "strongest")
+__all__ = ("analyze_log_text",)
 
 
 def quoted_frames(text: str, release: Optional[str]) -> list[Frame]:
@@ -61,11 +61,6 @@ def _double_fault(report: DfReport, decision: Decision) -> DoubleFault:
         call_trace=report.call_trace,
         evidence=decision.evidence,
     )
-
-
-def strongest(double_faults: list[DoubleFault]) -> DoubleFault:
-    """Return the #DF whose verdict is strongest (the first among equals)."""
-    return max(double_faults, key=lambda df: df.verdict.strength)
 
 
 def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = None) -> Report:

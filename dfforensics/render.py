@@ -7,7 +7,7 @@ table for terminals (the default), JSON for programs, markdown for bug
 reports. Pure: no drgn.
 """
 
-import json
+import functools
 from typing import Callable, Final, Optional, Sequence
 
 from dfforensics import x86
@@ -81,7 +81,11 @@ def _df_title(df: DoubleFault, index: int) -> str:
 def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
     # tabulate (with wcwidth and importlib.metadata) takes ~30 ms to import: paid only
     # by the table renderings, not by JSON output or triage workers.
-    from tabulate import tabulate
+    from tabulate import tabulate as _tabulate
+
+    # Cells are shown as the analysis wrote them: no number parsing (which would
+    # realign and could reformat them, and costs a type guess per cell).
+    tabulate = functools.partial(_tabulate, disable_numparse=True)
 
     sections: list[tuple[str, str]] = []
     kernel = report.kernel
@@ -161,6 +165,8 @@ def render_markdown(report: Report) -> str:
 
 def render_json(report: Report) -> str:
     """Render a report as one JSON object (see README.md for the schema)."""
+    import json  # here: only JSON output pays for it
+
     return json.dumps(to_json_dict(report), indent=2) + "\n"
 
 
@@ -181,5 +187,7 @@ def render_many(reports: Sequence[Report], fmt: str = "table") -> str:
     if len(reports) == 1:
         return render(reports[0], fmt)
     if fmt == "json":
+        import json
+
         return json.dumps([to_json_dict(r) for r in reports], indent=2) + "\n"
     return "\n".join(render(r, fmt) for r in reports)

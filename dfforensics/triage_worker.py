@@ -9,14 +9,14 @@ row.
 """
 
 import json
-import os
 import sys
 import time
 from typing import Any, Optional
 
+from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
 from dfforensics.errors import InputError
 
-__all__ = ("run_job", "row_from_report", "skip_drgn_plugins")
+__all__ = ("run_job", "row_from_report")
 
 
 def row_from_report(report: Any, mode: str) -> dict[str, Any]:
@@ -49,20 +49,6 @@ def _error_kind(message: str) -> str:
         if any(word in lowered for word in words):
             return kind
     return "input"
-
-
-def skip_drgn_plugins() -> None:
-    """Let this process's drgn programs load no plugin, unless the user chose plugins.
-
-    drgn loads every installed plugin (this package's own commands among them) on the
-    first program a process creates: 0.05 s per dump in a worker, 0.15 s in a fresh
-    process, about a fifth of the whole analysis. dfforensics builds its programs from the
-    files it is given and needs no plugin. For entry points only: it sets the
-    process's environment (``DRGN_DISABLE_PLUGINS=*``), which workers inherit;
-    ``DRGN_PLUGINS`` or ``DRGN_DISABLE_PLUGINS`` set by the user win.
-    """
-    if "DRGN_PLUGINS" not in os.environ and "DRGN_DISABLE_PLUGINS" not in os.environ:
-        os.environ["DRGN_DISABLE_PLUGINS"] = "*"
 
 
 def run_job(job: dict[str, Any]) -> dict[str, Any]:
@@ -104,4 +90,4 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from typing import Final, Optional, Sequence
 
 from dfforensics import kernel_facts, x86
-from dfforensics.model import DfClass, Evidence, Frame, Registers, RspRegion, Status, Verdict
+from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Registers, RspRegion, Status, Verdict
 
-__all__ = ("Observation", "Decision", "decide", "decide_no_double_fault", "explain")
+__all__ = ("Observation", "Decision", "decide", "decide_no_double_fault", "explain", "strongest")
 
 # Kernel pointers in a register dump whose low 32 bits lie this close to a
 # small RSP betray a kernel stack pointer truncated to 32 bits.
@@ -371,3 +371,8 @@ def explain(df_class: Optional[DfClass], release: Optional[str], cpu_vendor: Opt
         lines.append(f"The guest's CPU vendor is {cpu_vendor}: the known KVM cause is specific to "
                      "AMD (SVM); look at the hypervisor's handling of CPL and SS for this vendor.")
     return lines
+
+
+def strongest(double_faults: list[DoubleFault]) -> DoubleFault:
+    """Return the #DF whose verdict is strongest (the first among equals)."""
+    return max(double_faults, key=lambda df: df.verdict.strength)

@@ -22,7 +22,6 @@ from dfforensics.annotate import annotate
 from dfforensics.consolelog import parse_log
 from dfforensics.context import guest_context
 from dfforensics.finddf import FoundDf, find_double_faults
-from dfforensics.log_analysis import strongest
 from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
 from dfforensics.errors import InputError
 from dfforensics.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
@@ -31,7 +30,7 @@ from dfforensics.sweep import sweep_evidence, sweep_user_stacks
 from dfforensics.stackscan import (
     StackRead, page_residency, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
 )
-from dfforensics.verdict import Observation, decide, decide_no_double_fault, explain
+from dfforensics.verdict import Observation, decide, decide_no_double_fault, explain, strongest
 
 __all__ = ("analyze", "analyze_vmcore_files")
 

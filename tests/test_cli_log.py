@@ -104,3 +104,14 @@ def test_usage_errors_are_one_line_and_exit_2():
         assert result.returncode == 2
         assert result.stderr.strip().splitlines()[-1].startswith("dfforensics: error: ")
         assert "Traceback" not in result.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error():
+    # `dfforensics log ... | head -1`: the reader closes the pipe before the report is
+    # written; exit status 0 and nothing on stderr, as for any filter in a pipeline.
+    process = subprocess.Popen([sys.executable, "-m", "dfforensics.cli", "log", str(SEED)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()  # before the child has imported anything, let alone written
+    stderr = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 0
+    assert stderr == ""
