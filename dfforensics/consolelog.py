@@ -77,9 +77,9 @@ OTHER_CRASH_HEADERS: Final = (
     _h("page-fault-oops", r"BUG: (?:unable to handle (?:kernel )?(?:paging request|NULL pointer "
        r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "all"),
     _h("vc-panic", r"(?:#VC|VMM communication exception).*", "oops", "SEV-ES guests"),
-    _h("kernel-bug", r"kernel BUG at .*", "oops", "all"),
+    _h("kernel-bug", r"[Kk]ernel BUG at .*", "oops", "all"),
     _h("oops", r"Oops: .*", "oops", "all"),
-    _h("panic", r"Kernel panic - not syncing: .*", "oops", "all"),
+    _h("panic", r"Kernel panic - .*", "oops", "all"),
     _h("user-trap", r"traps: \S+\[\d+\] general protection fault ip:\S+ sp:\S+ error:\S+",
        "user", "a user process's #GP, logged and survived by the kernel"),
 )

@@ -76,8 +76,9 @@ _PMD_SPAN: Final = 1 << 21
 _PTE_PAGE: Final = struct.Struct("<512Q")
 
 
-def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
-    """Return the pages of [start, end) that the task's page tables map.
+def resident_pages(mm: Object, start: int, end: int) -> Optional[dict[int, int]]:
+    """Return the pages of [start, end) that the task's page tables map, with
+    the physical address of each: ``{virtual page: physical page}``.
 
     Walks the 4-level x86_64 page tables at PMD granularity: an empty PMD
     skips 2 MiB at once, and one read gets a whole PTE page, so a mostly
@@ -93,16 +94,19 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
     except (LookupError, TypeError, drgn.FaultError):
         pass
     try:
-        from drgn.helpers.linux.mm import phys_to_virt
-
         def table(physical: int) -> bytes:
-            return prog.read(int(phys_to_virt(prog, physical)), PAGE)
+            return prog.read(physical, PAGE, True)
 
         def entry(data: bytes, index: int) -> int:
             return int.from_bytes(data[8 * index:8 * index + 8], "little")
 
+        def huge(entry_value: int, address: int, span: int, stop: int) -> dict[int, int]:
+            # The low bits of a huge entry's address field hold flags (PAT): mask to the span.
+            base = entry_value & x86.PTE_ADDRESS_MASK & ~(span - 1)
+            return {page: base + (page & (span - 1)) for page in range(address, stop, PAGE)}
+
         pgd = prog.read(int(mm.pgd), PAGE)
-        pages: set[int] = set()
+        pages: dict[int, int] = {}
         address = start & ~(PAGE - 1)
         while address < end:
             next_pmd = (address | (_PMD_SPAN - 1)) + 1
@@ -111,27 +115,28 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[set[int]]:
                 address = ((address >> 39) + 1) << 39
                 continue
             pud_entry = entry(table(pgd_entry & x86.PTE_ADDRESS_MASK), (address >> 30) & 511)
+            next_pud = ((address >> 30) + 1) << 30
             if not pud_entry & x86.PTE_PRESENT:
-                address = ((address >> 30) + 1) << 30
+                address = next_pud
                 continue
             if pud_entry & x86.PTE_HUGE:
-                pages.update(range(address, min(end, ((address >> 30) + 1) << 30), PAGE))
-                address = ((address >> 30) + 1) << 30
+                pages.update(huge(pud_entry, address, 1 << 30, min(end, next_pud)))
+                address = next_pud
                 continue
             pmd_entry = entry(table(pud_entry & x86.PTE_ADDRESS_MASK), (address >> 21) & 511)
             if not pmd_entry & x86.PTE_PRESENT:
                 address = next_pmd
                 continue
             if pmd_entry & x86.PTE_HUGE:
-                pages.update(range(address, min(end, next_pmd), PAGE))
+                pages.update(huge(pmd_entry, address, _PMD_SPAN, min(end, next_pmd)))
                 address = next_pmd
                 continue
             ptes = _PTE_PAGE.unpack(table(pmd_entry & x86.PTE_ADDRESS_MASK))
             stop = min(end, next_pmd)
             base = address & ~(_PMD_SPAN - 1)
-            pages.update(base + (index << 12)
-                         for index in range((address >> 12) & 511, ((stop - 1) >> 12 & 511) + 1)
-                         if ptes[index] & x86.PTE_PRESENT)
+            for index in range((address >> 12) & 511, ((stop - 1) >> 12 & 511) + 1):
+                if ptes[index] & x86.PTE_PRESENT:
+                    pages[base + (index << 12)] = ptes[index] & x86.PTE_ADDRESS_MASK
             address = stop
         return pages
     except (LookupError, drgn.FaultError, ValueError):
@@ -167,9 +172,14 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
     resident = resident_pages(mm, start, end)
     if resident is not None:
         result.pages_not_resident = len(every_page) - len(resident)
+    prog = task.prog_
     for page in sorted(resident) if resident is not None else every_page:
         try:
-            result.pages[page] = access_process_vm(task, page, PAGE)
+            if resident is not None:
+                # The walk already translated it: read the page physically, not walk again.
+                result.pages[page] = prog.read(resident[page], PAGE, True)
+            else:
+                result.pages[page] = access_process_vm(task, page, PAGE)
             result.pages_present += 1
         except drgn.FaultError:
             if page_residency(mm, page) == "not-resident":

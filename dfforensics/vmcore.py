@@ -272,15 +272,9 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
                     "that means the stack was all zeros: no #DF on that CPU" for problem in problems]
     warnings.extend(problems)
     if not found_all:
-        what = log.other_crash[1] if log.other_crash else ""
-        if not what:
-            try:
-                from drgn.helpers.linux.panic import panic_message
-                message = panic_message(prog)
-                what = message.decode(errors="replace") if message else ""
-            except (LookupError, drgn.FaultError):
-                what = ""
-        decision = decide_no_double_fault("dump", what or "no panic message")
+        # The log parser looks for every panic drgn's panic_message() knows, and more.
+        what = log.other_crash[1] if log.other_crash else "no panic message"
+        decision = decide_no_double_fault("dump", what)
         report = Report(source, decision.verdict, None, decision.summary, kernel,
                         evidence=decision.evidence, warnings=warnings)
         if sweep is not False:

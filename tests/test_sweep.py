@@ -81,7 +81,8 @@ def test_dfsweep_drgn_command():
 
 
 def test_page_table_walk_agrees_with_drgn_page_by_page():
-    """resident_pages() walks PMDs; drgn's follow_phys() is the reference, page by page."""
+    """resident_pages() walks PMDs; drgn's follow_phys() is the reference, page by page,
+    for which pages are mapped and where they are in physical memory."""
     import drgn
     from drgn.helpers.linux.mm import follow_phys, vma_find
     from drgn.helpers.linux.pid import for_each_task
@@ -101,11 +102,10 @@ def test_page_table_walk_agrees_with_drgn_page_by_page():
             continue
         start, end = int(vma.vm_start), int(vma.vm_end)
         walked = resident_pages(task.mm, start, end)
-        reference = set()
+        reference = {}
         for page in range(start, end, PAGE):
             try:
-                follow_phys(task.mm, page)
-                reference.add(page)
+                reference[page] = int(follow_phys(task.mm, page))
             except drgn.FaultError:
                 pass
         assert walked == reference
