@@ -134,9 +134,9 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[dict[int, int]]
             ptes = _PTE_PAGE.unpack(table(pmd_entry & x86.PTE_ADDRESS_MASK))
             stop = min(end, next_pmd)
             base = address & ~(_PMD_SPAN - 1)
-            for index in range((address >> 12) & 511, ((stop - 1) >> 12 & 511) + 1):
-                if ptes[index] & x86.PTE_PRESENT:
-                    pages[base + (index << 12)] = ptes[index] & x86.PTE_ADDRESS_MASK
+            pages.update((base + (index << 12), ptes[index] & x86.PTE_ADDRESS_MASK)
+                         for index in range((address >> 12) & 511, ((stop - 1) >> 12 & 511) + 1)
+                         if ptes[index] & x86.PTE_PRESENT)
             address = stop
         return pages
     except (LookupError, drgn.FaultError, ValueError):
@@ -190,15 +190,19 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
 
 
 def _scan_pages(read: StackRead, stack: str, encoding: Optional[str]) -> None:
-    run_start, run = None, bytearray()
-    for page in sorted(read.pages) + [None]:
-        if page is not None and run_start is not None and page == run_start + len(run):
-            run += read.pages[page]
-            continue
-        if run_start is not None:
-            read.frames.extend(scan_frames(bytes(run), run_start, stack, encoding))
-        if page is not None:
-            run_start, run = page, bytearray(read.pages[page])
+    """Scan each run of consecutive pages as one region (a frame may straddle two pages)."""
+    run: list[bytes] = []
+    run_start = run_end = None
+    for page in sorted(read.pages):
+        if page != run_end and run:
+            read.frames.extend(scan_frames(b"".join(run), run_start, stack, encoding))
+            run = []
+        if not run:
+            run_start = page
+        run.append(read.pages[page])
+        run_end = page + len(read.pages[page])
+    if run:
+        read.frames.extend(scan_frames(b"".join(run), run_start, stack, encoding))
 
 
 def scan_user_range(task: Object, start: int, end: int, name: str, encoding: Optional[str]) -> StackRead:
