@@ -79,8 +79,8 @@ def _df_title(df: DoubleFault, index: int) -> str:
 
 
 def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
-    # tabulate (with wcwidth and importlib.metadata) takes ~30 ms to import: paid only
-    # by the table renderings, not by JSON output or triage workers.
+    # Importing tabulate costs 3 ms (more with wcwidth installed): paid only by the
+    # table renderings, not by JSON output or triage workers.
     from tabulate import tabulate as _tabulate
 
     # Cells are shown as the analysis wrote them: no number parsing (which would
