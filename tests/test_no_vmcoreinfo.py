@@ -60,3 +60,33 @@ def test_real_guests_run_without_vmcoreinfo(directory):
     report = json.loads(result.stdout)
     assert report["source"]["vmcoreinfo"] == "rebuilt from VMLINUX"
     assert report["verdict"] == expected["verdict"]
+
+
+def _program_without_build_id(vmcore: str):
+    """A program on a real dump whose VMCOREINFO names no BUILD-ID (kernels before 5.9)."""
+    import drgn
+
+    from dfforensics.elffacts import vmlinux_facts
+    from dfforensics.rebuildvmcoreinfo import rebuild_vmcoreinfo
+
+    note, _ = rebuild_vmcoreinfo(vmcore, vmlinux_facts(decompressed(str(VMLINUX), "VMLINUX")))
+    note = b"".join(line for line in note.splitlines(keepends=True) if not line.startswith(b"BUILD-ID="))
+    prog = drgn.Program(vmcoreinfo=note)
+    prog.set_core_dump(vmcore)
+    return prog
+
+
+def test_without_a_build_id_vmlinux_is_matched_by_release_and_banner():
+    # drgn can only match a vmlinux by build ID when the dump names one; otherwise the
+    # release and linux_banner (read from VMLINUX with pyelftools) decide.
+    from dfforensics.opendump import DumpError, _load_vmlinux
+
+    vmcore = decompressed(str(NOVMCI_FIXTURES[0] / "vmcore.xz"), "VMCORE")
+    prog = _program_without_build_id(vmcore)
+    _load_vmlinux(prog, decompressed(str(VMLINUX), "VMLINUX"), None, vmcore, str(VMLINUX))
+    assert prog["UTS_RELEASE"].string_() == b"6.1.192"
+
+    other = FIXTURES / "kernels" / "linux-6.12" / "vmlinux.xz"
+    with pytest.raises(DumpError, match="does not belong to VMCORE .*kernel 6.12.117 != the dump's 6.1.192"):
+        _load_vmlinux(_program_without_build_id(vmcore), decompressed(str(other), "VMLINUX"), None,
+                      vmcore, str(other))
