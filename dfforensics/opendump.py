@@ -328,8 +328,9 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
 
     :raises DumpError: on unreadable, unrecognised or mismatched inputs.
     """
-    vmcore_path = reassembled(decompressed(vmcore, "VMCORE"))
-    flattened = vmcore_path != decompressed(vmcore, "VMCORE")
+    plain_path = decompressed(vmcore, "VMCORE")
+    vmcore_path = reassembled(plain_path)
+    flattened = vmcore_path != plain_path
     vmlinux_path = decompressed(vmlinux, "VMLINUX")
     module_paths = [decompressed(path, "module debug info") for path in module_debuginfo]
     notes = []

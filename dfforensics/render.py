@@ -163,11 +163,15 @@ def render_markdown(report: Report) -> str:
     return "\n".join(parts) + "\n"
 
 
-def render_json(report: Report) -> str:
-    """Render a report as one JSON object (see README.md for the schema)."""
+def _json_text(value: object) -> str:
     import json  # here: only JSON output pays for it
 
-    return json.dumps(to_json_dict(report), indent=2) + "\n"
+    return json.dumps(value, indent=2) + "\n"
+
+
+def render_json(report: Report) -> str:
+    """Render a report as one JSON object (see README.md for the schema)."""
+    return _json_text(to_json_dict(report))
 
 
 FORMATS: Final[dict[str, Callable[[Report], str]]] = {
@@ -187,7 +191,5 @@ def render_many(reports: Sequence[Report], fmt: str = "table") -> str:
     if len(reports) == 1:
         return render(reports[0], fmt)
     if fmt == "json":
-        import json
-
-        return json.dumps([to_json_dict(r) for r in reports], indent=2) + "\n"
+        return _json_text([to_json_dict(r) for r in reports])
     return "\n".join(render(r, fmt) for r in reports)
