@@ -100,7 +100,7 @@ def _triage_parser() -> argparse.ArgumentParser:
                     "worker, and stream one row per dump. The archive is only read.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel workers")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel workers, one CPU each (default: every core)")
     parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
     parser.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE")
     parser.add_argument("--debuginfo-dir", action="append", default=[], metavar="DIR",
@@ -110,7 +110,7 @@ def _triage_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                         help="per-dump time limit (default 600)")
     parser.add_argument("--memory-limit", type=int, default=8192, metavar="MIB",
-                        help="per-worker address-space cap in MiB (default 8192)")
+                        help="per-dump address-space cap in MiB (default 8192)")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                         help="run the per-dump jobs on an existing Dask cluster (dfforensics[cluster])")
     return parser

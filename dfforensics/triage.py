@@ -3,8 +3,9 @@ Batch triage
 ------------
 
 ``dfforensics triage PATH...``: discover every dump and console log under the
-paths, find each dump's debug vmlinux, analyse each in its own worker process
-(timeout, memory cap), and stream one row per item as it finishes, so an
+paths, find each dump's debug vmlinux, analyse each in a process of its own
+(timeout, memory cap; forked by one server per job slot, which imports drgn
+once), and stream one row per item as it finishes, so an
 interrupted run loses nothing finished and ``--resume`` completes the rest.
 The archive is only ever read.
 """
@@ -14,9 +15,11 @@ import io
 import json
 import os
 import queue
-import resource
+import select
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -29,6 +32,7 @@ from dfforensics.debuginfo import VmlinuxFinder, dump_kernel_identity
 from dfforensics.discover import Item, iter_discover
 from dfforensics.errors import InputError
 from dfforensics.opendump import decompressed
+from dfforensics.triage_worker import row_from_worker
 
 __all__ = ("ROW_FIELDS", "cpu_slots", "plan_job", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
 
@@ -39,10 +43,8 @@ ROW_FIELDS: Final = (
 )
 
 
-def _limits(memory_bytes: Optional[int], cpus: Optional[frozenset[int]] = None) -> Callable[[], None]:
+def _pin(cpus: Optional[frozenset[int]]) -> Callable[[], None]:
     def apply() -> None:
-        if memory_bytes:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         if cpus:
             os.sched_setaffinity(0, cpus)
     return apply
@@ -126,81 +128,157 @@ def _immediate_row(job: dict[str, Any]) -> Optional[dict[str, Any]]:
     return None
 
 
-class _Workers:
-    """The worker processes running now, so that an interrupt can stop them all."""
+class _Server:
+    """One fork server (``triage_worker --serve``), kept to a set of CPUs.
 
-    def __init__(self, threads: Optional[int] = None, slots: Iterable[frozenset[int]] = ()) -> None:
+    It runs in a session of its own, so that killing its process group also
+    ends the child analysing a dump, and a Ctrl-C meant for triage reaches
+    triage alone (which then stops every server)."""
+
+    def __init__(self, env: Optional[dict[str, str]], cpus: Optional[frozenset[int]]) -> None:
+        self.log = tempfile.TemporaryFile()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dfforensics.triage_worker", "--serve"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+            env=env, preexec_fn=_pin(cpus), start_new_session=True,
+        )
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def ask(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+        """The row of one job, or an error row if the server dies or stops answering."""
+        request = json.dumps({"job": job, "timeout": timeout, "memory_bytes": memory_bytes})
+        try:
+            assert self.process.stdin is not None and self.process.stdout is not None
+            self.process.stdin.write(request.encode() + b"\n")
+            self.process.stdin.flush()
+            # The server enforces the time limit itself; this deadline only covers a
+            # server that hangs outside a job (start-up, a stuck kill).
+            line = _read_line(self.process.stdout.fileno(), time.monotonic() + timeout + _SERVER_GRACE_S)
+        except BrokenPipeError:
+            line = b""
+        except TimeoutError:
+            self.kill()
+            return {"status": "error", "error_kind": "timeout",
+                    "error": f"analysis did not finish within {timeout:g} s"}
+        if line:
+            return json.loads(line)
+        self.kill()  # its child, if one was running, must not outlive it
+        self.log.seek(0)
+        return row_from_worker(self.process.returncode, "", self.log.read().decode(errors="replace"))
+
+    def kill(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait()
+
+    def close(self) -> None:
+        """Let the server end after its last job; kill it if it does not."""
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            self.process.wait(timeout=_SERVER_GRACE_S)
+        except (OSError, subprocess.TimeoutExpired):
+            self.kill()
+        self.log.close()
+
+
+# How long past a job's time limit a server may stay silent before it is killed.
+_SERVER_GRACE_S: Final = 30.0
+
+
+def _read_line(fd: int, deadline: float) -> bytes:
+    """One line from ``fd`` (b"" at end of file); TimeoutError at ``deadline``."""
+    data = b""
+    while not data.endswith(b"\n"):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise TimeoutError
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return b""
+        data += chunk
+    return data
+
+
+class _Slot:
+    """A job slot: its CPUs (None: not pinned) and the server that runs its jobs."""
+
+    def __init__(self, cpus: Optional[frozenset[int]]) -> None:
+        self.cpus = cpus
+        self.server: Optional[_Server] = None
+
+
+class _Workers:
+    """One fork server per job slot, started before the first job (:meth:`start`)
+    and restarted if it dies; an interrupt stops them all."""
+
+    def __init__(self, jobs: int = 1, slots: Iterable[frozenset[int]] = ()) -> None:
         self.lock = threading.Lock()
-        self.running: set[subprocess.Popen[str]] = set()
         self.stopping = False
-        # A slot is a worker's CPU set, held while its worker runs (see cpu_slots).
-        slots = list(slots)
-        self.pinned = bool(slots)
-        self.slots: "queue.SimpleQueue[frozenset[int]]" = queue.SimpleQueue()
-        for slot in slots:
-            self.slots.put(slot)
-        # drgn indexes DWARF with OpenMP threads; workers that already fill the cores
-        # only contend with them (unless the user chose OMP_NUM_THREADS).
-        self.env = None if threads is None or "OMP_NUM_THREADS" in os.environ else \
-            dict(os.environ, OMP_NUM_THREADS=str(threads))
+        pinned = list(slots)
+        self.slots = [_Slot(pinned[i] if pinned else None) for i in range(max(1, jobs))]
+        self.free: "queue.SimpleQueue[_Slot]" = queue.SimpleQueue()
+        for slot in self.slots:
+            self.free.put(slot)
+        # --jobs N is a budget of N CPUs: each worker's drgn indexes DWARF with one
+        # OpenMP thread unless the user chose OMP_NUM_THREADS. Two threads made one
+        # dump a fifth shorter at --jobs 1 but then --jobs 1 takes both cores, and on
+        # both cores two jobs still do ~1.4x the dumps of one job with two threads
+        # (bench/README.md, round 4).
+        self.env = None if "OMP_NUM_THREADS" in os.environ else dict(os.environ, OMP_NUM_THREADS="1")
+
+    def start(self) -> None:
+        """Start every slot's server now, so that their imports overlap the archive walk."""
+        with self.lock:
+            for slot in self.slots:
+                if slot.server is None and not self.stopping:
+                    slot.server = _Server(self.env, slot.cpus)
 
     def run(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
         immediate = _immediate_row(job)
         if immediate is not None:
             return immediate
-        # One slot per pool thread, so get() never waits.
-        slot = self.slots.get() if self.pinned else None
+        # As many pool threads as slots, so get() never waits.
+        slot = self.free.get()
         try:
             with self.lock:
                 if self.stopping:
                     return {"status": "error", "error_kind": "interrupted", "error": "run interrupted"}
-                process = subprocess.Popen(
-                    [sys.executable, "-m", "dfforensics.triage_worker", json.dumps(job)],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                    text=True, preexec_fn=_limits(memory_bytes, slot), env=self.env,
-                )
-                self.running.add(process)
-            try:
-                stdout, stderr = process.communicate(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate()
-                return {"status": "error", "error_kind": "timeout",
-                        "error": f"analysis did not finish within {timeout:g} s"}
-            finally:
-                with self.lock:
-                    self.running.discard(process)
-            return _row_from_worker(process.returncode, stdout, stderr)
+                if slot.server is not None and not slot.server.alive():
+                    slot.server.kill()
+                    slot.server = None
+                if slot.server is None:
+                    slot.server = _Server(self.env, slot.cpus)
+                server = slot.server
+            return server.ask(job, timeout, memory_bytes)
         finally:
-            if slot is not None:
-                self.slots.put(slot)
+            self.free.put(slot)
 
     def stop_all(self) -> None:
         with self.lock:
             self.stopping = True
-            for process in self.running:
-                process.kill()
+            for slot in self.slots:
+                if slot.server is not None:
+                    slot.server.kill()
 
-
-def _row_from_worker(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
-    lines = stdout.strip().splitlines()
-    if returncode == 0 and lines:
-        try:
-            return json.loads(lines[-1])
-        except ValueError:
-            pass
-    if returncode < 0:
-        detail = f"worker killed by signal {-returncode}"
-    else:
-        tail = stderr.strip().splitlines()[-1:] or ["no output"]
-        detail = f"worker failed (exit {returncode}): {tail[0][:300]}"
-    kind = "memory" if "MemoryError" in stderr else "worker-crash"
-    return {"status": "error", "error_kind": kind, "error": detail}
+    def close(self) -> None:
+        for slot in self.slots:
+            if slot.server is not None:
+                slot.server.close()
+                slot.server = None
 
 
 def run_isolated(job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
     """Run one job in its own worker process; what a Dask worker runs for each dump."""
-    return _Workers().run(job, timeout, memory_bytes)
+    workers = _Workers()
+    try:
+        return workers.run(job, timeout, memory_bytes)
+    finally:
+        workers.close()
 
 
 def _dask_results(scheduler: str, planned: list[dict[str, Any]], timeout: float,
@@ -332,9 +410,7 @@ def run_triage(
     # Workers start on the first dump found while the walk and the vmlinux lookups
     # go on: both run once per archive and would otherwise hold up every worker.
     finder = VmlinuxFinder(debuginfo_dirs)
-    slots = cpu_slots(jobs)
-    workers = _Workers(threads=len(slots[0]) if slots else max(1, (os.cpu_count() or 1) // max(1, jobs)),
-                       slots=slots)
+    workers = _Workers(jobs, slots=cpu_slots(jobs))
     progress = _Progress(progress_stream)
     running: dict[Future, None] = {}
 
@@ -352,6 +428,7 @@ def run_triage(
 
     executor = ThreadPoolExecutor(max_workers=max(1, jobs))
     try:
+        workers.start()
         for item in pending_items:
             running[executor.submit(plan_and_run, item)] = None
             progress.found()
@@ -365,6 +442,7 @@ def run_triage(
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+        workers.close()
         progress.close()
     return rows
 

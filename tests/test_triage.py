@@ -122,7 +122,7 @@ def test_a_hanging_or_starved_worker_costs_only_its_row(archive, tmp_path):
     out = tmp_path / "rows.jsonl"
     result = run(archive / "loose" / "virsh-dump-guest7.xz", archive / "loose" / "console.log",
                  "--debuginfo-dir", KERNELS, "--format", "jsonl", "-o", out,
-                 # Shorter than the worker interpreter's own start-up: it cannot finish.
+                 # Shorter than opening any dump: it cannot finish.
                  "--timeout", "0.02")
     rows = {Path(r["path"]).name: r for r in map(json.loads, out.read_text().splitlines())}
     assert rows["virsh-dump-guest7.xz"]["error_kind"] == "timeout"
@@ -240,8 +240,8 @@ def test_cpu_slots_split_the_allowed_cpus_evenly_or_not_at_all(jobs, cpus, expec
 
 
 def test_a_pinned_worker_runs_on_its_slot_only():
-    from dfforensics.triage import _limits
+    from dfforensics.triage import _pin
     cpu = min(os.sched_getaffinity(0))
     probe = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                           capture_output=True, text=True, preexec_fn=_limits(None, frozenset({cpu})))
+                           capture_output=True, text=True, preexec_fn=_pin(frozenset({cpu})))
     assert probe.stdout.strip() == str([cpu])

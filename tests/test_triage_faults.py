@@ -73,12 +73,30 @@ def _worker_pids() -> list[int]:
     return pids
 
 
+def _parent_pid(pid: int) -> int:
+    # Field 4 of /proc/PID/stat, after the parenthesised command name.
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def _analysing_pids() -> list[int]:
+    """Workers analysing a dump now: the children a triage fork server made for a job."""
+    workers = set(_worker_pids())
+    found = []
+    for pid in workers:
+        try:
+            if _parent_pid(pid) in workers:
+                found.append(pid)
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
 def test_worker_killed_with_sigkill_becomes_an_error_row(archive, tmp_path):
     out = tmp_path / "rows.jsonl"
     process = subprocess.Popen(command(archive, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    assert _wait_for(lambda: _worker_pids())
-    os.kill(_worker_pids()[0], signal.SIGKILL)
+    assert _wait_for(lambda: _analysing_pids(), seconds=300.0)
+    os.kill(_analysing_pids()[0], signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
     rows = complete_rows(out)

@@ -1,0 +1,146 @@
+"""Triage's fork servers on real dumps: one server per job slot runs many dumps,
+each in a child of its own, and whatever happens to a child or a server costs
+only the job in hand."""
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from dfforensics.debuginfo import VmlinuxFinder
+from dfforensics.discover import iter_discover
+from dfforensics.triage import _Workers, plan_job
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+KERNELS = FIXTURES / "kernels"
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("one")
+    (root / "vmcore.xz").write_bytes((FIXTURES / "wild-rsp-df" / "vmcore.xz").read_bytes())
+    (item,) = iter_discover([str(root)])
+    return plan_job(item, VmlinuxFinder([str(KERNELS)]))
+
+
+@pytest.fixture
+def hanging_job(tmp_path) -> dict:
+    """A job that never ends: its console log is a FIFO nobody writes to."""
+    fifo = tmp_path / "console.log"
+    os.mkfifo(fifo)
+    return {"path": str(fifo), "kind": "log", "size": 0, "mtime": 0.0, "log": None, "vmlinux": None}
+
+
+@pytest.fixture
+def workers():
+    pool = _Workers(jobs=1)
+    yield pool
+    pool.close()
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # Field 4, after the parenthesised command name, is the parent's PID.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def gone(pid: int, seconds: float = 5.0) -> bool:
+    """Whether ``pid`` has ended (a SIGKILL takes effect when the process next runs)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                return True
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.01)
+
+
+def run_in_background(workers: _Workers, job: dict, timeout: float = 600.0):
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(workers.run(job, timeout, None)))
+    thread.start()
+    return thread, result
+
+
+def wait_for_child(server_pid: int) -> int:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        children = children_of(server_pid)
+        if children:
+            return children[0]
+        time.sleep(0.005)
+    raise AssertionError("the server never forked a child for the job")
+
+
+def test_one_server_runs_successive_dumps(workers, job):
+    first = workers.run(job, 600, None)
+    server = workers.slots[0].server
+    second = workers.run(job, 600, None)
+    assert first["status"] == second["status"] == "ok"
+    assert first["verdict"] == second["verdict"] == "no-match"
+    assert workers.slots[0].server is server and server.alive()
+
+
+def test_a_killed_child_costs_its_row_and_the_server_goes_on(workers, job):
+    assert workers.run(job, 600, None)["status"] == "ok"  # the server is up
+    server = workers.slots[0].server
+    thread, row = run_in_background(workers, job)
+    os.kill(wait_for_child(server.process.pid), signal.SIGKILL)
+    thread.join(120)
+    assert row["status"] == "error" and row["error_kind"] == "worker-crash"
+    assert "signal 9" in row["error"]
+    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.slots[0].server is server
+
+
+def test_a_killed_server_leaves_no_child_and_is_replaced(workers, job, hanging_job):
+    assert workers.run(job, 600, None)["status"] == "ok"
+    server = workers.slots[0].server
+    thread, row = run_in_background(workers, hanging_job)
+    child = wait_for_child(server.process.pid)
+    os.kill(server.process.pid, signal.SIGKILL)
+    thread.join(120)
+    assert row["status"] == "error" and "signal 9" in row["error"]
+    assert gone(child), "the dump's child outlived its server"
+    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.slots[0].server is not server
+
+
+def test_a_job_over_its_time_limit_is_killed_alone(workers, job, hanging_job):
+    assert workers.run(job, 600, None)["status"] == "ok"
+    server = workers.slots[0].server
+    row = workers.run(hanging_job, 0.5, None)
+    assert row == {"status": "error", "error_kind": "timeout",
+                   "error": "analysis did not finish within 0.5 s"}
+    assert children_of(server.process.pid) == []
+    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.slots[0].server is server and server.alive()
+
+
+def test_a_job_over_its_memory_cap_is_a_row_and_the_next_is_not_capped(workers, job):
+    starved = workers.run(job, 600, 40 << 20)
+    assert starved["status"] == "error" and starved["error_kind"] in ("memory", "worker-crash")
+    assert workers.run(job, 600, None)["status"] == "ok"
+
+
+def test_closing_ends_every_server(job):
+    pool = _Workers(jobs=2)
+    rows = [pool.run(job, 600, None) for _ in range(2)]
+    servers = [slot.server for slot in pool.slots if slot.server is not None]
+    pool.close()
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert servers and all(gone(server.process.pid) for server in servers)
