@@ -4,7 +4,8 @@ Find debug info for a dump
 
 Read a dump's kernel release and build ID (VMCOREINFO of an ELF core, or the
 kdump-compressed header) and find the matching debug vmlinux in the usual
-layouts of debug-info trees. No drgn: pyelftools and the headers only.
+layouts of debug-info trees. No drgn: pyelftools and the headers only, both
+loaded on first use (triage imports this module while its workers start).
 """
 
 import os
@@ -12,12 +13,9 @@ import re
 import shutil
 import tempfile
 import threading
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Final, Iterable, Optional
 
-from dfforensics.elffacts import read_elf_vmcoreinfo, vmlinux_facts
 from dfforensics.opendump import decompressed
 from dfforensics.errors import InputError
 
@@ -48,6 +46,8 @@ def _parse_vmcoreinfo(data: bytes) -> DumpIdentity:
 def dump_kernel_identity(path: str, kind: str) -> DumpIdentity:
     """Return the kernel release and build ID a dump says it is from (None when unknown)."""
     if kind == "elf-core":
+        from dfforensics.elffacts import read_elf_vmcoreinfo
+
         data = read_elf_vmcoreinfo(path)
         return _parse_vmcoreinfo(data) if data else DumpIdentity(None, None)
     if kind == "kdump-compressed":
@@ -114,6 +114,8 @@ class VmlinuxFinder:
         # otherwise both decompress it.
         with self._lock:
             if key not in self._facts:
+                from dfforensics.elffacts import vmlinux_facts
+
                 try:
                     self._facts[key] = vmlinux_facts(decompressed(path, "VMLINUX"))
                 except InputError:
@@ -164,6 +166,9 @@ def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional
     urls = os.environ.get("DEBUGINFOD_URLS", "") if urls is None else urls
     if not urls.strip() or not re.fullmatch(r"[0-9a-f]{8,}", build_id):
         return None
+    import urllib.error
+    import urllib.request
+
     from dfforensics.opendump import _cache_dir
 
     target_dir = os.path.join(_cache_dir(), "debuginfod", build_id)

@@ -26,8 +26,6 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Callable, Final, Iterable, Optional, TextIO
 
-from tabulate import tabulate
-
 from dfforensics.debuginfo import VmlinuxFinder, dump_kernel_identity
 from dfforensics.discover import Item, iter_discover
 from dfforensics.errors import InputError
@@ -449,6 +447,9 @@ def run_triage(
 
 def summary_text(rows: list[dict[str, Any]]) -> str:
     """The end-of-run summary: counts per verdict, release and error kind, and the matches."""
+    # Imported at the end of a run, not while the workers start.
+    from tabulate import tabulate
+
     parts = []
     verdicts = Counter(row.get("verdict") or row["status"] for row in rows)
     parts.append(tabulate(sorted(verdicts.items()), headers=["verdict / status", "dumps"]))
@@ -467,6 +468,8 @@ def summary_text(rows: list[dict[str, Any]]) -> str:
 
 def rows_table(rows: list[dict[str, Any]]) -> str:
     """All rows as a table, for --format table."""
+    from tabulate import tabulate
+
     table = [[row["path"], row.get("verdict") or row["status"], row.get("df_class") or "",
               row.get("kernel_release") or "", row.get("mode") or "",
               row.get("error") or row.get("summary") or ""] for row in rows]
