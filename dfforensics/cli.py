@@ -8,13 +8,11 @@ VMLINUX`` analyses a dump. Errors in the input end in one line
 """
 
 import argparse
-import logging
 import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
 from dfforensics.errors import InputError
-from dfforensics.render import FORMATS, render_many
 from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
 
 __all__ = ("main",)
@@ -31,6 +29,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    # The renderers (and the result model) load here, for the commands that print a
+    # report: triage starts its workers before it needs them.
+    from dfforensics.render import FORMATS
+
     parser.add_argument("--format", choices=sorted(FORMATS), default="table",
                         help="output format (default: table)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
@@ -88,7 +90,7 @@ def _run_sweep(argv: Sequence[str]) -> int:
 
     args = _sweep_parser().parse_args(argv)
     report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, sweep=True)
-    _write(render_many([report], args.format), args.output)
+    _write(_render([report], args.format), args.output)
     return EXIT_OK
 
 
@@ -198,12 +200,26 @@ def _write(text: str, output: Optional[str]) -> None:
         raise InputError(f"{output}: cannot write: {error.strerror or error}") from None
 
 
+def _render(reports: list, fmt: str) -> str:
+    from dfforensics.render import render_many
+
+    return render_many(reports, fmt)
+
+
+def _quiet_drgn_logging() -> None:
+    """drgn logs what it cannot load (modules, debug info) on stderr; the command
+    reports what matters in its own output and keeps stderr for one error line."""
+    import logging
+
+    logging.getLogger("drgn").setLevel(logging.CRITICAL)
+
+
 def _run_log(argv: Sequence[str]) -> int:
     from dfforensics.log_analysis import analyze_log_text
 
     args = _log_parser().parse_args(argv)
     reports = [analyze_log_text(_read_text(path), path, args.environment) for path in args.files]
-    _write(render_many(reports, args.format), args.output)
+    _write(_render(reports, args.format), args.output)
     return EXIT_OK
 
 
@@ -214,22 +230,20 @@ def _run_vmcore(argv: Sequence[str]) -> int:
     except ImportError as error:  # pragma: no cover - only without drgn
         raise InputError(f"the dump analysis needs drgn: {error}") from None
     report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo)
-    _write(render_many([report], args.format), args.output)
+    _write(_render([report], args.format), args.output)
     return EXIT_OK
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # drgn logs what it cannot load (modules, debug info) on stderr; the command
-    # reports what matters in its own output and keeps stderr for one error line.
-    logging.getLogger("drgn").setLevel(logging.CRITICAL)
     try:
         if argv and argv[0] == "log":
             return _run_log(argv[1:])
         skip_drgn_plugins()
         if argv and argv[0] == "triage":
             return _run_triage(argv[1:])
+        _quiet_drgn_logging()
         if argv and argv[0] == "sweep":
             return _run_sweep(argv[1:])
         return _run_vmcore(argv)

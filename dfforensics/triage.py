@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Callable, Final, Iterable, Optional, TextIO
+from typing import Any, Final, Iterable, Optional, TextIO
 
 from dfforensics.debuginfo import VmlinuxFinder, dump_kernel_identity
 from dfforensics.discover import Item, iter_discover
@@ -39,13 +39,6 @@ ROW_FIELDS: Final = (
     "cpu", "pid", "comm", "frames", "error_kind", "error", "summary", "note", "log", "vmlinux",
     "seconds",
 )
-
-
-def _pin(cpus: Optional[frozenset[int]]) -> Callable[[], None]:
-    def apply() -> None:
-        if cpus:
-            os.sched_setaffinity(0, cpus)
-    return apply
 
 
 def cpu_slots(jobs: int, cpus: Optional[Iterable[int]] = None) -> list[frozenset[int]]:
@@ -138,8 +131,16 @@ class _Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dfforensics.triage_worker", "--serve"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
-            env=env, preexec_fn=_pin(cpus), start_new_session=True,
+            env=env, start_new_session=True,
         )
+        if cpus:
+            # Set from here rather than in a preexec_fn, which is unsafe in a process
+            # with threads (a server is restarted from a pool thread). The children it
+            # forks inherit the set; only its own first imports may run elsewhere.
+            try:
+                os.sched_setaffinity(self.process.pid, cpus)
+            except OSError:
+                pass  # it died at once: ask() reports how
 
     def alive(self) -> bool:
         return self.process.poll() is None

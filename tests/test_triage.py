@@ -237,11 +237,3 @@ def test_progress_bar_on_a_terminal_and_silence_otherwise(archive, tmp_path):
 def test_cpu_slots_split_the_allowed_cpus_evenly_or_not_at_all(jobs, cpus, expected):
     from dfforensics.triage import cpu_slots
     assert [set(slot) for slot in cpu_slots(jobs, cpus)] == expected
-
-
-def test_a_pinned_worker_runs_on_its_slot_only():
-    from dfforensics.triage import _pin
-    cpu = min(os.sched_getaffinity(0))
-    probe = subprocess.run([sys.executable, "-c", "import os; print(sorted(os.sched_getaffinity(0)))"],
-                           capture_output=True, text=True, preexec_fn=_pin(frozenset({cpu})))
-    assert probe.stdout.strip() == str([cpu])

@@ -144,3 +144,20 @@ def test_closing_ends_every_server(job):
     pool.close()
     assert [row["status"] for row in rows] == ["ok", "ok"]
     assert servers and all(gone(server.process.pid) for server in servers)
+
+
+def test_a_pinned_slot_analyses_its_dumps_on_its_cpus_only(hanging_job):
+    cpu = max(os.sched_getaffinity(0))
+    pool = _Workers(jobs=1, slots=[frozenset({cpu})])
+    try:
+        pool.start()
+        server = pool.slots[0].server
+        thread, row = run_in_background(pool, hanging_job, timeout=60)
+        child = wait_for_child(server.process.pid)
+        assert os.sched_getaffinity(server.process.pid) == {cpu}
+        assert os.sched_getaffinity(child) == {cpu}
+        os.kill(child, signal.SIGKILL)
+        thread.join(120)
+        assert row["status"] == "error"
+    finally:
+        pool.close()
