@@ -9,10 +9,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from procs import parent_pid, pids_running, wait_for
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 KERNELS = FIXTURES / "kernels"
@@ -51,31 +52,8 @@ def resume_and_check(archive: Path, out: Path) -> None:
     assert all(r["status"] == "ok" for r in rows if r.get("error_kind") != "worker-crash")
 
 
-def _wait_for(predicate, seconds=300.0):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def _worker_pids() -> list[int]:
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"dfforensics.triage_worker" in cmdline:
-                pids.append(int(entry))
-    return pids
-
-
-def _parent_pid(pid: int) -> int:
-    # Field 4 of /proc/PID/stat, after the parenthesised command name.
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return pids_running(b"dfforensics.triage_worker")
 
 
 def _analysing_pids() -> list[int]:
@@ -83,11 +61,8 @@ def _analysing_pids() -> list[int]:
     workers = set(_worker_pids())
     found = []
     for pid in workers:
-        try:
-            if _parent_pid(pid) in workers:
-                found.append(pid)
-        except (OSError, ValueError, IndexError):
-            pass
+        if parent_pid(pid) in workers:
+            found.append(pid)
     return found
 
 
@@ -95,7 +70,7 @@ def test_worker_killed_with_sigkill_becomes_an_error_row(archive, tmp_path):
     out = tmp_path / "rows.jsonl"
     process = subprocess.Popen(command(archive, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    assert _wait_for(lambda: _analysing_pids(), seconds=300.0)
+    assert wait_for(lambda: _analysing_pids(), seconds=300.0)
     os.kill(_analysing_pids()[0], signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
@@ -127,11 +102,11 @@ def test_ctrl_c_keeps_finished_rows_and_resume_completes(archive, tmp_path):
     out = tmp_path / "rows.jsonl"
     process = subprocess.Popen(command(archive, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    assert _wait_for(lambda: out.exists() and out.read_text().count("\n") >= 1)
+    assert wait_for(lambda: out.exists() and out.read_text().count("\n") >= 1)
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1] == "dfforensics: error: interrupted"
-    assert not _wait_for(lambda: _worker_pids(), seconds=1.0), "workers left running"
+    assert not wait_for(lambda: _worker_pids(), seconds=1.0), "workers left running"
     assert 1 <= len(complete_rows(out)) < len(DUMPS)
     resume_and_check(archive, out)

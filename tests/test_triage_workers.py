@@ -5,7 +5,6 @@ only the job in hand."""
 import os
 import signal
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from dfforensics.debuginfo import VmlinuxFinder
 from dfforensics.discover import iter_discover
 from dfforensics.triage import _Workers, plan_job
+from procs import children_of, gone, wait_for
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 KERNELS = FIXTURES / "kernels"
@@ -41,34 +41,6 @@ def workers():
     pool.close()
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            # Field 4, after the parenthesised command name, is the parent's PID.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def gone(pid: int, seconds: float = 5.0) -> bool:
-    """Whether ``pid`` has ended (a SIGKILL takes effect when the process next runs)."""
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return True
-        except OSError:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
-
-
 def run_in_background(workers: _Workers, job: dict, timeout: float = 600.0):
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(workers.run(job, timeout, None)))
@@ -77,13 +49,10 @@ def run_in_background(workers: _Workers, job: dict, timeout: float = 600.0):
 
 
 def wait_for_child(server_pid: int) -> int:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        children = children_of(server_pid)
-        if children:
-            return children[0]
-        time.sleep(0.005)
-    raise AssertionError("the server never forked a child for the job")
+    found: list[int] = []
+    if not wait_for(lambda: found.extend(children_of(server_pid)) or found, seconds=60, step=0.005):
+        raise AssertionError("the server never forked a child for the job")
+    return found[0]
 
 
 def test_one_server_runs_successive_dumps(workers, job):
