@@ -203,10 +203,14 @@ def check_crash(dump, code, text):
     return None if code == 0 and "PID:" in text else f"exit {code}: {text[-300:]}"
 
 
-def bench(dumps, reps, with_crash=True, label=""):
-    """Alternate the contenders on every dump; return {dump: {contender: [(wall, rss)]}}."""
+def bench(dumps, reps, crash_on=(), label=""):
+    """Alternate the contenders on every dump; return {dump: {contender: [(wall, rss)]}}.
+
+    Each repetition goes over every dump, so that a burst of load on the machine (it is
+    shared) spoils one sample of several dumps rather than every sample of one; the
+    medians drop it. crash runs on the dumps named in crash_on only (seconds a run)."""
     results = {d.name: {} for d in dumps}
-    plans = {d.name: contenders(d, with_crash) for d in dumps}
+    plans = {d.name: contenders(d, d.name in crash_on) for d in dumps}
     for rep in range(-1, reps):  # rep -1: untimed warm-up (page cache, pyc)
         for d in dumps:
             names = list(plans[d.name])
@@ -243,10 +247,8 @@ def med(samples, i):
 def section_fixtures(names, reps, crash_on):
     dumps = [fixture_dump(n) for n in names]
     load0 = other_load()
-    res = {}
     with OtherCpu() as other:
-        for d in dumps:  # crash takes seconds a run: on the asked fixtures only
-            res.update(bench([d], reps, with_crash=d.name in crash_on, label="fixtures: "))
+        res = bench(dumps, reps, crash_on=crash_on, label="fixtures: ")
     rows, out = [], []
     for d in dumps:
         r = res[d.name]
@@ -258,7 +260,8 @@ def section_fixtures(names, reps, crash_on):
                         floor_no_teardown_s=t_n, time_vs_floor_no_teardown=t_d / t_n if t_n else None,
                         crash_mib=m.get("crash"), time_vs_floor=t_d / t_f if t_f else None,
                         rss_vs_floor=m_d / m_f if m_f else None, crash_vs_dff=(t_c / t_d) if t_c else None,
-                        n=len(r["dfforensics"]), failures={k[1]: v for k, v in FAILURES.items() if k[0] == d.name}))
+                        n=len(r["dfforensics"]), failures={k[1]: v for k, v in FAILURES.items() if k[0] == d.name},
+                        samples=r))
 
         def cell(name, value, fmt):
             if value is not None:
@@ -281,7 +284,7 @@ def section_growth(reps, with_crash):
     dumps += [growth_dump("1G"), growth_dump("4G")]
     load0 = other_load()
     with OtherCpu() as other:
-        res = bench(dumps, reps, with_crash=with_crash, label="growth: ")
+        res = bench(dumps, reps, crash_on={d.name for d in dumps} if with_crash else (), label="growth: ")
     base = res[dumps[0].name]
     rows, out = [], []
     for d in dumps:
