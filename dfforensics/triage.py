@@ -129,7 +129,7 @@ class _Server:
     def __init__(self, env: Optional[dict[str, str]], cpus: Optional[frozenset[int]]) -> None:
         self.log = tempfile.TemporaryFile()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "dfforensics.triage_worker", "--serve"],
+            [sys.executable, "-c", _SERVER_PROGRAM, "--serve"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
             env=env, start_new_session=True,
         )
@@ -184,6 +184,16 @@ class _Server:
             self.kill()
         self.log.close()
 
+
+# ``python -m dfforensics.triage_worker`` would put the working directory first on
+# sys.path: run from a directory holding another dfforensics (a checkout of another
+# version), the servers would analyse with that one. Python 3.11's -P is not in 3.10.
+_SERVER_PROGRAM: Final = (
+    "import sys\n"
+    "if sys.path[:1] == ['']: del sys.path[0]\n"
+    "from dfforensics.triage_worker import run\n"
+    "run()\n"
+)
 
 # How long past a job's time limit a server may stay silent before it is killed.
 _SERVER_GRACE_S: Final = 30.0

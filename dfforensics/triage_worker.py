@@ -20,12 +20,12 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import Any, Optional, TextIO
+from typing import Any, NoReturn, Optional, TextIO
 
 from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
 from dfforensics.errors import InputError
 
-__all__ = ("row_from_worker", "run_job", "row_from_report", "serve")
+__all__ = ("row_from_worker", "run", "run_job", "row_from_report", "serve")
 
 
 def row_from_report(report: Any, mode: str) -> dict[str, Any]:
@@ -192,5 +192,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     return serve(sys.stdin, sys.stdout)
 
 
-if __name__ == "__main__":
+def run() -> NoReturn:
+    """The server process: :func:`main`, then exit without interpreter teardown."""
     exit_without_teardown(main())
+
+
+if __name__ == "__main__":
+    run()

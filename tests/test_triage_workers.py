@@ -2,8 +2,11 @@
 each in a child of its own, and whatever happens to a child or a server costs
 only the job in hand."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -130,3 +133,24 @@ def test_a_pinned_slot_analyses_its_dumps_on_its_cpus_only(hanging_job):
         assert row["status"] == "error"
     finally:
         pool.close()
+
+
+def test_a_dfforensics_in_the_working_directory_is_not_what_the_servers_run(tmp_path):
+    """The installed command's servers import the installed package, not a
+    ``dfforensics`` directory the user happens to run triage from."""
+    impostor = tmp_path / "cwd" / "dfforensics"
+    impostor.mkdir(parents=True)
+    (impostor / "__init__.py").write_text("raise ImportError('the dfforensics of the working directory')\n")
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (archive / "vmcore.xz").write_bytes((FIXTURES / "wild-rsp-df" / "vmcore.xz").read_bytes())
+    out = tmp_path / "rows.jsonl"
+    # As the console script starts: its own directory, not the working one, leads sys.path.
+    entry = "import sys; del sys.path[0]; from dfforensics.cli import run; run()"
+    result = subprocess.run([sys.executable, "-c", entry, "triage", str(archive), "--debuginfo-dir",
+                             str(KERNELS), "--format", "jsonl", "-o", str(out), "--jobs", "1"],
+                            cwd=impostor.parent, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert row["status"] == "ok", row
+    assert row["verdict"] == "no-match"
