@@ -234,10 +234,9 @@ class _Workers:
         for slot in self.slots:
             self.free.put(slot)
         # --jobs N is a budget of N CPUs: each worker's drgn indexes DWARF with one
-        # OpenMP thread unless the user chose OMP_NUM_THREADS. Two threads made one
-        # dump a fifth shorter at --jobs 1 but then --jobs 1 takes both cores, and on
-        # both cores two jobs still do ~1.4x the dumps of one job with two threads
-        # (bench/README.md, round 4).
+        # OpenMP thread unless the user chose OMP_NUM_THREADS. With two (idle ones
+        # sleeping), --jobs 1 on two cores is ~1.3x faster, but it takes both cores,
+        # and there --jobs 2 still does ~1.4x its dumps (bench/README.md, round 4).
         self.env = None if "OMP_NUM_THREADS" in os.environ else dict(os.environ, OMP_NUM_THREADS="1")
 
     def start(self) -> None:
