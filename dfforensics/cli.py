@@ -102,7 +102,8 @@ def _triage_parser() -> argparse.ArgumentParser:
                     "worker, and stream one row per dump. The archive is only read.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel workers, one CPU each (default: every core)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="parallel workers, one CPU each (default: every core)")
     parser.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
     parser.add_argument("-o", "--output", metavar="FILE", help="write rows to FILE")
     parser.add_argument("--debuginfo-dir", action="append", default=[], metavar="DIR",
