@@ -30,7 +30,7 @@ from dfforensics.debuginfo import VmlinuxFinder, dump_kernel_identity
 from dfforensics.discover import Item, iter_discover
 from dfforensics.errors import InputError
 from dfforensics.opendump import decompressed
-from dfforensics.triage_worker import row_from_worker
+from dfforensics.triage_worker import row_from_worker, timeout_row
 
 __all__ = ("ROW_FIELDS", "cpu_slots", "plan_job", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
 
@@ -159,8 +159,7 @@ class _Server:
             line = b""
         except TimeoutError:
             self.kill()
-            return {"status": "error", "error_kind": "timeout",
-                    "error": f"analysis did not finish within {timeout:g} s"}
+            return timeout_row(timeout)
         if line:
             return json.loads(line)
         self.kill()  # its child, if one was running, must not outlive it
@@ -242,9 +241,18 @@ class _Workers:
     def start(self) -> None:
         """Start every slot's server now, so that their imports overlap the archive walk."""
         with self.lock:
-            for slot in self.slots:
-                if slot.server is None and not self.stopping:
-                    slot.server = _Server(self.env, slot.cpus)
+            if not self.stopping:
+                for slot in self.slots:
+                    self._live_server(slot)
+
+    def _live_server(self, slot: _Slot) -> _Server:
+        """The slot's server, started anew if it has none or it died (lock held)."""
+        if slot.server is not None and not slot.server.alive():
+            slot.server.close()  # gone already: this reaps it and frees its log
+            slot.server = None
+        if slot.server is None:
+            slot.server = _Server(self.env, slot.cpus)
+        return slot.server
 
     def run(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
         immediate = _immediate_row(job)
@@ -256,12 +264,7 @@ class _Workers:
             with self.lock:
                 if self.stopping:
                     return {"status": "error", "error_kind": "interrupted", "error": "run interrupted"}
-                if slot.server is not None and not slot.server.alive():
-                    slot.server.kill()
-                    slot.server = None
-                if slot.server is None:
-                    slot.server = _Server(self.env, slot.cpus)
-                server = slot.server
+                server = self._live_server(slot)
             return server.ask(job, timeout, memory_bytes)
         finally:
             self.free.put(slot)

@@ -25,7 +25,7 @@ from typing import Any, NoReturn, Optional, TextIO
 from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
 from dfforensics.errors import InputError
 
-__all__ = ("row_from_worker", "run", "run_job", "row_from_report", "serve")
+__all__ = ("row_from_worker", "run", "run_job", "row_from_report", "serve", "timeout_row")
 
 
 def row_from_report(report: Any, mode: str) -> dict[str, Any]:
@@ -108,6 +108,12 @@ def row_from_worker(returncode: int, stdout: str, stderr: str) -> dict[str, Any]
     return {"status": "error", "error_kind": kind, "error": detail}
 
 
+def timeout_row(timeout: float) -> dict[str, Any]:
+    """The row of a job stopped at its time limit."""
+    return {"status": "error", "error_kind": "timeout",
+            "error": f"analysis did not finish within {timeout:g} s"}
+
+
 def _wait_status(pid: int, timeout: float) -> Optional[int]:
     """The wait status of child ``pid``, or None if it is still running after ``timeout``."""
     try:
@@ -160,8 +166,7 @@ def run_forked(job: dict[str, Any], timeout: float, memory_bytes: Optional[int])
         if status is None:
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-            return {"status": "error", "error_kind": "timeout",
-                    "error": f"analysis did not finish within {timeout:g} s"}
+            return timeout_row(timeout)
         result.seek(0)
         log.seek(0)
         return row_from_worker(os.waitstatus_to_exitcode(status),
