@@ -36,8 +36,8 @@ ROOT = os.path.dirname(HERE)
 sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
-from dfforensics.elffacts import read_elf_vmcoreinfo  # noqa: E402
-from dfforensics.opendump import decompressed  # noqa: E402
+from dfforensics.inputs.elffacts import read_elf_vmcoreinfo  # noqa: E402
+from dfforensics.dump.opendump import decompressed  # noqa: E402
 
 CACHE = os.environ.get("DFFORENSICS_BENCH_CACHE", os.path.expanduser("~/.cache/dfforensics-bench"))
 DFF = os.path.join(os.path.dirname(sys.executable), "dfforensics")

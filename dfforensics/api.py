@@ -17,10 +17,10 @@ from typing import Iterator, Optional
 
 from drgn import Object, Program
 
-from dfforensics import x86
-from dfforensics.model import Frame
-from dfforensics.stackscan import orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer
-from dfforensics.vmcore import analyze
+from dfforensics.core import x86
+from dfforensics.core.model import Frame
+from dfforensics.dump.stackscan import orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer
+from dfforensics.dump.analysis import analyze
 
 __all__ = ("analyze", "scan_frames")
 
@@ -37,7 +37,7 @@ def scan_frames(
     User addresses are read through ``task``'s page tables (a ``struct
     task_struct *``), which is then required; kernel addresses are read
     directly. Missing pages are skipped. Each frame's RIP is symbolized.
-    Supports x86_64 kernels of every era (see :mod:`dfforensics.kernel_facts`).
+    Supports x86_64 kernels of every era (see :mod:`dfforensics.core.kernel_facts`).
 
     :param include_inconsistent: also yield valid frames on user stacks whose
         saved RSP does not point just above them (never proof of anything).

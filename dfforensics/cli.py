@@ -12,7 +12,7 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from dfforensics.errors import InputError
+from dfforensics.core.errors import InputError
 from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
 
 __all__ = ("main",)
@@ -31,7 +31,7 @@ class _Parser(argparse.ArgumentParser):
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
     # The renderers (and the result model) load here, for the commands that print a
     # report: triage starts its workers before it needs them.
-    from dfforensics.render import FORMATS
+    from dfforensics.core.render import FORMATS
 
     parser.add_argument("--format", choices=sorted(FORMATS), default="table",
                         help="output format (default: table)")
@@ -86,7 +86,7 @@ def _sweep_parser() -> argparse.ArgumentParser:
 
 
 def _run_sweep(argv: Sequence[str]) -> int:
-    from dfforensics.vmcore import analyze_vmcore_files
+    from dfforensics.dump.analysis import analyze_vmcore_files
 
     args = _sweep_parser().parse_args(argv)
     report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, sweep=True)
@@ -120,7 +120,7 @@ def _triage_parser() -> argparse.ArgumentParser:
 
 
 def _run_triage(argv: Sequence[str]) -> int:
-    from dfforensics import triage
+    from dfforensics.batch import triage
 
     args = _triage_parser().parse_args(argv)
     if args.jobs < 1:
@@ -202,7 +202,7 @@ def _write(text: str, output: Optional[str]) -> None:
 
 
 def _render(reports: list, fmt: str) -> str:
-    from dfforensics.render import render_many
+    from dfforensics.core.render import render_many
 
     return render_many(reports, fmt)
 
@@ -216,7 +216,7 @@ def _quiet_drgn_logging() -> None:
 
 
 def _run_log(argv: Sequence[str]) -> int:
-    from dfforensics.log_analysis import analyze_log_text
+    from dfforensics.logs.analysis import analyze_log_text
 
     args = _log_parser().parse_args(argv)
     reports = [analyze_log_text(_read_text(path), path, args.environment) for path in args.files]
@@ -227,7 +227,7 @@ def _run_log(argv: Sequence[str]) -> int:
 def _run_vmcore(argv: Sequence[str]) -> int:
     args = _vmcore_parser().parse_args(argv)
     try:
-        from dfforensics.vmcore import analyze_vmcore_files
+        from dfforensics.dump.analysis import analyze_vmcore_files
     except ImportError as error:  # pragma: no cover - only without drgn
         raise InputError(f"the dump analysis needs drgn: {error}") from None
     report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo)

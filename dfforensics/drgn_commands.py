@@ -15,7 +15,7 @@ import drgn
 from drgn import Program
 from drgn.commands import CommandError, argument, command, mutually_exclusive_group
 
-from dfforensics.model import OUTPUT_FORMATS
+from dfforensics.core.model import OUTPUT_FORMATS
 
 # drgn imports this module in every session it starts (and in every program a script
 # creates), so it imports only what registering the commands needs; the analysis
@@ -50,7 +50,7 @@ def _cmd_doublefault(prog: Program, name: str, args: argparse.Namespace, **kwarg
 def _print_analysis(prog: Program, fmt: str, sweep: Any) -> Any:
     """The one code path of %doublefault and %dfsweep (and of the dfforensics command)."""
     from dfforensics import api
-    from dfforensics.render import render
+    from dfforensics.core.render import render
 
     report = api.analyze(prog, {"kind": "program", "path": "drgn session"}, sweep=sweep)
     print(render(report, fmt), end="")
@@ -70,8 +70,8 @@ _HEADERS = ["address", "stack", "kind", "vector", "RIP", "symbol", "CS", "RFLAGS
 def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
     from drgn.helpers.linux.mm import vma_find
 
-    from dfforensics.rspregion import kernel_stack_ranges, user_stack_pointer
-    from dfforensics.stackscan import bounded_window
+    from dfforensics.dump.rspregion import kernel_stack_ranges, user_stack_pointer
+    from dfforensics.dump.stackscan import bounded_window
 
     ranges = []
     if want_user and task.mm:
@@ -115,8 +115,8 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
     from tabulate import tabulate
 
     from dfforensics import api
-    from dfforensics.rspregion import kernel_stack_ranges
-    from dfforensics.stackscan import USER_SCAN_LIMIT
+    from dfforensics.dump.rspregion import kernel_stack_ranges
+    from dfforensics.dump.stackscan import USER_SCAN_LIMIT
 
     task = None
     if args.pid is not None:

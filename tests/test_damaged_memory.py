@@ -9,9 +9,9 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from dfforensics.opendump import decompressed
+from dfforensics.dump.opendump import decompressed
 from dumpfiles import sparse_copy
-from dfforensics.stackscan import USER_SCAN_LIMIT, bounded_window
+from dfforensics.dump.stackscan import USER_SCAN_LIMIT, bounded_window
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 VMLINUX = FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.opendump import decompressed, open_dump
+from dfforensics.dump.opendump import decompressed, open_dump
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "cpl0-irq-df"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())
@@ -102,8 +102,8 @@ def test_drgn_executable_finds_the_plugin_through_its_entry_point():
 
 
 def test_the_commands_offer_every_rendering_and_only_those():
-    from dfforensics.model import OUTPUT_FORMATS
-    from dfforensics.render import FORMATS
+    from dfforensics.core.model import OUTPUT_FORMATS
+    from dfforensics.core.render import FORMATS
     assert tuple(FORMATS) == OUTPUT_FORMATS
 
 
@@ -112,7 +112,7 @@ def test_loading_the_plugin_does_not_import_the_analysis():
     probe = ("import sys, dfforensics.drgn_commands; "
              "print(sorted(m for m in sys.modules if m.startswith(('dfforensics.', 'tabulate', 'elftools'))))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert eval(loaded.stdout) == ["dfforensics.drgn_commands", "dfforensics.model"]
+    assert eval(loaded.stdout) == ["dfforensics.core", "dfforensics.core.model", "dfforensics.drgn_commands"]
 
 
 @pytest.mark.parametrize("preset, expected", [

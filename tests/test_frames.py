@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfforensics import x86
-from dfforensics.frames import decode_orig_ax, frame_problems, scan_frames, words_to_bytes
-from dfforensics.textdump import parse_word_dumps
+from dfforensics.core import x86
+from dfforensics.core.frames import decode_orig_ax, frame_problems, scan_frames, words_to_bytes
+from dfforensics.logs.textdump import parse_word_dumps
 
 DATA = Path(__file__).parent / "data"
 SEED_RD = (DATA / "seed-rd-s.txt").read_text()

@@ -11,13 +11,13 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfforensics.debuginfo import _parse_vmcoreinfo
-from dfforensics.log_analysis import analyze_log_text
-from dfforensics.model import Registers, RspRegion
-from dfforensics.opendump import decompressed
-from dfforensics.render import render
-from dfforensics.textdump import parse_word_dumps
-from dfforensics.verdict import Observation, decide
+from dfforensics.batch.debuginfo import _parse_vmcoreinfo
+from dfforensics.logs.analysis import analyze_log_text
+from dfforensics.core.model import Registers, RspRegion
+from dfforensics.dump.opendump import decompressed
+from dfforensics.core.render import render
+from dfforensics.logs.textdump import parse_word_dumps
+from dfforensics.core.verdict import Observation, decide
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SEED_LINES = (Path(__file__).parent / "data/logs/3.16-kvm-svm-cpl-fio.log").read_text().splitlines()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.log_analysis import analyze_log_text
+from dfforensics.logs.analysis import analyze_log_text
 
 LOGS = sorted((Path(__file__).parent / "data" / "logs").glob("*.log"))
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.opendump import decompressed
+from dfforensics.dump.opendump import decompressed
 from dumpfiles import sparse_copy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -66,8 +66,8 @@ def _program_without_build_id(vmcore: str):
     """A program on a real dump whose VMCOREINFO names no BUILD-ID (kernels before 5.9)."""
     import drgn
 
-    from dfforensics.elffacts import vmlinux_facts
-    from dfforensics.rebuildvmcoreinfo import rebuild_vmcoreinfo
+    from dfforensics.inputs.elffacts import vmlinux_facts
+    from dfforensics.dump.rebuildvmcoreinfo import rebuild_vmcoreinfo
 
     note, _ = rebuild_vmcoreinfo(vmcore, vmlinux_facts(decompressed(str(VMLINUX), "VMLINUX")))
     note = b"".join(line for line in note.splitlines(keepends=True) if not line.startswith(b"BUILD-ID="))
@@ -79,7 +79,7 @@ def _program_without_build_id(vmcore: str):
 def test_without_a_build_id_vmlinux_is_matched_by_release_and_banner():
     # drgn can only match a vmlinux by build ID when the dump names one; otherwise the
     # release and linux_banner (read from VMLINUX with pyelftools) decide.
-    from dfforensics.opendump import DumpError, _load_vmlinux
+    from dfforensics.dump.opendump import DumpError, _load_vmlinux
 
     vmcore = decompressed(str(NOVMCI_FIXTURES[0] / "vmcore.xz"), "VMCORE")
     prog = _program_without_build_id(vmcore)

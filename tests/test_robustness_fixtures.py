@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.opendump import decompressed
+from dfforensics.dump.opendump import decompressed
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 DUMP = FIXTURES / "cpl0-irq-df" / "vmcore.xz"

@@ -73,7 +73,7 @@ def test_dfsweep_drgn_command():
     from drgn.commands import run_command
 
     import dfforensics.drgn_commands  # noqa: F401
-    from dfforensics.opendump import open_dump
+    from dfforensics.dump.opendump import open_dump
     prog = open_dump(str(FIXTURES / "cpl0-irq-df" / "vmcore.xz"),
                      str(FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz")).prog
     report = run_command(prog, "dfsweep --format json")
@@ -87,9 +87,9 @@ def test_page_table_walk_agrees_with_drgn_page_by_page():
     from drgn.helpers.linux.mm import follow_phys, vma_find
     from drgn.helpers.linux.pid import for_each_task
 
-    from dfforensics.opendump import open_dump
-    from dfforensics.rspregion import user_stack_pointer
-    from dfforensics.stackscan import PAGE, resident_pages
+    from dfforensics.dump.opendump import open_dump
+    from dfforensics.dump.rspregion import user_stack_pointer
+    from dfforensics.dump.stackscan import PAGE, resident_pages
 
     prog = open_dump(str(FIXTURES / "sweep-survived" / "vmcore.xz"),
                      str(FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz")).prog

@@ -147,8 +147,8 @@ def test_vmlinux_from_a_debuginfod_server(archive, tmp_path):
     import http.server
     import threading
 
-    from dfforensics.debuginfo import dump_kernel_identity
-    from dfforensics.opendump import decompressed
+    from dfforensics.batch.debuginfo import dump_kernel_identity
+    from dfforensics.dump.opendump import decompressed
 
     dump = archive / "guest1-2026-11-20-10:00" / "vmcore"
     build_id = dump_kernel_identity(decompressed(str(dump), "VMCORE"), "elf-core").build_id
@@ -235,5 +235,5 @@ def test_progress_bar_on_a_terminal_and_silence_otherwise(archive, tmp_path):
     (2, [7, 3], [{3}, {7}]),              # the allowed set, not 0..n-1
 ])
 def test_cpu_slots_split_the_allowed_cpus_evenly_or_not_at_all(jobs, cpus, expected):
-    from dfforensics.triage import cpu_slots
+    from dfforensics.batch.triage import cpu_slots
     assert [set(slot) for slot in cpu_slots(jobs, cpus)] == expected

@@ -53,7 +53,7 @@ def resume_and_check(archive: Path, out: Path) -> None:
 
 
 def _worker_pids() -> list[int]:
-    return pids_running(b"dfforensics.triage_worker")
+    return pids_running(b"dfforensics.batch.worker")
 
 
 def _analysing_pids() -> list[int]:

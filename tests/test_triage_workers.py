@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.debuginfo import VmlinuxFinder
-from dfforensics.discover import iter_discover
-from dfforensics.triage import _Workers, plan_job
+from dfforensics.batch.debuginfo import VmlinuxFinder
+from dfforensics.batch.discover import iter_discover
+from dfforensics.batch.triage import _Workers, plan_job
 from procs import children_of, gone, wait_for
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

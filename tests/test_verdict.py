@@ -2,9 +2,9 @@
 
 import pytest
 
-from dfforensics.frames import scan_frames, words_to_bytes
-from dfforensics.model import DfClass, Registers, RspRegion, Verdict
-from dfforensics.verdict import Observation, decide
+from dfforensics.core.frames import scan_frames, words_to_bytes
+from dfforensics.core.model import DfClass, Registers, RspRegion, Verdict
+from dfforensics.core.verdict import Observation, decide
 
 
 def obs(source="memory", **regs):

@@ -16,8 +16,8 @@ import threading
 from dataclasses import dataclass
 from typing import Final, Iterable, Optional
 
-from dfforensics.opendump import decompressed
-from dfforensics.errors import InputError
+from dfforensics.dump.opendump import decompressed
+from dfforensics.core.errors import InputError
 
 __all__ = ("DumpIdentity", "VmlinuxFinder", "dump_kernel_identity", "find_vmlinux", "fetch_from_debuginfod")
 
@@ -46,7 +46,7 @@ def _parse_vmcoreinfo(data: bytes) -> DumpIdentity:
 def dump_kernel_identity(path: str, kind: str) -> DumpIdentity:
     """Return the kernel release and build ID a dump says it is from (None when unknown)."""
     if kind == "elf-core":
-        from dfforensics.elffacts import read_elf_vmcoreinfo
+        from dfforensics.inputs.elffacts import read_elf_vmcoreinfo
 
         data = read_elf_vmcoreinfo(path)
         return _parse_vmcoreinfo(data) if data else DumpIdentity(None, None)
@@ -114,7 +114,7 @@ class VmlinuxFinder:
         # otherwise both decompress it.
         with self._lock:
             if key not in self._facts:
-                from dfforensics.elffacts import vmlinux_facts
+                from dfforensics.inputs.elffacts import vmlinux_facts
 
                 try:
                     self._facts[key] = vmlinux_facts(decompressed(path, "VMLINUX"))
@@ -169,7 +169,7 @@ def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional
     import urllib.error
     import urllib.request
 
-    from dfforensics.opendump import _cache_dir
+    from dfforensics.dump.opendump import _cache_dir
 
     target_dir = os.path.join(_cache_dir(), "debuginfod", build_id)
     target = os.path.join(target_dir, "debuginfo")

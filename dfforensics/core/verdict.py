@@ -22,8 +22,8 @@ verdict is ``possible``.
 from dataclasses import dataclass, field
 from typing import Final, Optional, Sequence
 
-from dfforensics import kernel_facts, x86
-from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Registers, RspRegion, Status, Verdict
+from dfforensics.core import kernel_facts, x86
+from dfforensics.core.model import DfClass, DoubleFault, Evidence, Frame, Registers, RspRegion, Status, Verdict
 
 __all__ = ("Observation", "Decision", "decide", "decide_no_double_fault", "explain", "strongest")
 

@@ -4,7 +4,7 @@ x86_64 hardware facts
 
 Selectors, RFLAGS rules, address ranges and the interrupt-frame layout that
 every kernel version shares. Pure: no drgn. Facts that differ between kernel
-versions live in :mod:`dfforensics.kernel_facts`, not here.
+versions live in :mod:`dfforensics.core.kernel_facts`, not here.
 
 Sources: Intel SDM Vol. 3A §6.14 "Exception and interrupt handling in 64-bit
 mode" (frame layout, 16-byte alignment, stack switch rules); the kernel's

@@ -17,9 +17,9 @@ import drgn
 from drgn import Object, Program
 from drgn.helpers.linux.mm import access_process_vm, follow_phys, vma_find, vma_name
 
-from dfforensics import kernel_facts, x86
-from dfforensics.frames import scan_frames
-from dfforensics.model import Frame
+from dfforensics.core import kernel_facts, x86
+from dfforensics.core.frames import scan_frames
+from dfforensics.core.model import Frame
 
 __all__ = ("StackRead", "orig_ax_encoding", "read_user_range", "scan_user_range",
            "scan_kernel_range", "symbolizer")

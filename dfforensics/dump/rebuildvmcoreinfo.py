@@ -14,9 +14,9 @@ from typing import Callable, Final, Optional
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from dfforensics import x86
-from dfforensics.elffacts import VmlinuxFacts
-from dfforensics.errors import DumpError
+from dfforensics.core import x86
+from dfforensics.inputs.elffacts import VmlinuxFacts
+from dfforensics.core.errors import DumpError
 
 __all__ = ("rebuild_vmcoreinfo",)
 

@@ -2,7 +2,7 @@
 Rendering
 ---------
 
-Every output is rendered from one :class:`~dfforensics.model.Report`: a text
+Every output is rendered from one :class:`~dfforensics.core.model.Report`: a text
 table for terminals (the default), JSON for programs, markdown for bug
 reports. Pure: no drgn.
 """
@@ -10,8 +10,8 @@ reports. Pure: no drgn.
 import functools
 from typing import Callable, Final, Optional, Sequence
 
-from dfforensics import x86
-from dfforensics.model import DoubleFault, Frame, Report, Status, to_json_dict
+from dfforensics.core import x86
+from dfforensics.core.model import DoubleFault, Frame, Report, Status, to_json_dict
 
 __all__ = ("FORMATS", "render", "render_many")
 

@@ -35,7 +35,7 @@ __all__ = (
 )
 
 SCHEMA_VERSION: Final = 1
-#: The renderings of a Report (dfforensics.render.FORMATS has one function for each).
+#: The renderings of a Report (dfforensics.core.render.FORMATS has one function for each).
 OUTPUT_FORMATS: Final = ("table", "json", "markdown")
 
 
@@ -270,7 +270,7 @@ class Report:
     schema_version: int = SCHEMA_VERSION
 
     def __str__(self) -> str:
-        from dfforensics.render import render_table
+        from dfforensics.core.render import render_table
 
         return render_table(self)
 

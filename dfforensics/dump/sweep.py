@@ -17,10 +17,10 @@ from drgn import Program
 from drgn.helpers.linux.mm import vma_find, vma_name
 from drgn.helpers.linux.pid import for_each_task
 
-from dfforensics import x86
-from dfforensics.model import Evidence, Status, SweepResult, SweptStack
-from dfforensics.rspregion import user_stack_pointer
-from dfforensics.stackscan import StackRead, bounded_window, orig_ax_encoding, scan_user_range, symbolizer
+from dfforensics.core import x86
+from dfforensics.core.model import Evidence, Status, SweepResult, SweptStack
+from dfforensics.dump.rspregion import user_stack_pointer
+from dfforensics.dump.stackscan import StackRead, bounded_window, orig_ax_encoding, scan_user_range, symbolizer
 
 __all__ = ("sweep_user_stacks", "sweep_evidence")
 
@@ -42,7 +42,7 @@ def sweep_user_stacks(prog: Program, reads_with_frames: Optional[list[StackRead]
 
     Supports x86_64 kernels whose task, mm and VMA layouts drgn's helpers
     know (3.x–6.x). Each mapping is read once, at most
-    :data:`~dfforensics.stackscan.USER_SCAN_LIMIT` around the saved RSP, through
+    :data:`~dfforensics.dump.stackscan.USER_SCAN_LIMIT` around the saved RSP, through
     the owning task's page tables.
 
     :param reads_with_frames: receives the stack memory read where frames

@@ -26,11 +26,11 @@ from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any, Final, Iterable, Optional, TextIO
 
-from dfforensics.debuginfo import VmlinuxFinder, dump_kernel_identity
-from dfforensics.discover import Item, iter_discover
-from dfforensics.errors import InputError
-from dfforensics.opendump import decompressed
-from dfforensics.triage_worker import row_from_worker, timeout_row
+from dfforensics.batch.debuginfo import VmlinuxFinder, dump_kernel_identity
+from dfforensics.batch.discover import Item, iter_discover
+from dfforensics.core.errors import InputError
+from dfforensics.dump.opendump import decompressed
+from dfforensics.batch.worker import row_from_worker, timeout_row
 
 __all__ = ("ROW_FIELDS", "cpu_slots", "plan_job", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
 
@@ -184,13 +184,13 @@ class _Server:
         self.log.close()
 
 
-# ``python -m dfforensics.triage_worker`` would put the working directory first on
+# ``python -m dfforensics.batch.worker`` would put the working directory first on
 # sys.path: run from a directory holding another dfforensics (a checkout of another
 # version), the servers would analyse with that one. Python 3.11's -P is not in 3.10.
 _SERVER_PROGRAM: Final = (
     "import sys\n"
     "if sys.path[:1] == ['']: del sys.path[0]\n"
-    "from dfforensics.triage_worker import run\n"
+    "from dfforensics.batch.worker import run\n"
     "run()\n"
 )
 

@@ -13,8 +13,8 @@ import drgn
 from drgn import Program
 from drgn.helpers.linux.cpumask import for_each_possible_cpu
 
-from dfforensics import kernel_facts
-from dfforensics.model import KernelInfo
+from dfforensics.core import kernel_facts
+from dfforensics.core.model import KernelInfo
 
 __all__ = ("guest_context", "hypervisor_seen")
 

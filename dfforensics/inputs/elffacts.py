@@ -20,7 +20,7 @@ from typing import Final, Optional, Sequence
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from dfforensics.errors import DumpError
+from dfforensics.core.errors import DumpError
 
 __all__ = ("VmlinuxFacts", "read_elf_vmcoreinfo", "vmlinux_facts")
 

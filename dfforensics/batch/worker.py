@@ -2,7 +2,7 @@
 Triage jobs, each in a process of its own
 -----------------------------------------
 
-``python -m dfforensics.triage_worker --serve`` is a fork server: it imports
+``python -m dfforensics.batch.worker --serve`` is a fork server: it imports
 drgn and the analysis once, then reads one request per line on stdin
 (``{"job": ..., "timeout": ..., "memory_bytes": ...}``), forks a child per
 job and writes the child's row as one JSON line on stdout. Each child has the
@@ -23,7 +23,7 @@ import traceback
 from typing import Any, NoReturn, Optional, TextIO
 
 from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
-from dfforensics.errors import InputError
+from dfforensics.core.errors import InputError
 
 __all__ = ("row_from_worker", "run", "run_job", "row_from_report", "serve", "timeout_row")
 
@@ -66,7 +66,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = {}
     try:
         if job["kind"] == "log" or (job.get("vmlinux") is None and job.get("log")):
-            from dfforensics.log_analysis import analyze_log_text
+            from dfforensics.logs.analysis import analyze_log_text
             path = job["path"] if job["kind"] == "log" else job["log"]
             with open(path, "rb") as file:
                 text = file.read().decode("utf-8", errors="replace")
@@ -80,7 +80,7 @@ def run_job(job: dict[str, Any]) -> dict[str, Any]:
                    "error": f"no debug vmlinux found for kernel {job.get('release') or 'unknown'} "
                             "and no console log beside the dump"}
         else:
-            from dfforensics.vmcore import analyze_vmcore_files
+            from dfforensics.dump.analysis import analyze_vmcore_files
             row = row_from_report(analyze_vmcore_files(job["path"], job["vmlinux"]), "vmcore")
             row["vmlinux"] = job["vmlinux"]
     except InputError as error:
@@ -177,8 +177,8 @@ def run_forked(job: dict[str, Any], timeout: float, memory_bytes: Optional[int])
 def serve(requests: TextIO, rows: TextIO) -> int:
     """Answer one request line with one row line until ``requests`` ends."""
     # Imported here, once: what every forked child would otherwise import again.
-    import dfforensics.log_analysis  # noqa: F401
-    import dfforensics.vmcore  # noqa: F401
+    import dfforensics.logs.analysis  # noqa: F401
+    import dfforensics.dump.analysis  # noqa: F401
 
     for line in requests:
         request = json.loads(line)
@@ -192,7 +192,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     skip_drgn_plugins()
     args = sys.argv[1:] if argv is None else argv
     if args != ["--serve"]:
-        sys.stderr.write("usage: python -m dfforensics.triage_worker --serve\n")
+        sys.stderr.write("usage: python -m dfforensics.batch.worker --serve\n")
         return 2
     return serve(sys.stdin, sys.stdout)
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, BinaryIO, Callable, Final, Optional, Sequence
 
 import drgn
 
-from dfforensics.errors import DumpError
+from dfforensics.core.errors import DumpError
 
 if TYPE_CHECKING:
-    from dfforensics.elffacts import VmlinuxFacts
+    from dfforensics.inputs.elffacts import VmlinuxFacts
 
 __all__ = (
     "DumpError",
@@ -272,7 +272,7 @@ def _check_banner_match(prog: drgn.Program, facts: "VmlinuxFacts", vmcore: str, 
 
 def _rejected_vmlinux(kernel: drgn.Module, vmlinux_path: str, vmcore: str, vmlinux: str) -> DumpError:
     """Say why drgn did not take VMLINUX as the kernel's debug info (pyelftools reads why)."""
-    from dfforensics.elffacts import vmlinux_facts
+    from dfforensics.inputs.elffacts import vmlinux_facts
 
     facts = vmlinux_facts(vmlinux_path)  # raises for non-ELF, foreign, stripped or DWARF-less files
     if kernel.build_id is not None and facts.build_id and facts.build_id.lower() != kernel.build_id.hex():
@@ -305,7 +305,7 @@ def _load_vmlinux(prog: drgn.Program, vmlinux_path: str, facts: Optional["Vmlinu
     """
     kernel = _kernel_module(prog)
     if kernel.build_id is None and facts is None:
-        from dfforensics.elffacts import vmlinux_facts
+        from dfforensics.inputs.elffacts import vmlinux_facts
 
         facts = vmlinux_facts(vmlinux_path)
     if facts is not None:
@@ -344,8 +344,8 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
     except ValueError as error:
         if "vmcoreinfo" not in str(error).lower() and "QEMU" not in str(error):
             raise DumpError(f"VMCORE {vmcore}: {error}") from None
-        from dfforensics.elffacts import vmlinux_facts
-        from dfforensics.rebuildvmcoreinfo import rebuild_vmcoreinfo
+        from dfforensics.inputs.elffacts import vmlinux_facts
+        from dfforensics.dump.rebuildvmcoreinfo import rebuild_vmcoreinfo
 
         facts = vmlinux_facts(vmlinux_path)
         vmcoreinfo, how = rebuild_vmcoreinfo(vmcore_path, facts)

@@ -19,10 +19,10 @@ from drgn.helpers.linux.percpu import per_cpu
 from drgn.helpers.linux.pid import find_task
 from drgn.helpers.linux.sched import cpu_curr
 
-from dfforensics import kernel_facts
-from dfforensics.consolelog import DfReport
-from dfforensics.frames import frame_problems
-from dfforensics.model import Registers
+from dfforensics.core import kernel_facts
+from dfforensics.logs.consolelog import DfReport
+from dfforensics.core.frames import frame_problems
+from dfforensics.core.model import Registers
 
 __all__ = ("IstRegs", "FoundDf", "df_ist_index", "df_stack_top", "saved_df_regs", "find_double_faults")
 
@@ -65,7 +65,7 @@ def df_ist_index(prog: Program) -> int:
 
     Read from the IST field of IDT gate 8 (``idt_table``), which every kernel
     since 2.6 fills (the field holds index + 1); falls back to
-    :data:`~dfforensics.kernel_facts.DF_IST_INDEX` when the IDT page is not in
+    :data:`~dfforensics.core.kernel_facts.DF_IST_INDEX` when the IDT page is not in
     the dump.
     """
     try:
@@ -107,7 +107,7 @@ def saved_df_regs(prog: Program, cpu: int) -> Optional[IstRegs]:
 
     The #DF entry builds a full ``struct pt_regs`` at the top of the IST
     stack; a CPU that never took a #DF has zeros there, which fail the frame
-    checks of :func:`dfforensics.frames.frame_problems`.
+    checks of :func:`dfforensics.core.frames.frame_problems`.
 
     :raises drgn.FaultError: if the TSS or the #DF stack is not in the dump.
     """

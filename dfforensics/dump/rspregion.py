@@ -15,8 +15,8 @@ from drgn import Object, Program
 from drgn.helpers.linux.mm import vma_find, vma_name
 from drgn.helpers.linux.pid import for_each_task
 
-from dfforensics import x86
-from dfforensics.model import RspRegion
+from dfforensics.core import x86
+from dfforensics.core.model import RspRegion
 
 __all__ = ("user_stack_pointer", "thread_user_stack_pointers", "classify_rsp", "kernel_stack_ranges")
 

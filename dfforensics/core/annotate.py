@@ -9,8 +9,8 @@ Pure: no drgn; the caller supplies the words and a namer for addresses.
 
 from typing import Callable, Iterable, Mapping, Optional
 
-from dfforensics import x86
-from dfforensics.model import AnnotatedWord, Frame
+from dfforensics.core import x86
+from dfforensics.core.model import AnnotatedWord, Frame
 
 __all__ = ("annotate",)
 

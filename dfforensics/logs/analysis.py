@@ -2,19 +2,19 @@
 Console-log analysis
 --------------------
 
-A console log in, a :class:`~dfforensics.model.Report` out: the parser finds
+A console log in, a :class:`~dfforensics.core.model.Report` out: the parser finds
 each #DF report, stack words quoted in the text go through the frame scanner,
 and the verdict rules weigh each #DF. Pure: no drgn.
 """
 
 from typing import Optional
 
-from dfforensics import kernel_facts
-from dfforensics.consolelog import DfReport, LogFacts, parse_log
-from dfforensics.frames import scan_frames, words_to_bytes
-from dfforensics.model import DoubleFault, Frame, KernelInfo, Report, Verdict
-from dfforensics.textdump import parse_word_dumps
-from dfforensics.verdict import Decision, Observation, decide, decide_no_double_fault, explain, strongest
+from dfforensics.core import kernel_facts
+from dfforensics.logs.consolelog import DfReport, LogFacts, parse_log
+from dfforensics.core.frames import scan_frames, words_to_bytes
+from dfforensics.core.model import DoubleFault, Frame, KernelInfo, Report, Verdict
+from dfforensics.logs.textdump import parse_word_dumps
+from dfforensics.core.verdict import Decision, Observation, decide, decide_no_double_fault, explain, strongest
 
 __all__ = ("analyze_log_text",)
 

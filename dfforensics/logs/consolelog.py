@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Final, Optional
 
-from dfforensics.model import Registers
+from dfforensics.core.model import Registers
 
 __all__ = (
     "Header",

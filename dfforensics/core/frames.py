@@ -3,7 +3,7 @@ Frame scanning
 --------------
 
 Find interrupt and exception frames ``[orig_ax][RIP][CS][RFLAGS][RSP][SS]`` in
-the raw words of a stack. Pure: bytes in, :class:`~dfforensics.model.Frame`
+the raw words of a stack. Pure: bytes in, :class:`~dfforensics.core.model.Frame`
 out; the drgn layer reads memory and hands the bytes here.
 
 A candidate is kept only when it passes at least the checks of the crash
@@ -18,8 +18,8 @@ import re
 import struct
 from typing import Final, Iterator, Optional, Sequence, Union
 
-from dfforensics import x86
-from dfforensics.model import Frame, OrigAx
+from dfforensics.core import x86
+from dfforensics.core.model import Frame, OrigAx
 
 __all__ = (
     "decode_orig_ax",
@@ -49,7 +49,7 @@ def decode_orig_ax(raw: Optional[int], encoding: Optional[str] = None) -> OrigAx
     :param encoding: the interrupt-vector encoding of the kernel's era,
         ``"complement"`` (2.6–5.7: ``~vector``) or ``"byte"`` (5.8+: the
         vector as a sign-extended byte), from
-        :data:`dfforensics.kernel_facts.ORIG_AX_ENCODING`; ``None`` when the
+        :data:`dfforensics.core.kernel_facts.ORIG_AX_ENCODING`; ``None`` when the
         kernel version is unknown, in which case both readings are offered.
     """
     if raw is None:

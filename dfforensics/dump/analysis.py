@@ -2,11 +2,11 @@
 Dump analysis
 -------------
 
-The pipeline for a dump, in order: open it (:mod:`~dfforensics.opendump`),
-find each #DF (:mod:`~dfforensics.finddf`), classify its saved RSP
-(:mod:`~dfforensics.rspregion`), scan the stacks for frames
-(:mod:`~dfforensics.stackscan`), weigh the evidence
-(:mod:`~dfforensics.verdict`), and fill the one result model that every
+The pipeline for a dump, in order: open it (:mod:`~dfforensics.dump.opendump`),
+find each #DF (:mod:`~dfforensics.dump.finddf`), classify its saved RSP
+(:mod:`~dfforensics.dump.rspregion`), scan the stacks for frames
+(:mod:`~dfforensics.dump.stackscan`), weigh the evidence
+(:mod:`~dfforensics.core.verdict`), and fill the one result model that every
 output renders from. :func:`analyze` is the entry point for a drgn
 :class:`~drgn.Program` (the drgn commands use it too).
 """
@@ -17,20 +17,20 @@ import drgn
 from drgn import Object, Program
 from drgn.helpers.linux.mm import vma_find
 
-from dfforensics import x86
-from dfforensics.annotate import annotate
-from dfforensics.consolelog import parse_log
-from dfforensics.context import guest_context
-from dfforensics.finddf import FoundDf, find_double_faults
-from dfforensics.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
-from dfforensics.errors import InputError
-from dfforensics.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
-from dfforensics.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
-from dfforensics.sweep import sweep_evidence, sweep_user_stacks
-from dfforensics.stackscan import (
+from dfforensics.core import x86
+from dfforensics.core.annotate import annotate
+from dfforensics.logs.consolelog import parse_log
+from dfforensics.dump.context import guest_context
+from dfforensics.dump.finddf import FoundDf, find_double_faults
+from dfforensics.core.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
+from dfforensics.core.errors import InputError
+from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
+from dfforensics.dump.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
+from dfforensics.dump.sweep import sweep_evidence, sweep_user_stacks
+from dfforensics.dump.stackscan import (
     StackRead, page_residency, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
 )
-from dfforensics.verdict import Observation, decide, decide_no_double_fault, explain, strongest
+from dfforensics.core.verdict import Observation, decide, decide_no_double_fault, explain, strongest
 
 __all__ = ("analyze", "analyze_vmcore_files")
 
@@ -247,7 +247,7 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
     """Analyse a Linux x86_64 crash dump (or live kernel) for the CPL-corruption signature.
 
     Supports x86_64 kernels from 3.x on (per-CPU TSS names and IST layouts of
-    every era, see :mod:`dfforensics.kernel_facts`).
+    every era, see :mod:`dfforensics.core.kernel_facts`).
 
     :param source: what to record as the input (path, vmlinux, ...).
     :param sweep: scan every task's user stack too: always (True), never
