@@ -13,14 +13,17 @@ For scripts and the drgn REPL::
     ...     print(hex(frame.address), frame.kind)
 """
 
+import dataclasses
 from typing import Iterator, Optional
 
 from drgn import Object, Program
 
-from dfforensics.core import x86
-from dfforensics.core.model import Frame
-from dfforensics.dump.stackscan import orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer
+from dfforensics.core import kernel_facts, x86
+from dfforensics.core.model import Frame, StackKind
+from dfforensics.core.signature import proves_cpl0_delivery
 from dfforensics.dump.analysis import analyze
+from dfforensics.dump.context import kernel_version
+from dfforensics.dump.stackscan import scan_kernel_range, scan_user_range, symbolizer
 
 __all__ = ("analyze", "scan_frames")
 
@@ -44,7 +47,7 @@ def scan_frames(
     :raises ValueError: for a user range without a task.
     """
     start &= ~7
-    encoding = orig_ax_encoding(prog)
+    encoding = kernel_facts.value_for(kernel_facts.ORIG_AX_ENCODING, kernel_version(prog))
     if x86.is_user_address(start):
         if task is None:
             raise ValueError("reading user memory needs the task whose address space it is")
@@ -56,7 +59,6 @@ def scan_frames(
         # Whole pages are read; only frames inside the asked range count.
         if not start <= frame.address < end:
             continue
-        if frame.stack == "user" and not (frame.consistent or frame.impossible_ss or include_inconsistent):
+        if frame.stack is StackKind.USER and not (proves_cpl0_delivery(frame) or include_inconsistent):
             continue
-        frame.rip_symbol = name(frame.rip)
-        yield frame
+        yield dataclasses.replace(frame, rip_symbol=name(frame.rip))

@@ -58,7 +58,7 @@ def _print_analysis(prog: Program, fmt: str, sweep: Any) -> Any:
 
 
 def _frame_rows(frames):
-    return [[f"{f.address:016x}", f.stack, f.kind, "-" if f.vector is None else f"{f.vector:#04x}",
+    return [[f"{f.address:016x}", f.stack.value, f.kind.value, "-" if f.vector is None else f"{f.vector:#04x}",
              f"{f.rip:016x}", f.rip_symbol or "", f"{f.cs:#04x}", f"{f.rflags:#x}",
              f"{f.rsp:016x}", f"{f.ss:#04x}", "yes" if f.consistent else "no"] for f in frames]
 
@@ -70,7 +70,8 @@ _HEADERS = ["address", "stack", "kind", "vector", "RIP", "symbol", "CS", "RFLAGS
 def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
     from drgn.helpers.linux.mm import vma_find
 
-    from dfforensics.dump.rspregion import kernel_stack_ranges, user_stack_pointer
+    from dfforensics.core.model import RegionKind
+    from dfforensics.dump.rspregion import kernel_stacks, user_stack_pointer
     from dfforensics.dump.stackscan import bounded_window
 
     ranges = []
@@ -81,9 +82,9 @@ def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
             low, high = bounded_window(int(vma.vm_start), int(vma.vm_end), sp)
             ranges.append((low, high, task))
     if want_kernel:
-        for start, end, kind, _ in kernel_stack_ranges(task, None, prog):
-            if kind == "kernel-task-stack":
-                ranges.append((start, end, task))
+        for stack in kernel_stacks(task, None, prog):
+            if stack.kind is RegionKind.KERNEL_TASK_STACK:
+                ranges.append((stack.start, stack.end, task))
     return ranges
 
 
@@ -115,7 +116,8 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
     from tabulate import tabulate
 
     from dfforensics import api
-    from dfforensics.dump.rspregion import kernel_stack_ranges
+    from dfforensics.core.model import RegionKind
+    from dfforensics.dump.rspregion import kernel_stacks
     from dfforensics.dump.stackscan import USER_SCAN_LIMIT
 
     task = None
@@ -132,8 +134,8 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
         ranges = _task_ranges(prog, task, want_user, want_kernel)
     elif args.cpu is not None:
         current = cpu_curr(prog, args.cpu)
-        ranges = [(start, end, current) for start, end, kind, _ in
-                  kernel_stack_ranges(current, args.cpu, prog) if kind in ("irq-stack", "exception-stack")]
+        ranges = [(stack.start, stack.end, current) for stack in kernel_stacks(current, args.cpu, prog)
+                  if stack.kind in (RegionKind.IRQ_STACK, RegionKind.EXCEPTION_STACK)]
     else:
         raise CommandError("give an ADDRESS, -p PID or -c CPU")
     frames = []

@@ -13,11 +13,12 @@ from hypothesis import strategies as st
 
 from dfforensics.batch.debuginfo import _parse_vmcoreinfo
 from dfforensics.logs.analysis import analyze_log_text
-from dfforensics.core.model import Registers, RspRegion
+from dfforensics.core.model import RegionKind, Registers, RspRegion
+from dfforensics.core.observation import Medium, Observation
 from dfforensics.dump.opendump import decompressed
 from dfforensics.core.render import render
 from dfforensics.logs.textdump import parse_word_dumps
-from dfforensics.core.verdict import Observation, decide
+from dfforensics.core.verdict import decide
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SEED_LINES = (Path(__file__).parent / "data/logs/3.16-kvm-svm-cpl-fio.log").read_text().splitlines()
@@ -68,10 +69,10 @@ WORDS = st.one_of(st.none(), st.integers(0, 2**64 - 1),
        guard=st.booleans(), symbol=st.sampled_from([None, "entry_SYSCALL_64+0x3/0x29", "foo+0x1/0x2"]))
 def test_verdict_rules_are_total_and_explain_themselves(rip, cs, rsp, ss, cr2, source, bits,
                                                        environment, region, guard, symbol):
-    obs = Observation(source=source, regs=Registers(rip=rip, cs=cs, rsp=rsp, ss=ss, cr2=cr2,
+    obs = Observation(medium=Medium(source), regs=Registers(rip=rip, cs=cs, rsp=rsp, ss=ss, cr2=cr2,
                                                     rip_symbol=symbol),
                       arch_bits=bits, environment=environment, guard_page_hit=guard,
-                      rsp_region=RspRegion(region, region) if region else None)
+                      rsp_region=RspRegion(RegionKind(region), region) if region else None)
     decision = decide(obs)
     assert decision.summary and decision.evidence
     if source == "log":

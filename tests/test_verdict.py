@@ -3,14 +3,15 @@
 import pytest
 
 from dfforensics.core.frames import scan_frames, words_to_bytes
-from dfforensics.core.model import DfClass, Registers, RspRegion, Verdict
-from dfforensics.core.verdict import Observation, decide
+from dfforensics.core.model import DfClass, RegionKind, Registers, RspRegion, Verdict
+from dfforensics.core.observation import Medium, Observation
+from dfforensics.core.verdict import decide
 
 
 def obs(source="memory", **regs):
     extra = {k: regs.pop(k) for k in list(regs) if k in Observation.__dataclass_fields__}
-    return Observation(source=source, regs=Registers(**regs), environment=extra.pop("environment", "guest"),
-                       **extra)
+    return Observation(medium=Medium(source), regs=Registers(**regs),
+                       environment=extra.pop("environment", "guest"), **extra)
 
 
 def user_frame(base=0x7F0000001000):
@@ -61,14 +62,14 @@ def test_wild_rsp_near_zero_looks_like_the_signature_but_is_not():
 
 
 def test_user_range_rsp_in_no_mapping_is_wild_from_memory():
-    region = RspRegion("user-unmapped", "RSP lies in no VMA of the task")
+    region = RspRegion(RegionKind("user-unmapped"), "RSP lies in no VMA of the task")
     decision = decide(obs(rip=0xFFFFFFFFC0000000, cs=0x10, rsp=0x7000000000, ss=0x18,
                           rsp_region=region, user_stack_read=False))
     assert decision.df_class is DfClass.WILD_RSP
 
 
 def test_kernel_code_on_a_user_stack_without_proof_is_possible():
-    region = RspRegion("user-stack", "[stack]")
+    region = RspRegion(RegionKind("user-stack"), "[stack]")
     decision = decide(obs(rip=0xFFFFFFFFC0000000, cs=0x10, rsp=0x7FFD00001000, ss=0x18,
                           rsp_region=region, user_stack_read=False, user_stack_problem="page missing"))
     assert (decision.verdict, decision.df_class) == (Verdict.POSSIBLE, DfClass.CPL_CORRUPTION)
@@ -77,7 +78,7 @@ def test_kernel_code_on_a_user_stack_without_proof_is_possible():
 @pytest.mark.parametrize("rsp, cr2, region, expected", [
     (0xFFFFC90000010000, 0xFFFFC9000000FFF8, None, DfClass.KERNEL_STACK_OVERFLOW),
     (0xFFFFC90000013F00, 0x6001, None, DfClass.OTHER),
-    (0xFFFFC90000013F00, None, RspRegion("kernel-guard-page", "guard page"), DfClass.KERNEL_STACK_OVERFLOW),
+    (0xFFFFC90000013F00, None, RspRegion(RegionKind("kernel-guard-page"), "guard page"), DfClass.KERNEL_STACK_OVERFLOW),
 ])
 def test_kernel_rsp(rsp, cr2, region, expected):
     decision = decide(obs(rip=0xFFFFFFFF81000000, cs=0x10, rsp=rsp, ss=0x18, cr2=cr2, rsp_region=region))

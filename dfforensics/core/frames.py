@@ -19,7 +19,8 @@ import struct
 from typing import Final, Iterator, Optional, Sequence, Union
 
 from dfforensics.core import x86
-from dfforensics.core.model import Frame, OrigAx
+from dfforensics.core.model import Frame, FrameKind, OrigAx, StackKind
+from dfforensics.core.signature import impossible_ss
 
 __all__ = (
     "decode_orig_ax",
@@ -110,20 +111,6 @@ def frame_problems(rip: int, cs: int, rflags: int, rsp: int, ss: int) -> list[st
     return problems
 
 
-def _impossible_ss(cs: int, ss: int) -> bool:
-    # At CPL 0 a healthy kernel has SS NULL (event from user mode) or
-    # __KERNEL_DS (SYSCALL); in user mode SS must carry RPL 3.
-    if cs == x86.KERNEL_CS:
-        return ss not in x86.HEALTHY_KERNEL_SS
-    return x86.rpl(ss) != 3
-
-
-def _frame_kind(stack: str, consistent: bool) -> str:
-    if stack == "user":
-        return "cpl0-user-stack" if consistent else "user-stack-inconsistent"
-    return "kernel-same-stack" if consistent else "kernel-stack-switch"
-
-
 def words_to_bytes(words: Sequence[Optional[int]]) -> bytes:
     """Pack 64-bit words little-endian; unknown words (``None``) become 0."""
     return b"".join(_WORD.pack((word or 0) & _MASK64) for word in words)
@@ -132,7 +119,7 @@ def words_to_bytes(words: Sequence[Optional[int]]) -> bytes:
 def scan_frames(
     data: Union[bytes, bytearray, memoryview],
     start: int,
-    stack: Optional[str] = None,
+    stack: Union[StackKind, str, None] = None,
     encoding: Optional[str] = None,
     include_inconsistent: bool = True,
 ) -> Iterator[Frame]:
@@ -140,8 +127,8 @@ def scan_frames(
 
     :param data: the region's bytes, little-endian, starting at ``start``.
     :param start: address of the first byte; must be 8-byte aligned.
-    :param stack: ``"user"`` or ``"kernel"``: what memory this is; by default
-        guessed from ``start`` (lower canonical half means user).
+    :param stack: what memory this is (a :class:`StackKind` or its value); by
+        default guessed from ``start`` (lower canonical half means user).
     :param encoding: orig_ax encoding of the kernel's era, see
         :func:`decode_orig_ax`.
     :param include_inconsistent: also yield valid frames whose saved RSP does
@@ -154,7 +141,8 @@ def scan_frames(
     if start % 8:
         raise ValueError(f"stack region start {start:#x} is not 8-byte aligned")
     if stack is None:
-        stack = "user" if x86.is_user_address(start) else "kernel"
+        stack = StackKind.USER if x86.is_user_address(start) else StackKind.KERNEL
+    stack = StackKind(stack)
     view = memoryview(data)
     usable = len(view) - len(view) % 8
     last_rip_offset = usable - 8 * x86.HW_FRAME_WORDS
@@ -174,7 +162,7 @@ def scan_frames(
         yield Frame(
             address=start + rip_offset - 8,
             stack=stack,
-            kind=_frame_kind(stack, consistent),
+            kind=FrameKind.of(stack, consistent),
             orig_ax=decode_orig_ax(orig_ax, encoding),
             rip=rip,
             cs=cs,
@@ -182,5 +170,5 @@ def scan_frames(
             rsp=rsp,
             ss=ss,
             consistent=consistent,
-            impossible_ss=_impossible_ss(cs, ss),
+            impossible_ss=impossible_ss(cs, ss),
         )

@@ -4,10 +4,12 @@ Kernel facts by version
 
 Every fact about the x86_64 kernel that changed between versions lives here, as
 data: each :class:`Fact` carries the value, the first version it holds for, the
-first version it no longer holds for, and where it comes from. Code asks
-:func:`facts_for` (or :func:`candidates`) instead of testing versions itself,
-and the drgn layer still probes the debug info (``try``/``except LookupError``)
-in the order these tables give, because distributions backport changes.
+first version it no longer holds for, and where it comes from. The kernel
+release is parsed once per input (:func:`parse_release`); code asks
+:func:`value_for` (the one value of a known version) or :func:`candidates` (the
+order to probe in) instead of testing versions itself, and the drgn layer still
+probes the debug info (``try``/``except LookupError``) in the order these tables
+give, because distributions backport changes.
 
 Pure: no drgn.
 """
@@ -20,7 +22,7 @@ __all__ = (
     "Version",
     "Fact",
     "parse_release",
-    "facts_for",
+    "value_for",
     "candidates",
     "ORIG_AX_ENCODING",
     "TSS_PERCPU_SYMBOL",
@@ -53,17 +55,6 @@ class Fact(Generic[T]):
         """Return whether this fact holds for a kernel version."""
         return self.since <= version and (self.until is None or version < self.until)
 
-    @property
-    def versions(self) -> str:
-        """The version range as text, e.g. ``"4.15+"`` or ``"3.0–5.7"``."""
-        since = ".".join(map(str, self.since))
-        if self.until is None:
-            return f"{since}+"
-        until = list(self.until)
-        # "until 5.8" reads better as "to 5.7" for people.
-        if len(until) == 2 and until[1] > 0:
-            return f"{since}–{until[0]}.{until[1] - 1}"
-        return f"{since}–<{'.'.join(map(str, until))}"
 
 
 _RELEASE_RE: Final = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
@@ -80,16 +71,20 @@ def parse_release(release: str) -> Optional[Version]:
     return tuple(int(part) for part in match.groups(default="0"))
 
 
-def facts_for(table: Iterable[Fact[T]], version: Optional[Version]) -> list[Fact[T]]:
-    """Return the facts of a table that hold for a version.
+def _newest_first(table: Iterable[Fact[T]]) -> list[Fact[T]]:
+    return sorted(table, key=lambda fact: fact.since, reverse=True)
 
-    With an unknown version, every fact of the table is returned (newest first),
-    so that callers try all of them.
+
+def value_for(table: Iterable[Fact[T]], version: Optional[Version]) -> Optional[T]:
+    """Return the value a table gives for a kernel version.
+
+    ``None`` when the version is unknown or no row holds for it: callers that
+    must act anyway probe in the order of :func:`candidates`.
     """
-    table = list(table)
     if version is None:
-        return sorted(table, key=lambda fact: fact.since, reverse=True)
-    return [fact for fact in table if fact.holds_for(version)]
+        return None
+    holding = [fact.value for fact in table if fact.holds_for(version)]
+    return holding[0] if holding else None
 
 
 def candidates(table: Sequence[Fact[T]], version: Optional[Version]) -> list[T]:
@@ -98,8 +93,8 @@ def candidates(table: Sequence[Fact[T]], version: Optional[Version]) -> list[T]:
     Distributions backport layout changes, so a probe should still fall back
     to the other eras' names when the expected one is missing.
     """
-    first = [fact.value for fact in facts_for(table, version)]
-    rest = [fact.value for fact in sorted(table, key=lambda f: f.since, reverse=True)]
+    rest = [fact.value for fact in _newest_first(table)]
+    first = [fact.value for fact in table if version is not None and fact.holds_for(version)]
     ordered: list[T] = []
     for value in first + rest:
         if value not in ordered:

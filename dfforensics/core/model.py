@@ -20,6 +20,11 @@ __all__ = (
     "Verdict",
     "DfClass",
     "Status",
+    "StackKind",
+    "FrameKind",
+    "RegionKind",
+    "DfSource",
+    "SweepVerdict",
     "Evidence",
     "Registers",
     "OrigAx",
@@ -81,6 +86,78 @@ class Status(str, enum.Enum):
     UNKNOWN = "unknown"
 
 
+class StackKind(str, enum.Enum):
+    """Which kind of stack memory a frame was found in."""
+
+    USER = "user"
+    KERNEL = "kernel"
+
+
+class FrameKind(str, enum.Enum):
+    """What a frame is, by its stack and whether its saved RSP points just above it."""
+
+    CPL0_USER_STACK = "cpl0-user-stack"
+    USER_STACK_INCONSISTENT = "user-stack-inconsistent"
+    KERNEL_SAME_STACK = "kernel-same-stack"
+    KERNEL_STACK_SWITCH = "kernel-stack-switch"
+
+    @classmethod
+    def of(cls, stack: StackKind, consistent: bool) -> "FrameKind":
+        if stack is StackKind.USER:
+            return cls.CPL0_USER_STACK if consistent else cls.USER_STACK_INCONSISTENT
+        return cls.KERNEL_SAME_STACK if consistent else cls.KERNEL_STACK_SWITCH
+
+
+class RegionKind(str, enum.Enum):
+    """Where a saved stack pointer lies."""
+
+    USER_STACK = "user-stack"
+    USER_THREAD_STACK = "user-thread-stack"
+    USER_ANON = "user-anon"
+    USER_FILE = "user-file"
+    #: A user address in no mapping of the task (positively: its mappings were read).
+    USER_UNMAPPED = "user-unmapped"
+    #: A user address whose mappings could not be read (or whose task is unknown).
+    USER_RANGE = "user-range"
+    KERNEL_TASK_STACK = "kernel-task-stack"
+    KERNEL_GUARD_PAGE = "kernel-guard-page"
+    IRQ_STACK = "irq-stack"
+    EXCEPTION_STACK = "exception-stack"
+    KERNEL_OTHER = "kernel-other"
+    NEAR_NULL = "near-null"
+    NON_CANONICAL = "non-canonical"
+
+    @property
+    def is_user_mapping(self) -> bool:
+        """A real mapping of the task's, where a user stack can be."""
+        return self in (RegionKind.USER_STACK, RegionKind.USER_THREAD_STACK,
+                        RegionKind.USER_ANON, RegionKind.USER_FILE)
+
+    @property
+    def is_kernel_stack(self) -> bool:
+        return self in (RegionKind.KERNEL_TASK_STACK, RegionKind.KERNEL_GUARD_PAGE,
+                        RegionKind.IRQ_STACK, RegionKind.EXCEPTION_STACK)
+
+
+class DfSource(str, enum.Enum):
+    """Where a #DF was seen."""
+
+    LOG = "log"
+    #: The state saved on the CPU's #DF stack.
+    IST_PT_REGS = "ist-pt_regs"
+    #: The crashed thread's stack trace through the #DF handler.
+    STACK_TRACE = "stack-trace"
+
+
+class SweepVerdict(str, enum.Enum):
+    """What the sweep of every user stack found."""
+
+    CPL0_FRAMES_FOUND = "cpl0-frames-found"
+    CLEAN = "clean"
+    #: Stack pages or tasks could not be read: absence of frames proves nothing.
+    INCOMPLETE = "incomplete"
+
+
 @dataclass
 class Evidence:
     """One check and its outcome. ``pass`` supports the signature."""
@@ -123,10 +200,9 @@ class Frame:
 
     #: Address of the orig_ax / error code slot (the word just below RIP).
     address: int
-    #: "user" or "kernel": which kind of stack memory it was found in.
-    stack: str
-    #: cpl0-user-stack, user-stack-inconsistent, kernel-same-stack or kernel-stack-switch.
-    kind: str
+    #: Which kind of stack memory it was found in.
+    stack: StackKind
+    kind: FrameKind
     orig_ax: OrigAx
     rip: int
     cs: int
@@ -146,20 +222,12 @@ class Frame:
     def vector(self) -> Optional[int]:
         return self.orig_ax.vector
 
-    @property
-    def proves_cpl0_delivery(self) -> bool:
-        """Whether this frame alone proves an event delivered at CPL 0 with user state."""
-        return (self.stack == "user" and self.consistent) or self.impossible_ss
-
 
 @dataclass
 class RspRegion:
     """Where a saved stack pointer lies."""
 
-    #: user-stack, user-thread-stack, user-anon, user-file, user-unmapped,
-    #: user-range, kernel-task-stack, kernel-guard-page, irq-stack,
-    #: exception-stack, kernel-other, near-null, non-canonical.
-    kind: str
+    kind: RegionKind
     detail: str
     start: Optional[int] = None
     end: Optional[int] = None
@@ -179,8 +247,8 @@ class DoubleFault:
     tid: Optional[int] = None
     comm: Optional[str] = None
     rsp_region: Optional[RspRegion] = None
-    #: Where it was seen: "log", "ist-pt_regs", "stack-trace".
-    sources: list[str] = field(default_factory=list)
+    #: Where it was seen.
+    sources: list[DfSource] = field(default_factory=list)
     header: Optional[str] = None
     #: 1-based line in the log where its report starts.
     log_line: Optional[int] = None
@@ -237,8 +305,7 @@ class SweptStack:
 class SweepResult:
     """Frames pushed at CPL 0 on the user stacks of every task."""
 
-    #: cpl0-frames-found, clean or incomplete.
-    verdict: str
+    verdict: SweepVerdict
     summary: str = ""
     tasks_scanned: int = 0
     tasks_unreadable: int = 0

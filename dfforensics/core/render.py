@@ -10,7 +10,7 @@ reports. Pure: no drgn.
 import functools
 from typing import Callable, Final, Optional, Sequence
 
-from dfforensics.core import x86
+from dfforensics.core import signature, x86
 from dfforensics.core.model import DoubleFault, Frame, Report, Status, to_json_dict
 
 __all__ = ("FORMATS", "render", "render_many")
@@ -36,8 +36,7 @@ def _register_rows(df: DoubleFault) -> list[list[str]]:
         ["RSP", _hex(regs.rsp), df.rsp_region.detail if df.rsp_region else ""],
         ["SS", _selector(regs.ss), ""],
         ["CR2", _hex(regs.cr2),
-         "= first push slot below RSP" if regs.cr2 is not None and regs.rsp is not None
-         and regs.cr2 == x86.first_push_slot(regs.rsp) else ""],
+         "= first push slot below RSP" if signature.cr2_at_first_push_slot(regs.cr2, regs.rsp) else ""],
         ["error code", _hex(regs.error_code, 1), ""],
     ]
     return rows
@@ -47,7 +46,7 @@ def _frame_rows(frames: Sequence[Frame]) -> list[list[str]]:
     return [
         [
             f"{frame.address:016x}",
-            frame.kind,
+            frame.kind.value,
             "-" if frame.vector is None else f"{frame.vector:#04x}",
             f"{frame.rip:016x}" + (f" {frame.rip_symbol}" if frame.rip_symbol else ""),
             f"{frame.cs:#04x}",
@@ -75,7 +74,7 @@ def _df_title(df: DoubleFault, index: int) -> str:
     return (f"Double fault #{index}{where}: {df.verdict.value}"
             + (f" / {df.df_class.value}" if df.df_class else "")
             + (f" — {', '.join(who)}" if who else "")
-            + (f" [sources: {', '.join(df.sources)}]" if df.sources else ""))
+            + (f" [sources: {', '.join(source.value for source in df.sources)}]" if df.sources else ""))
 
 
 def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
@@ -114,7 +113,7 @@ def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
         sections.append((_df_title(df, index), body))
     if report.sweep is not None:
         sweep = report.sweep
-        body = (f"{sweep.verdict}: {sweep.summary}\n"
+        body = (f"{sweep.verdict.value}: {sweep.summary}\n"
                 f"tasks scanned {sweep.tasks_scanned}, unreadable {sweep.tasks_unreadable}; "
                 f"stack pages read {sweep.pages_present}, missing {sweep.pages_missing}\n")
         rows = [[s.pid, s.tid, s.comm, s.mapping, f"{s.start:x}-{s.end:x}", s.pages_present,

@@ -1,12 +1,13 @@
 """
-Verdict rules
--------------
+Verdict rules: the one judge
+----------------------------
 
-Evidence in, verdict out. Every rule that decides whether a double fault is
-the hypervisor's CPL corruption lives here, for console logs and dumps alike.
+Observations in, verdicts out. Every piece of evidence, every verdict,
+``df_class``, summary and headline is made here, for console logs, dumps and
+the sweep alike; the readers only observe (:mod:`dfforensics.core.observation`).
 Pure: no drgn.
 
-The signature is proven by any one of:
+The signature is proven by any one of three proofs, each a function below:
 
 (i) a self-consistent frame pushed without a stack switch onto a user stack;
 (ii) the #DF's saved state is user code (CS RPL 3) on a user stack, and CR2 is
@@ -15,59 +16,35 @@ The signature is proven by any one of:
 (iii) state saved with an SS that a healthy kernel never has with that CS
      (kernel CS with anything but SS 0/0x18; user CS with SS RPL 0).
 
-A console log can show these marks but never prove them: from a log the best
+Then the first rule of :data:`_PROVEN_RULES` (when a proof holds) or of
+:data:`_UNPROVEN_RULES` (when none does) that applies gives the verdict. A
+console log can show the marks but never prove them: from a log the best
 verdict is ``possible``.
 """
 
 from dataclasses import dataclass, field
-from typing import Final, Optional, Sequence
+from typing import Callable, Final, Optional, Sequence
 
-from dfforensics.core import kernel_facts, x86
-from dfforensics.core.model import DfClass, DoubleFault, Evidence, Frame, Registers, RspRegion, Status, Verdict
+from dfforensics.core import kernel_facts, signature, x86
+from dfforensics.core.kernel_facts import Version
+from dfforensics.core.model import (
+    DfClass, DoubleFault, Evidence, FrameKind, RegionKind, Status, SweepResult, SweepVerdict, Verdict,
+)
+from dfforensics.core.observation import Medium, Observation, Residency, SweepObservation
 
-__all__ = ("Observation", "Decision", "decide", "decide_no_double_fault", "explain", "strongest")
+__all__ = (
+    "Decision",
+    "decide",
+    "decide_no_double_fault",
+    "decide_report",
+    "judge_sweep",
+    "explain",
+    "strongest",
+)
 
 # Kernel pointers in a register dump whose low 32 bits lie this close to a
 # small RSP betray a kernel stack pointer truncated to 32 bits.
 _TRUNCATION_WINDOW: Final = 0x10000
-# RSP region kinds that are kernel stacks (from the dump layer).
-_KERNEL_STACK_REGIONS: Final = frozenset(
-    {"kernel-task-stack", "kernel-guard-page", "irq-stack", "exception-stack"}
-)
-_USER_MAPPED_REGIONS: Final = frozenset(
-    {"user-stack", "user-thread-stack", "user-anon", "user-file"}
-)
-
-
-@dataclass
-class Observation:
-    """What is known about one #DF, from a log or from memory."""
-
-    #: "log" or "memory".
-    source: str
-    regs: Registers
-    arch_bits: int = 64
-    release: Optional[str] = None
-    #: "guest", "bare-metal" or "unknown".
-    environment: str = "unknown"
-    hypervisor: Optional[str] = None
-    #: The log or the stack trace names a stack overflow (guard page hit).
-    guard_page_hit: bool = False
-    #: Kernel addresses of the task (task struct, thread_info, stack) from the
-    #: log or dump; used to recognise truncated and old-layout kernel pointers.
-    kernel_pointers: Sequence[int] = ()
-    #: Memory only: where the saved RSP lies among the task's mappings.
-    rsp_region: Optional[RspRegion] = None
-    #: Frames found on stacks (user stacks, and kernel stacks for rule iii).
-    frames: Sequence[Frame] = ()
-    #: Memory only: whether the user stack could be read (None: not tried).
-    user_stack_read: Optional[bool] = None
-    #: Why the user stack could not be read, when it could not.
-    user_stack_problem: Optional[str] = None
-    #: The #DF happened inside a firmware call (the log said so).
-    firmware_context: Optional[str] = None
-    #: The dump's level excluded user pages (makedumpfile -d with bit 8).
-    user_pages_excluded: bool = False
 
 
 @dataclass
@@ -78,16 +55,40 @@ class Decision:
     evidence: list[Evidence] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Ruling:
+    """What a rule decided, with the checks that only that rule makes."""
+
+    verdict: Verdict
+    df_class: Optional[DfClass]
+    summary: str
+    evidence: tuple[Evidence, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Proofs:
+    """The outcome of the three proofs, as evidence."""
+
+    frames_on_user_stack: Evidence
+    cr2_at_first_push_slot: Evidence
+    impossible_ss: Evidence
+
+    @property
+    def any_passed(self) -> bool:
+        return Status.PASS in (self.frames_on_user_stack.status, self.cr2_at_first_push_slot.status,
+                               self.impossible_ss.status)
+
+
 def _hex(value: Optional[int]) -> str:
     return "?" if value is None else f"{value:#x}"
 
 
-def _in_syscall_window(symbol: Optional[str], release: Optional[str]) -> bool:
+def _in_syscall_window(symbol: Optional[str]) -> bool:
     if not symbol:
         return False
     name = symbol.split("+", 1)[0].strip()
-    version = kernel_facts.parse_release(release) if release else None
-    windows = kernel_facts.candidates(kernel_facts.SYSCALL_ENTRY_WINDOW, version)
+    # Every era's names: distributions backport entry-code renames.
+    windows = kernel_facts.candidates(kernel_facts.SYSCALL_ENTRY_WINDOW, None)
     return any(name in window for window in windows) or name in kernel_facts.I386_SYSCALL_ENTRY
 
 
@@ -105,247 +106,450 @@ def _old_direct_map(rsp: int, obs: Observation) -> bool:
     low, high = kernel_facts.X86_64_EARLY_DIRECT_MAP
     if not low <= rsp < high:
         return False
-    version = kernel_facts.parse_release(obs.release) if obs.release else None
-    if version is not None:
-        return version < kernel_facts.X86_64_EARLY_LAYOUT_UNTIL
+    if obs.version is not None:
+        return obs.version < kernel_facts.X86_64_EARLY_LAYOUT_UNTIL
     return any(low <= pointer < high for pointer in obs.kernel_pointers)
 
 
-def _check(evidence: list[Evidence], check: str, status: Status, detail: str) -> Status:
-    evidence.append(Evidence(check, status, detail))
-    return status
+# --- checks every #DF gets ---------------------------------------------------
+
+def _double_fault_present(obs: Observation) -> Evidence:
+    return Evidence("double-fault-present", Status.PASS, f"#DF seen in the {obs.medium.value}")
 
 
-def decide_no_double_fault(source: str, what: str) -> Decision:
-    """The decision for an input without any #DF."""
-    detail = f"no double fault in the {source}" + (f"; it shows {what}" if what else "")
-    return Decision(
-        Verdict.NO_DOUBLE_FAULT,
-        None,
-        detail,
-        [Evidence("double-fault-present", Status.FAIL, detail)],
-    )
+def _running_under_hypervisor(obs: Observation) -> Evidence:
+    if obs.environment == "guest":
+        return Evidence("running-under-hypervisor", Status.PASS,
+                        f"the guest saw a hypervisor ({obs.hypervisor or 'unnamed'})")
+    if obs.environment == "bare-metal":
+        return Evidence("running-under-hypervisor", Status.FAIL,
+                        f"bare metal ({obs.hypervisor or 'no hypervisor named'}): "
+                        "a hypervisor cannot be the cause")
+    return Evidence("running-under-hypervisor", Status.UNKNOWN,
+                    "the input does not say whether this ran under a hypervisor")
 
 
-def _decide_i386(obs: Observation, evidence: list[Evidence]) -> Decision:
+def _rsp_is_user_address(obs: Observation) -> Evidence:
+    rsp = obs.regs.rsp
+    if rsp is None:
+        return Evidence("rsp-is-user-address", Status.UNKNOWN, "the saved RSP is not known")
+    user = x86.is_plausible_user_pointer(rsp)
+    return Evidence("rsp-is-user-address", Status.PASS if user else Status.FAIL,
+                    f"RSP {rsp:#x} is " + ("a user-space address" if user else
+                                           "not a mappable user-space address"))
+
+
+def _rsp_in_user_mapping(obs: Observation) -> Optional[Evidence]:
+    if obs.rsp_region is None:
+        return None
+    return Evidence("rsp-in-user-mapping",
+                    Status.PASS if obs.rsp_region.kind.is_user_mapping else Status.FAIL,
+                    obs.rsp_region.detail)
+
+
+def _push_slot_page_not_present(obs: Observation) -> Optional[Evidence]:
+    """Whether the page of the CPU's first push slot below a user RSP was present."""
+    slot = obs.push_slot
+    if slot is None:
+        return None
+    if slot.residency is Residency.UNREADABLE:
+        return Evidence("push-slot-page-not-present", Status.UNKNOWN,
+                        f"the page tables (or the task) that say whether {slot.address:#x} is "
+                        "mapped cannot be read from the dump")
+    if slot.residency is Residency.NOT_RESIDENT:
+        return Evidence("push-slot-page-not-present", Status.PASS,
+                        f"the page of the first push slot {slot.address:#x} is not present in the "
+                        "task's page tables: a push there faults, as the #DF's did")
+    return Evidence("push-slot-page-not-present", Status.FAIL,
+                    f"the page of the first push slot {slot.address:#x} is present: a push there "
+                    "would not have faulted (unless it was mapped after the #DF)")
+
+
+def _cr2_source(obs: Observation) -> Optional[Evidence]:
+    if not obs.cr2_source:
+        return None
+    return Evidence("cr2-source", Status.PASS if obs.regs.cr2 is not None else Status.UNKNOWN,
+                    f"CR2 from {obs.cr2_source}")
+
+
+# --- the three proofs ----------------------------------------------------------
+
+def _proof_frames_on_user_stack(obs: Observation) -> Evidence:
+    """(i) CPU-pushed frames on a user stack."""
+    check = "cpl0-frames-on-user-stack"
+    user_frames = [f for f in obs.frames if f.kind is FrameKind.CPL0_USER_STACK]
+    if user_frames:
+        return Evidence(check, Status.PASS,
+                        f"{len(user_frames)} self-consistent frame(s) pushed without a stack "
+                        f"switch onto a user stack, first at {user_frames[0].address:#x}")
+    if obs.user_stack_read:
+        return Evidence(check, Status.FAIL, "the user stack was read and holds no self-consistent frame")
+    return Evidence(check, Status.UNKNOWN, obs.user_stack_problem or "no user stack memory in the input")
+
+
+def _proof_cr2_at_first_push_slot(obs: Observation) -> Evidence:
+    """(ii) user state with CR2 at the first push slot."""
+    check = "cr2-at-first-push-slot"
+    cs, rsp, cr2 = obs.regs.cs, obs.regs.rsp, obs.regs.cr2
+    if cs is None or rsp is None:
+        return Evidence(check, Status.UNKNOWN, "the saved CS or RSP is not known")
+    if x86.rpl(cs) != 3:
+        return Evidence(check, Status.FAIL, f"the #DF interrupted kernel code (CS {cs:#x}), not user code")
+    if cr2 is None:
+        return Evidence(check, Status.UNKNOWN, f"user CS {cs:#x} but CR2 is not known")
+    if signature.cr2_at_first_push_slot(cr2, rsp) and x86.is_plausible_user_pointer(rsp):
+        return Evidence(check, Status.PASS,
+                        f"user CS {cs:#x}, RSP {rsp:#x} and CR2 {cr2:#x} = (RSP & ~0xf) - 8: "
+                        "the CPU's own push onto the user stack faulted")
+    return Evidence(check, Status.FAIL, f"CR2 {cr2:#x} is not the first push slot "
+                                        f"{x86.first_push_slot(rsp):#x} below RSP {rsp:#x}")
+
+
+def _proof_impossible_ss(obs: Observation) -> Evidence:
+    """(iii) impossible SS, in the #DF's own state or in frames found."""
+    check = "impossible-ss"
+    cs, ss = obs.regs.cs, obs.regs.ss
+    if signature.impossible_ss(cs, ss):
+        return Evidence(check, Status.PASS,
+                        f"CS {cs:#x} saved with SS {ss:#x} ({x86.selector_name(ss)}): a healthy "
+                        "kernel never has that pair, so an event was delivered at CPL 0 with "
+                        "user segment state")
+    ss_frames = [f for f in obs.frames if f.impossible_ss]
+    if ss_frames:
+        return Evidence(check, Status.PASS,
+                        f"{len(ss_frames)} frame(s) saved CS {ss_frames[0].cs:#x} with SS "
+                        f"{ss_frames[0].ss:#x}, first at {ss_frames[0].address:#x}")
+    if cs is None or ss is None:
+        return Evidence(check, Status.UNKNOWN, "the saved CS or SS is not known")
+    return Evidence(check, Status.FAIL, f"CS {cs:#x} with SS {ss:#x} is a healthy pair")
+
+
+# --- rules when a proof holds, in order ------------------------------------------
+
+_Rule = Callable[[Observation, _Proofs], Optional[_Ruling]]
+
+
+def _proven_on_bare_metal(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    if obs.environment != "bare-metal":
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.BARE_METAL,
+                   "the CPU delivered events at CPL 0 with user state, but on bare metal: no "
+                   "hypervisor can have corrupted CPL")
+
+
+def _proof_pages_excluded(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    if not obs.user_pages_excluded:
+        return None
+    return _Ruling(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
+                   "the marks of the CPL-corruption signature, but the dump left out the user "
+                   "pages that would prove it (take dumps with a level without bit 8)",
+                   (Evidence("user-pages-in-dump", Status.UNKNOWN,
+                             "the dump level excluded user pages (makedumpfile -d with bit 8): the "
+                             "user stack, where the proof lives, was not captured"),))
+
+
+def _proof_from_a_log(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    if obs.medium is not Medium.LOG:
+        return None
+    return _Ruling(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
+                   "the log shows the marks of the CPL-corruption signature (events delivered at "
+                   "CPL 0 with user state); a dump can prove it",
+                   (Evidence("proof-from-memory", Status.UNKNOWN,
+                             "a console log shows the marks but cannot prove them; the dump can"),))
+
+
+def _proven_from_memory(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    return _Ruling(Verdict.MATCH, DfClass.CPL_CORRUPTION,
+                   "proven from guest memory: the CPU delivered events at CPL 0 with user state, "
+                   "the CPL-corruption signature")
+
+
+_PROVEN_RULES: Final[Sequence[_Rule]] = (
+    _proven_on_bare_metal,
+    _proof_pages_excluded,
+    _proof_from_a_log,
+    _proven_from_memory,
+)
+
+
+# --- rules when no proof holds, in order -------------------------------------------
+
+def _syscall_entry_window(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    symbol = obs.regs.rip_symbol
+    if not _in_syscall_window(symbol):
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.SYSCALL_ENTRY_WINDOW,
+                   f"#DF at {symbol}, inside the SYSCALL entry/exit window where RSP is the user's "
+                   "by design: a per-CPU/GS or entry-code problem",
+                   (Evidence("outside-syscall-entry-window", Status.FAIL,
+                             f"RIP {symbol} runs on the user RSP by design"),))
+
+
+def _registers_unknown(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    if obs.regs.rsp is not None:
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.OTHER,
+                   "a #DF whose saved registers are not known: no mark of the signature")
+
+
+def _wild_address(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    rsp = obs.regs.rsp
+    if x86.is_canonical(rsp) and rsp >= x86.MMAP_MIN_ADDR:
+        return None
+    what = "non-canonical" if not x86.is_canonical(rsp) else "below mmap_min_addr"
+    return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
+                   f"RSP {rsp:#x} is {what}: kernel code ran on a wild stack pointer")
+
+
+def _misaligned_kernel_rsp(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    rsp = obs.regs.rsp
+    if obs.regs.cs != x86.KERNEL_CS or not rsp % 8:
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
+                   f"kernel code with RSP {rsp:#x}, not 8-byte aligned: the kernel never runs on "
+                   "such a stack pointer, it is garbage")
+
+
+def _user_rsp_in_old_direct_map(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    rsp = obs.regs.rsp
+    if not x86.is_user_address(rsp) or not _old_direct_map(rsp, obs):
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.KERNEL_ADDRESS_SPACE,
+                   f"RSP {rsp:#x} is in the direct map of x86_64 kernels before 2.6.11 "
+                   "(PAGE_OFFSET 0x10000000000), a kernel stack")
+
+
+def _user_rsp_truncated_kernel_pointer(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    rsp = obs.regs.rsp
+    truncated = _truncated_kernel_pointer(rsp, obs.kernel_pointers) if x86.is_user_address(rsp) else None
+    if truncated is None:
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
+                   f"RSP {rsp:#x} is the kernel address {truncated:#x} cut to 32 bits: kernel code "
+                   "loaded a truncated stack pointer")
+
+
+def _user_rsp_unmapped(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    # Only a positive "no mapping" makes it wild; unreadable mappings do not.
+    rsp = obs.regs.rsp
+    if not x86.is_user_address(rsp) or obs.rsp_region is None \
+            or obs.rsp_region.kind is not RegionKind.USER_UNMAPPED:
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
+                   f"RSP {rsp:#x} lies in no mapping of the task: a wild stack pointer, not a user stack")
+
+
+def _user_mode_fault_off_stack(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    cs = obs.regs.cs
+    if not x86.is_user_address(obs.regs.rsp) or cs is None or x86.rpl(cs) != 3 \
+            or proofs.cr2_at_first_push_slot.status is not Status.FAIL:
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.OTHER,
+                   "a #DF from user mode whose fault address is not on the user stack: the switch "
+                   "to the kernel stack failed (TSS/RSP0 problem)")
+
+
+def _user_rsp_on_bare_metal(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    rsp = obs.regs.rsp
+    if not x86.is_user_address(rsp) or obs.environment != "bare-metal":
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.BARE_METAL,
+                   f"user RSP {rsp:#x} at a #DF, but on bare metal: no hypervisor can have "
+                   "corrupted CPL")
+
+
+def _user_rsp_unproven(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    rsp = obs.regs.rsp
+    if not x86.is_user_address(rsp):
+        return None
+    reason = ("from a console log" if obs.medium is Medium.LOG
+              else obs.user_stack_problem or "no frame proves it")
+    return _Ruling(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
+                   f"a #DF with the user RSP {rsp:#x} ({reason}): the mark of the signature, not "
+                   "its proof")
+
+
+def _kernel_stack_overflow_reason(obs: Observation) -> Optional[str]:
+    rsp, cr2 = obs.regs.rsp, obs.regs.cr2
+    if obs.guard_page_hit:
+        return "the kernel reported a stack guard page hit"
+    if obs.rsp_region is not None and obs.rsp_region.kind.is_kernel_stack:
+        return obs.rsp_region.detail
+    if cr2 is not None and x86.first_push_slot(rsp) - 0x100 <= cr2 <= x86.first_push_slot(rsp):
+        return f"CR2 {cr2:#x} is just below the kernel RSP {rsp:#x}: a push ran off the stack"
+    if rsp % 0x1000 == 0 and cr2 is not None and rsp - 0x1000 <= cr2 < rsp:
+        return f"RSP {rsp:#x} sits on a page boundary and CR2 {cr2:#x} in the page below"
+    return None
+
+
+def _kernel_stack_overflow(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    reason = _kernel_stack_overflow_reason(obs)
+    if reason is None:
+        return None
+    return _Ruling(Verdict.NO_MATCH, DfClass.KERNEL_STACK_OVERFLOW, f"a kernel stack overflow: {reason}",
+                   (Evidence("not-a-kernel-stack-overflow", Status.FAIL, reason),))
+
+
+def _healthy_kernel_stack(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
+    return _Ruling(Verdict.NO_MATCH, DfClass.OTHER,
+                   f"a #DF on the kernel stack {obs.regs.rsp:#x} with healthy segment state: no "
+                   "mark of the signature")
+
+
+_UNPROVEN_RULES: Final[Sequence[_Rule]] = (
+    _syscall_entry_window,
+    _registers_unknown,
+    _wild_address,
+    _misaligned_kernel_rsp,
+    _user_rsp_in_old_direct_map,
+    _user_rsp_truncated_kernel_pointer,
+    _user_rsp_unmapped,
+    _user_mode_fault_off_stack,
+    _user_rsp_on_bare_metal,
+    _user_rsp_unproven,
+    _kernel_stack_overflow,
+    _healthy_kernel_stack,
+)
+
+
+# --- 32-bit kernels ----------------------------------------------------------------
+
+def _decide_i386(obs: Observation) -> _Ruling:
     regs = obs.regs
     esp = regs.rsp
     if obs.firmware_context:
-        return Decision(Verdict.NO_MATCH, DfClass.OTHER,
-                        f"32-bit #DF inside a firmware call ({obs.firmware_context}): its ESP "
-                        f"{_hex(esp)} is an offset in a BIOS stack segment", evidence)
-    if _in_syscall_window(regs.rip_symbol, obs.release):
-        return Decision(Verdict.NO_MATCH, DfClass.SYSCALL_ENTRY_WINDOW,
-                        f"32-bit #DF at {regs.rip_symbol}, on the stack SYSENTER/SYSCALL named "
-                        f"(ESP {_hex(esp)}): an entry-path problem, not the hypervisor's CPL",
-                        evidence)
+        return _Ruling(Verdict.NO_MATCH, DfClass.OTHER,
+                       f"32-bit #DF inside a firmware call ({obs.firmware_context}): its ESP "
+                       f"{_hex(esp)} is an offset in a BIOS stack segment")
+    if _in_syscall_window(regs.rip_symbol):
+        return _Ruling(Verdict.NO_MATCH, DfClass.SYSCALL_ENTRY_WINDOW,
+                       f"32-bit #DF at {regs.rip_symbol}, on the stack SYSENTER/SYSCALL named "
+                       f"(ESP {_hex(esp)}): an entry-path problem, not the hypervisor's CPL")
     if esp is not None and esp < x86.MMAP_MIN_ADDR:
-        return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
-                        f"32-bit kernel with ESP {_hex(esp)}: no stack at all", evidence)
+        return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
+                       f"32-bit kernel with ESP {_hex(esp)}: no stack at all")
     if esp is not None and esp >= kernel_facts.I386_PAGE_OFFSET:
-        return Decision(Verdict.NO_MATCH, DfClass.KERNEL_ADDRESS_SPACE,
-                        f"32-bit kernel: ESP {_hex(esp)} is a kernel address (at or above "
-                        f"PAGE_OFFSET {kernel_facts.I386_PAGE_OFFSET:#x}), not a user stack",
-                        evidence)
+        return _Ruling(Verdict.NO_MATCH, DfClass.KERNEL_ADDRESS_SPACE,
+                       f"32-bit kernel: ESP {_hex(esp)} is a kernel address (at or above "
+                       f"PAGE_OFFSET {kernel_facts.I386_PAGE_OFFSET:#x}), not a user stack")
     kernel_eip = regs.rip is not None and regs.rip >= kernel_facts.I386_PAGE_OFFSET
-    if esp is not None and (kernel_eip or regs.rip_symbol):
-        # The same hypervisor bug (CPL taken from SS.DPL) leaves a 32-bit guest
-        # running kernel code on a user stack.
-        _check(evidence, "rsp-is-user-address", Status.PASS,
-               f"kernel EIP with ESP {esp:#x}, below PAGE_OFFSET: a user-range stack")
-        if obs.environment == "bare-metal":
-            return Decision(Verdict.NO_MATCH, DfClass.BARE_METAL,
-                            f"32-bit kernel code on the user-range ESP {esp:#x}, but on bare "
-                            "metal: no hypervisor can have corrupted CPL", evidence)
-        return Decision(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
-                        f"32-bit kernel code on the user-range ESP {esp:#x}: the mark of the "
-                        "signature, not its proof", evidence)
-    return Decision(Verdict.NO_MATCH, DfClass.OTHER,
-                    f"32-bit kernel with ESP {_hex(esp)} and no kernel EIP: no mark of the "
-                    "signature", evidence)
+    if esp is None or not (kernel_eip or regs.rip_symbol):
+        return _Ruling(Verdict.NO_MATCH, DfClass.OTHER,
+                       f"32-bit kernel with ESP {_hex(esp)} and no kernel EIP: no mark of the signature")
+    # The same hypervisor bug (CPL taken from SS.DPL) leaves a 32-bit guest
+    # running kernel code on a user stack.
+    user_range = (Evidence("rsp-is-user-address", Status.PASS,
+                           f"kernel EIP with ESP {esp:#x}, below PAGE_OFFSET: a user-range stack"),)
+    if obs.environment == "bare-metal":
+        return _Ruling(Verdict.NO_MATCH, DfClass.BARE_METAL,
+                       f"32-bit kernel code on the user-range ESP {esp:#x}, but on bare metal: no "
+                       "hypervisor can have corrupted CPL", user_range)
+    return _Ruling(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
+                   f"32-bit kernel code on the user-range ESP {esp:#x}: the mark of the signature, "
+                   "not its proof", user_range)
+
+
+# --- the decisions -------------------------------------------------------------------
+
+def _first_ruling(rules: Sequence[_Rule], obs: Observation, proofs: _Proofs) -> _Ruling:
+    for rule in rules:
+        ruling = rule(obs, proofs)
+        if ruling is not None:
+            return ruling
+    raise AssertionError("the last rule of every table always rules")
 
 
 def decide(obs: Observation) -> Decision:
     """Weigh the evidence about one #DF and return the verdict with its reasons."""
-    regs = obs.regs
-    evidence: list[Evidence] = []
-    _check(evidence, "double-fault-present", Status.PASS, f"#DF seen in the {obs.source}")
-    env_status = {"guest": Status.PASS, "bare-metal": Status.FAIL}.get(obs.environment, Status.UNKNOWN)
-    _check(evidence, "running-under-hypervisor", env_status,
-           {"guest": f"the guest saw a hypervisor ({obs.hypervisor or 'unnamed'})",
-            "bare-metal": f"bare metal ({obs.hypervisor or 'no hypervisor named'}): "
-                          "a hypervisor cannot be the cause"}.get(
-               obs.environment, "the input does not say whether this ran under a hypervisor"))
-
+    evidence = [_double_fault_present(obs), _running_under_hypervisor(obs)]
     if obs.arch_bits == 32:
-        _check(evidence, "64-bit-kernel", Status.FAIL, "a 32-bit (i386) kernel")
-        return _decide_i386(obs, evidence)
-
-    rsp, cs, ss, cr2 = regs.rsp, regs.cs, regs.ss, regs.cr2
-
-    # (i) CPU-pushed frames on a user stack.
-    user_frames = [f for f in obs.frames if f.stack == "user" and f.consistent]
-    if user_frames:
-        status_i = _check(evidence, "cpl0-frames-on-user-stack", Status.PASS,
-                          f"{len(user_frames)} self-consistent frame(s) pushed without a stack "
-                          f"switch onto a user stack, first at {user_frames[0].address:#x}")
-    elif obs.user_stack_read:
-        status_i = _check(evidence, "cpl0-frames-on-user-stack", Status.FAIL,
-                          "the user stack was read and holds no self-consistent frame")
+        evidence.append(Evidence("64-bit-kernel", Status.FAIL, "a 32-bit (i386) kernel"))
+        ruling = _decide_i386(obs)
     else:
-        status_i = _check(evidence, "cpl0-frames-on-user-stack", Status.UNKNOWN,
-                          obs.user_stack_problem or "no user stack memory in the input")
+        proofs = _Proofs(_proof_frames_on_user_stack(obs), _proof_cr2_at_first_push_slot(obs),
+                         _proof_impossible_ss(obs))
+        evidence += [proofs.frames_on_user_stack, proofs.cr2_at_first_push_slot, proofs.impossible_ss,
+                     _rsp_is_user_address(obs)]
+        evidence += filter(None, [_rsp_in_user_mapping(obs)])
+        ruling = _first_ruling(_PROVEN_RULES if proofs.any_passed else _UNPROVEN_RULES, obs, proofs)
+    evidence += ruling.evidence
+    # What memory showed besides the proofs: reported, never deciding.
+    evidence += filter(None, [_push_slot_page_not_present(obs), _cr2_source(obs)])
+    return Decision(ruling.verdict, ruling.df_class, ruling.summary, evidence)
 
-    # (ii) user state with CR2 at the first push slot.
-    if cs is None or rsp is None:
-        status_ii = _check(evidence, "cr2-at-first-push-slot", Status.UNKNOWN,
-                           "the saved CS or RSP is not known")
-    elif x86.rpl(cs) != 3:
-        status_ii = _check(evidence, "cr2-at-first-push-slot", Status.FAIL,
-                           f"the #DF interrupted kernel code (CS {cs:#x}), not user code")
-    elif cr2 is None:
-        status_ii = _check(evidence, "cr2-at-first-push-slot", Status.UNKNOWN,
-                           f"user CS {cs:#x} but CR2 is not known")
-    elif cr2 == x86.first_push_slot(rsp) and x86.is_plausible_user_pointer(rsp):
-        status_ii = _check(evidence, "cr2-at-first-push-slot", Status.PASS,
-                           f"user CS {cs:#x}, RSP {rsp:#x} and CR2 {cr2:#x} = (RSP & ~0xf) - 8: "
-                           "the CPU's own push onto the user stack faulted")
+
+def decide_no_double_fault(medium: Medium, what: str) -> Decision:
+    """The decision for an input without any #DF (``what``: the crash it shows instead)."""
+    source = "dump" if medium is Medium.MEMORY else "log"
+    detail = f"no double fault in the {source}" + (f"; it shows {what}" if what else "")
+    return Decision(Verdict.NO_DOUBLE_FAULT, None, detail,
+                    [Evidence("double-fault-present", Status.FAIL, detail)])
+
+
+def judge_sweep(obs: SweepObservation) -> SweepResult:
+    """The sweep's verdict: frames found, clean, or incomplete (never clean when
+    something that could hold frames was not read)."""
+    pages_present = sum(stack.pages_present for stack in obs.stacks)
+    pages_missing = sum(stack.pages_missing for stack in obs.stacks)
+    if obs.frames:
+        tasks = {(frame.pid, frame.tid) for frame in obs.frames}
+        verdict = SweepVerdict.CPL0_FRAMES_FOUND
+        summary = (f"{len(obs.frames)} CPU-pushed frame(s) on the user stacks of {len(tasks)} "
+                   "task(s) prove CPL-0 event delivery")
+    elif pages_missing or obs.tasks_unreadable:
+        verdict = SweepVerdict.INCOMPLETE
+        summary = (f"no frame found, but {pages_missing} resident user stack page(s) were not in "
+                   f"the dump and {obs.tasks_unreadable} task(s) could not be read")
     else:
-        status_ii = _check(evidence, "cr2-at-first-push-slot", Status.FAIL,
-                           f"CR2 {cr2:#x} is not the first push slot "
-                           f"{x86.first_push_slot(rsp):#x} below RSP {rsp:#x}")
-
-    # (iii) impossible SS, in the #DF's own state or in frames found.
-    ss_frames = [f for f in obs.frames if f.impossible_ss]
-    regs_impossible = (
-        cs is not None and ss is not None
-        and ((cs == x86.KERNEL_CS and ss not in x86.HEALTHY_KERNEL_SS)
-             or (x86.rpl(cs) == 3 and x86.rpl(ss) != 3))
-    )
-    if regs_impossible:
-        status_iii = _check(evidence, "impossible-ss", Status.PASS,
-                            f"CS {cs:#x} saved with SS {ss:#x} ({x86.selector_name(ss)}): a healthy "
-                            "kernel never has that pair, so an event was delivered at CPL 0 with "
-                            "user segment state")
-    elif ss_frames:
-        status_iii = _check(evidence, "impossible-ss", Status.PASS,
-                            f"{len(ss_frames)} frame(s) saved CS {ss_frames[0].cs:#x} with SS "
-                            f"{ss_frames[0].ss:#x}, first at {ss_frames[0].address:#x}")
-    elif cs is None or ss is None:
-        status_iii = _check(evidence, "impossible-ss", Status.UNKNOWN, "the saved CS or SS is not known")
-    else:
-        status_iii = _check(evidence, "impossible-ss", Status.FAIL,
-                            f"CS {cs:#x} with SS {ss:#x} is a healthy pair")
-
-    user_rsp = rsp is not None and x86.is_plausible_user_pointer(rsp)
-    if rsp is None:
-        _check(evidence, "rsp-is-user-address", Status.UNKNOWN, "the saved RSP is not known")
-    else:
-        _check(evidence, "rsp-is-user-address", Status.PASS if user_rsp else Status.FAIL,
-               f"RSP {rsp:#x} is " + ("a user-space address" if user_rsp else
-                                      "not a mappable user-space address"))
-    if obs.rsp_region is not None:
-        mapped = obs.rsp_region.kind in _USER_MAPPED_REGIONS
-        _check(evidence, "rsp-in-user-mapping", Status.PASS if mapped else Status.FAIL,
-               obs.rsp_region.detail)
-
-    proven = Status.PASS in (status_i, status_ii, status_iii)
-    if proven:
-        if obs.environment == "bare-metal":
-            return Decision(Verdict.NO_MATCH, DfClass.BARE_METAL,
-                            "the CPU delivered events at CPL 0 with user state, but on bare "
-                            "metal: no hypervisor can have corrupted CPL", evidence)
-        if obs.user_pages_excluded:
-            _check(evidence, "user-pages-in-dump", Status.UNKNOWN,
-                   "the dump level excluded user pages (makedumpfile -d with bit 8): the user "
-                   "stack, where the proof lives, was not captured")
-            return Decision(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
-                            "the marks of the CPL-corruption signature, but the dump left out the "
-                            "user pages that would prove it (take dumps with a level without bit 8)",
-                            evidence)
-        if obs.source == "log":
-            _check(evidence, "proof-from-memory", Status.UNKNOWN,
-                   "a console log shows the marks but cannot prove them; the dump can")
-            return Decision(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
-                            "the log shows the marks of the CPL-corruption signature "
-                            "(events delivered at CPL 0 with user state); a dump can prove it",
-                            evidence)
-        return Decision(Verdict.MATCH, DfClass.CPL_CORRUPTION,
-                        "proven from guest memory: the CPU delivered events at CPL 0 with user "
-                        "state, the CPL-corruption signature", evidence)
-
-    if _in_syscall_window(regs.rip_symbol, obs.release):
-        _check(evidence, "outside-syscall-entry-window", Status.FAIL,
-               f"RIP {regs.rip_symbol} runs on the user RSP by design")
-        return Decision(Verdict.NO_MATCH, DfClass.SYSCALL_ENTRY_WINDOW,
-                        f"#DF at {regs.rip_symbol}, inside the SYSCALL entry/exit window where RSP "
-                        "is the user's by design: a per-CPU/GS or entry-code problem", evidence)
-
-    if rsp is None:
-        return Decision(Verdict.NO_MATCH, DfClass.OTHER,
-                        "a #DF whose saved registers are not known: no mark of the signature",
-                        evidence)
-
-    if not x86.is_canonical(rsp) or rsp < x86.MMAP_MIN_ADDR:
-        return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
-                        f"RSP {rsp:#x} is " + ("non-canonical" if not x86.is_canonical(rsp)
-                                               else "below mmap_min_addr") +
-                        ": kernel code ran on a wild stack pointer", evidence)
-
-    if cs == x86.KERNEL_CS and rsp % 8:
-        return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
-                        f"kernel code with RSP {rsp:#x}, not 8-byte aligned: the kernel never "
-                        "runs on such a stack pointer, it is garbage", evidence)
-
-    if x86.is_user_address(rsp):
-        if _old_direct_map(rsp, obs):
-            return Decision(Verdict.NO_MATCH, DfClass.KERNEL_ADDRESS_SPACE,
-                            f"RSP {rsp:#x} is in the direct map of x86_64 kernels before 2.6.11 "
-                            "(PAGE_OFFSET 0x10000000000), a kernel stack", evidence)
-        truncated = _truncated_kernel_pointer(rsp, obs.kernel_pointers)
-        if truncated is not None:
-            return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
-                            f"RSP {rsp:#x} is the kernel address {truncated:#x} cut to 32 bits: "
-                            "kernel code loaded a truncated stack pointer", evidence)
-        # Only a positive "no mapping" makes it wild; unreadable mappings do not.
-        if obs.rsp_region is not None and obs.rsp_region.kind == "user-unmapped":
-            return Decision(Verdict.NO_MATCH, DfClass.WILD_RSP,
-                            f"RSP {rsp:#x} lies in no mapping of the task: a wild stack "
-                            "pointer, not a user stack", evidence)
-        if cs is not None and x86.rpl(cs) == 3 and status_ii == Status.FAIL:
-            return Decision(Verdict.NO_MATCH, DfClass.OTHER,
-                            "a #DF from user mode whose fault address is not on the user stack: "
-                            "the switch to the kernel stack failed (TSS/RSP0 problem)", evidence)
-        if obs.environment == "bare-metal":
-            return Decision(Verdict.NO_MATCH, DfClass.BARE_METAL,
-                            f"user RSP {rsp:#x} at a #DF, but on bare metal: no hypervisor can "
-                            "have corrupted CPL", evidence)
-        reason = ("from a console log" if obs.source == "log"
-                  else obs.user_stack_problem or "no frame proves it")
-        return Decision(Verdict.POSSIBLE, DfClass.CPL_CORRUPTION,
-                        f"a #DF with the user RSP {rsp:#x} ({reason}): the mark of the signature, "
-                        "not its proof", evidence)
-
-    # A kernel RSP.
-    overflow_reason = None
-    if obs.guard_page_hit:
-        overflow_reason = "the kernel reported a stack guard page hit"
-    elif obs.rsp_region is not None and obs.rsp_region.kind in _KERNEL_STACK_REGIONS:
-        overflow_reason = obs.rsp_region.detail
-    elif cr2 is not None and x86.first_push_slot(rsp) - 0x100 <= cr2 <= x86.first_push_slot(rsp):
-        overflow_reason = f"CR2 {cr2:#x} is just below the kernel RSP {rsp:#x}: a push ran off the stack"
-    elif rsp % 0x1000 == 0 and cr2 is not None and rsp - 0x1000 <= cr2 < rsp:
-        overflow_reason = f"RSP {rsp:#x} sits on a page boundary and CR2 {cr2:#x} in the page below"
-    if overflow_reason:
-        _check(evidence, "not-a-kernel-stack-overflow", Status.FAIL, overflow_reason)
-        return Decision(Verdict.NO_MATCH, DfClass.KERNEL_STACK_OVERFLOW,
-                        f"a kernel stack overflow: {overflow_reason}", evidence)
-    return Decision(Verdict.NO_MATCH, DfClass.OTHER,
-                    f"a #DF on the kernel stack {rsp:#x} with healthy segment state: "
-                    "no mark of the signature", evidence)
+        verdict = SweepVerdict.CLEAN
+        summary = f"no frame on the user stacks of {obs.tasks_scanned} task(s) ({pages_present} pages read)"
+    return SweepResult(verdict, summary, obs.tasks_scanned, obs.tasks_unreadable, pages_present,
+                       pages_missing, list(obs.stacks), list(obs.frames), list(obs.problems))
 
 
-def explain(df_class: Optional[DfClass], release: Optional[str], cpu_vendor: Optional[str]) -> list[str]:
+def _sweep_evidence(result: SweepResult) -> Evidence:
+    status = {SweepVerdict.CPL0_FRAMES_FOUND: Status.PASS,
+              SweepVerdict.CLEAN: Status.FAIL}.get(result.verdict, Status.UNKNOWN)
+    return Evidence("cpl0-frames-on-any-user-stack", status, f"sweep: {result.summary}")
+
+
+@dataclass(frozen=True)
+class ReportDecision:
+    """The verdict of a whole input, over all its #DFs and the sweep."""
+
+    verdict: Verdict
+    df_class: Optional[DfClass]
+    summary: str
+    evidence: list[Evidence]
+    explanation: list[str]
+
+
+def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_crash: str,
+                  sweep: Optional[SweepResult], release: Optional[str], version: Optional[Version],
+                  cpu_vendor: Optional[str]) -> ReportDecision:
+    """Decide a whole input from its #DFs (already decided) and the sweep, if it ran.
+
+    :param other_crash: what the input shows when it holds no #DF.
+    """
+    sweep_evidence = [_sweep_evidence(sweep)] if sweep is not None else []
+    if not double_faults:
+        decision = decide_no_double_fault(medium, other_crash)
+        if sweep is not None and sweep.verdict is SweepVerdict.CPL0_FRAMES_FOUND:
+            tasks = len({(frame.pid, frame.tid) for frame in sweep.frames})
+            headline = (f"no double fault, but {len(sweep.frames)} CPU-pushed frame(s) on user "
+                        f"stacks of {tasks} task(s) prove CPL-0 event delivery")
+            return ReportDecision(decision.verdict, None, headline, decision.evidence + sweep_evidence,
+                                  explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor))
+        return ReportDecision(decision.verdict, None, decision.summary,
+                              decision.evidence + sweep_evidence, [])
+    chosen = strongest(double_faults)
+    return ReportDecision(chosen.verdict, chosen.df_class, chosen.summary,
+                          chosen.evidence + sweep_evidence,
+                          explain(chosen.df_class, release, version, cpu_vendor))
+
+
+def explain(df_class: Optional[DfClass], release: Optional[str], version: Optional[Version],
+            cpu_vendor: Optional[str]) -> list[str]:
     """What a CPL-corruption verdict means, for the report's reader."""
     if df_class is not DfClass.CPL_CORRUPTION:
         return []
@@ -361,9 +565,7 @@ def explain(df_class: Optional[DfClass], release: Optional[str], cpu_vendor: Opt
         + ". Check the host's KVM and QEMU versions; CVE-2017-2583 (MOV SS, NULL emulation) is "
         "the same class.",
     ]
-    version = kernel_facts.parse_release(release) if release else None
-    workaround = kernel_facts.facts_for(kernel_facts.SYSRET_SS_WORKAROUND, version)
-    if version is not None and workaround and not workaround[0].value:
+    if kernel_facts.value_for(kernel_facts.SYSRET_SS_WORKAROUND, version) is False:
         lines.append(f"This guest kernel ({release}) predates the AMD SYSRET SS workaround (4.1), so "
                      "it returns to user mode with SS unusable on AMD CPUs: the state the "
                      "hypervisor mishandled.")
@@ -373,6 +575,6 @@ def explain(df_class: Optional[DfClass], release: Optional[str], cpu_vendor: Opt
     return lines
 
 
-def strongest(double_faults: list[DoubleFault]) -> DoubleFault:
+def strongest(double_faults: Sequence[DoubleFault]) -> DoubleFault:
     """Return the #DF whose verdict is strongest (the first among equals)."""
     return max(double_faults, key=lambda df: df.verdict.strength)

@@ -3,40 +3,50 @@ Dump analysis
 -------------
 
 The pipeline for a dump, in order: open it (:mod:`~dfforensics.dump.opendump`),
-find each #DF (:mod:`~dfforensics.dump.finddf`), classify its saved RSP
-(:mod:`~dfforensics.dump.rspregion`), scan the stacks for frames
-(:mod:`~dfforensics.dump.stackscan`), weigh the evidence
-(:mod:`~dfforensics.core.verdict`), and fill the one result model that every
-output renders from. :func:`analyze` is the entry point for a drgn
+find each #DF (:mod:`~dfforensics.dump.finddf`), read where its saved RSP lies
+(:mod:`~dfforensics.dump.rspregion`), read the stacks and find frames
+(:mod:`~dfforensics.dump.stackscan`), and hand each observation to the judge
+(:mod:`~dfforensics.core.verdict`); the report is built once, from what the
+judge decided. :func:`analyze` is the entry point for a drgn
 :class:`~drgn.Program` (the drgn commands use it too).
 """
 
-from typing import Any, Optional, Sequence
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
 
 import drgn
 from drgn import Object, Program
 from drgn.helpers.linux.mm import vma_find
 
-from dfforensics.core import x86
+from dfforensics.core import kernel_facts, signature, x86
 from dfforensics.core.annotate import annotate
-from dfforensics.logs.consolelog import parse_log
-from dfforensics.dump.context import guest_context
-from dfforensics.dump.finddf import FoundDf, find_double_faults
-from dfforensics.core.model import DfClass, DoubleFault, Evidence, Frame, Report, RspRegion, Status
 from dfforensics.core.errors import InputError
-from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
-from dfforensics.dump.rspregion import classify_rsp, kernel_stack_ranges, thread_user_stack_pointers
-from dfforensics.dump.sweep import sweep_evidence, sweep_user_stacks
-from dfforensics.dump.stackscan import (
-    StackRead, page_residency, bounded_window, orig_ax_encoding, scan_kernel_range, scan_user_range, symbolizer,
+from dfforensics.core.kernel_facts import Version
+from dfforensics.core.model import (
+    AnnotatedWord, DoubleFault, Frame, KernelInfo, RegionKind, Report, RspRegion, StackKind, SweepResult,
 )
-from dfforensics.core.verdict import Observation, decide, decide_no_double_fault, explain, strongest
+from dfforensics.core.observation import Medium, Observation, PushSlot, Residency
+from dfforensics.core.verdict import decide, decide_report, judge_sweep
+from dfforensics.dump.context import guest_context, kernel_version
+from dfforensics.dump.finddf import FoundDf, find_double_faults
+from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
+from dfforensics.dump.rspregion import kernel_stacks, rsp_region, thread_user_stack_pointers
+from dfforensics.dump.stackscan import (
+    StackRead, bounded_window, page_residency, scan_kernel_range, scan_user_range, symbolizer,
+)
+from dfforensics.dump.sweep import SweptUserStacks, sweep_user_stacks
+from dfforensics.logs.consolelog import parse_log
 
 __all__ = ("analyze", "analyze_vmcore_files")
 
 # Words shown around the saved RSP and around each frame.
 _RSP_WINDOW = (0x20, 0x40)
 _FRAME_WINDOW = (0x10, 0x40)
+# PID_MAX_LIMIT on 64-bit kernels (include/linux/threads.h, all eras).
+_PID_MAX_LIMIT = 4 * 1024 * 1024
+
+Namer = Callable[[int], Optional[str]]
 
 
 def _dmesg(prog: Program) -> str:
@@ -47,22 +57,36 @@ def _dmesg(prog: Program) -> str:
         return ""
 
 
-# PID_MAX_LIMIT on 64-bit kernels (include/linux/threads.h, all eras).
-_PID_MAX_LIMIT = 4 * 1024 * 1024
+@dataclass(frozen=True)
+class _TaskIdentity:
+    pid: Optional[int]
+    tid: Optional[int]
+    comm: Optional[str]
+    #: The task struct, when it reads as a task: only then is memory read through it.
+    task: Optional[Object]
+    warning: Optional[str] = None
 
 
-def _task_identity(task: Optional[Object]) -> tuple[Optional[int], Optional[int], Optional[str]]:
-    """(tgid, pid, comm) of a task, or Nones when it cannot be read or is not a task."""
+def _task_identity(found: FoundDf) -> _TaskIdentity:
+    """Who the #DF interrupted, and whether its task struct can be trusted."""
+    task = found.task
     if task is None:
-        return None, None, None
+        return _TaskIdentity(None, None, None, None)
     try:
         tgid, pid = int(task.tgid), int(task.pid)
         comm = task.comm.string_().decode("ascii")
+        if 0 <= tgid <= _PID_MAX_LIMIT and 0 <= pid <= _PID_MAX_LIMIT and comm.isprintable():
+            return _TaskIdentity(tgid, pid, comm, task)
     except (drgn.FaultError, UnicodeDecodeError):
-        return None, None, None
-    if not (0 <= tgid <= _PID_MAX_LIMIT and 0 <= pid <= _PID_MAX_LIMIT and comm.isprintable()):
-        return None, None, None
-    return tgid, pid, comm
+        pass
+    logged = found.log_report
+    warning = (f"#DF on CPU {found.cpu}: the task struct at {task.value_():#x} cannot be read from "
+               "the dump or looks corrupt (implausible PID or name)"
+               + (f"; the identity shown is the log's (PID {logged.pid}, {logged.comm})"
+                  if logged is not None and logged.pid is not None else ""))
+    if logged is not None:
+        return _TaskIdentity(logged.pid, None, logged.comm, None, warning)
+    return _TaskIdentity(None, None, None, None, warning)
 
 
 def _user_stack_ranges(task: Object, region: Optional[RspRegion], rsp: Optional[int],
@@ -70,7 +94,7 @@ def _user_stack_ranges(task: Object, region: Optional[RspRegion], rsp: Optional[
     """The user stack mappings to scan: (start, end, name, around)."""
     ranges = []
     if region is not None and region.start is not None and x86.is_user_address(region.start):
-        ranges.append((region.start, region.end, region.name or region.kind, rsp))
+        ranges.append((region.start, region.end, region.name or region.kind.value, rsp))
     if all_threads:
         try:
             mm = task.mm
@@ -83,15 +107,15 @@ def _user_stack_ranges(task: Object, region: Optional[RspRegion], rsp: Optional[
     return ranges
 
 
-def _scan(prog: Program, found: FoundDf, region: Optional[RspRegion],
-          encoding: Optional[str]) -> tuple[list[StackRead], list[StackRead]]:
-    task, regs = found.task, found.regs
+def _read_stacks(prog: Program, found: FoundDf, task: Optional[Object], region: Optional[RspRegion],
+                 encoding: Optional[str]) -> tuple[list[StackRead], list[StackRead]]:
+    """Read the user stacks the #DF's task used, and its kernel stack where rule (iii) may look."""
+    regs = found.regs
     user_reads: list[StackRead] = []
     kernel_reads: list[StackRead] = []
     if task is None:
         return user_reads, kernel_reads
-    own = _user_stack_ranges(task, region, regs.rsp, all_threads=False)
-    for start, end, name, around in own:
+    for start, end, name, around in _user_stack_ranges(task, region, regs.rsp, all_threads=False):
         low, high = bounded_window(start, end, around or start)
         user_reads.append(scan_user_range(task, low, high, name, encoding))
     kernel_rsp = regs.rsp is not None and x86.is_kernel_address(regs.rsp)
@@ -102,17 +126,17 @@ def _scan(prog: Program, found: FoundDf, region: Optional[RspRegion],
                 continue
             low, high = bounded_window(start, end, around)
             user_reads.append(scan_user_range(task, low, high, name, encoding))
-    if kernel_rsp or (regs.cs == x86.KERNEL_CS and regs.ss not in x86.HEALTHY_KERNEL_SS):
-        for start, end, kind, name in kernel_stack_ranges(task, found.cpu, prog):
-            if kind == "kernel-task-stack":
-                kernel_reads.append(scan_kernel_range(prog, start, end, name, encoding))
+    if kernel_rsp or (regs.cs is not None and regs.ss is not None
+                      and signature.kernel_cs_with_foreign_ss(regs.cs, regs.ss)):
+        for stack in kernel_stacks(task, found.cpu, prog):
+            if stack.kind is RegionKind.KERNEL_TASK_STACK:
+                kernel_reads.append(scan_kernel_range(prog, stack.start, stack.end, stack.name, encoding))
     return user_reads, kernel_reads
 
 
-def _evidence_frames(user_reads: list[StackRead], kernel_reads: list[StackRead]) -> list[Frame]:
-    frames = [f for read in user_reads for f in read.frames if f.consistent or f.impossible_ss]
-    frames += [f for read in kernel_reads for f in read.frames if f.impossible_ss]
-    return frames
+def _proving_frames(reads: Sequence[StackRead], name: Namer) -> list[Frame]:
+    return [dataclasses.replace(f, rip_symbol=name(f.rip))
+            for read in reads for f in read.frames if signature.proves_cpl0_delivery(f)]
 
 
 def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
@@ -131,30 +155,28 @@ def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:
     return None
 
 
-def _push_slot_page_status(found: FoundDf, user_pages_excluded: bool) -> Optional[Evidence]:
-    """Whether the page of the CPU's first push slot below a user RSP is present."""
-    rsp = found.regs.rsp
-    if found.task is None or rsp is None or not x86.is_plausible_user_pointer(rsp):
+def _push_slot(task: Optional[Object], rsp: Optional[int]) -> Optional[PushSlot]:
+    """The CPU's first push slot below a user RSP, and whether its page is present."""
+    if task is None or rsp is None or not x86.is_plausible_user_pointer(rsp):
         return None
     slot = x86.first_push_slot(rsp)
     try:
-        residency = page_residency(found.task.mm, slot)
+        return PushSlot(slot, page_residency(task.mm, slot))
     except drgn.FaultError:
-        residency = "unreadable"
-    if residency == "unreadable":
-        return Evidence("push-slot-page-not-present", Status.UNKNOWN,
-                        f"the page tables (or the task) that say whether {slot:#x} is mapped "
-                        "cannot be read from the dump")
-    if residency == "not-resident":
-        return Evidence("push-slot-page-not-present", Status.PASS,
-                        f"the page of the first push slot {slot:#x} is not present in the task's "
-                        "page tables: a push there faults, as the #DF's did")
-    return Evidence("push-slot-page-not-present", Status.FAIL,
-                    f"the page of the first push slot {slot:#x} is present: a push there would "
-                    "not have faulted (unless it was mapped after the #DF)")
+        return PushSlot(slot, Residency.UNREADABLE)
 
 
-def _window_words(reads: list[StackRead], centres: list[tuple[int, tuple[int, int]]]) -> dict[int, Optional[int]]:
+def _kernel_pointers(task: Optional[Object], found: FoundDf) -> list[int]:
+    pointers = []
+    if task is not None:
+        try:
+            pointers = [task.value_(), int(task.stack)]
+        except drgn.FaultError:
+            pass
+    return pointers + [v for v in found.regs.others.values() if x86.is_kernel_address(v)]
+
+
+def _window_words(reads: Sequence[StackRead], centres: list[tuple[int, tuple[int, int]]]) -> dict[int, Optional[int]]:
     words: dict[int, Optional[int]] = {}
     for centre, (below, above) in centres:
         for read in reads:
@@ -165,85 +187,96 @@ def _window_words(reads: list[StackRead], centres: list[tuple[int, tuple[int, in
     return words
 
 
-def _annotated_frames(reads: list[StackRead], frames: list[Frame], name) -> list:
-    user = [f for f in frames if f.stack == "user"]
-    return annotate(_window_words(reads, [(f.address, _FRAME_WINDOW) for f in user[:8]]), user, name)
-
-
-def _annotated(found: FoundDf, user_reads: list[StackRead], frames: list[Frame], name) -> list:
-    regs = found.regs
-    centres = [(f.address, _FRAME_WINDOW) for f in frames if f.stack == "user"][:8]
-    if regs.rsp is not None and x86.is_user_address(regs.rsp):
-        centres.insert(0, (regs.rsp & ~7, _RSP_WINDOW))
-    words = _window_words(user_reads, centres)
+def _annotated(reads: Sequence[StackRead], frames: Sequence[Frame], name: Namer,
+               rsp: Optional[int] = None, cr2: Optional[int] = None) -> list[AnnotatedWord]:
+    """The user stack words around the saved RSP (when given) and around each frame."""
+    user = [f for f in frames if f.stack is StackKind.USER]
+    centres = [(f.address, _FRAME_WINDOW) for f in user[:8]]
     marks = {}
-    if regs.rsp is not None:
-        marks[regs.rsp & ~7] = "<- RSP saved at the #DF"
-        marks.setdefault(x86.first_push_slot(regs.rsp), "first push slot below that RSP"
-                         + (" = CR2" if regs.cr2 == x86.first_push_slot(regs.rsp) else ""))
-    return annotate(words, [f for f in frames if f.stack == "user"], name, marks)
+    if rsp is not None:
+        if x86.is_user_address(rsp):
+            centres.insert(0, (rsp & ~7, _RSP_WINDOW))
+        marks[rsp & ~7] = "<- RSP saved at the #DF"
+        marks.setdefault(x86.first_push_slot(rsp), "first push slot below that RSP"
+                         + (" = CR2" if signature.cr2_at_first_push_slot(cr2, rsp) else ""))
+    return annotate(_window_words(reads, centres), user, name, marks or None)
 
 
-def _double_fault(prog: Program, found: FoundDf, kernel, encoding, warnings: list[str],
-                  user_pages_excluded: bool = False):
+@dataclass(frozen=True)
+class _ObservedDf:
+    """One #DF as the dump shows it, before the judge weighs it."""
+
+    found: FoundDf
+    identity: _TaskIdentity
+    observation: Observation
+    frames: list[Frame]
+    annotated_words: list[AnnotatedWord]
+    warnings: list[str]
+
+
+def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, version: Optional[Version],
+                          encoding: Optional[str], user_pages_excluded: bool) -> _ObservedDf:
     regs = found.regs
-    pid, tid, comm = _task_identity(found.task)
-    if found.task is not None and pid is None:
-        logged = found.log_report
-        warnings.append(f"#DF on CPU {found.cpu}: the task struct at {found.task.value_():#x} "
-                        "cannot be read from the dump or looks corrupt (implausible PID or name)"
-                        + (f"; the identity shown is the log's (PID {logged.pid}, {logged.comm})"
-                           if logged is not None and logged.pid is not None else ""))
-        if logged is not None:
-            pid, comm = logged.pid, logged.comm
-        found.task = None  # nothing read through it can be trusted
-    region = classify_rsp(prog, found.task, found.cpu, regs.rsp) if regs.rsp is not None else None
-    user_reads, kernel_reads = _scan(prog, found, region, encoding)
-    frames = _evidence_frames(user_reads, kernel_reads)
-    name = symbolizer(prog, found.task)
-    for frame in frames:
-        frame.rip_symbol = name(frame.rip)
+    identity = _task_identity(found)
+    task = identity.task
+    region = rsp_region(prog, task, found.cpu, regs.rsp) if regs.rsp is not None else None
+    user_reads, kernel_reads = _read_stacks(prog, found, task, region, encoding)
+    name = symbolizer(prog, task)
+    frames = _proving_frames(user_reads, name) + _proving_frames(kernel_reads, name)
     report = found.log_report
     guard = (report is not None and report.kind == "stack-overflow") or any(
         "handle_stack_overflow" in entry for entry in found.trace)
-    kernel_pointers = []
-    if found.task is not None:
-        try:
-            kernel_pointers = [found.task.value_(), int(found.task.stack)]
-        except drgn.FaultError:
-            pass
-    kernel_pointers += [v for v in regs.others.values() if x86.is_kernel_address(v)]
-    problem = _user_stack_problem(user_reads)
-    decision = decide(Observation(
-        source="memory", regs=regs, release=kernel.release, environment=kernel.environment,
-        hypervisor=kernel.hypervisor, guard_page_hit=guard, kernel_pointers=kernel_pointers,
+    observation = Observation(
+        medium=Medium.MEMORY, regs=regs, version=version, environment=kernel.environment,
+        hypervisor=kernel.hypervisor, guard_page_hit=guard, kernel_pointers=_kernel_pointers(task, found),
         rsp_region=region, frames=frames,
-        user_stack_read=any(read.pages_present for read in user_reads), user_stack_problem=problem,
-        user_pages_excluded=user_pages_excluded,
-    ))
-    for read in user_reads:
-        if read.pages_missing:
-            warnings.append(f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} "
-                            "page(s) could not be read (left out by the dump level, the dump is cut, "
-                            "or the page tables reaching them are not in the dump)")
-    warnings.extend(f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements)
-    push_page = _push_slot_page_status(found, user_pages_excluded)
-    if push_page is not None:
-        decision.evidence.append(push_page)
-    if found.cr2_source:
-        decision.evidence.append(Evidence("cr2-source", Status.PASS if regs.cr2 is not None
-                                          else Status.UNKNOWN, f"CR2 from {found.cr2_source}"))
-    df = DoubleFault(
-        verdict=decision.verdict, df_class=decision.df_class, summary=decision.summary, regs=regs,
-        cpu=found.cpu, pid=pid, tid=tid, comm=comm, rsp_region=region, sources=found.sources,
+        user_stack_read=any(read.pages_present for read in user_reads),
+        user_stack_problem=_user_stack_problem(user_reads), user_pages_excluded=user_pages_excluded,
+        push_slot=_push_slot(task, regs.rsp), cr2_source=found.cr2_source,
+    )
+    warnings = [identity.warning] if identity.warning else []
+    warnings += [f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} page(s) could not be "
+                 "read (left out by the dump level, the dump is cut, or the page tables reaching them "
+                 "are not in the dump)" for read in user_reads if read.pages_missing]
+    warnings += [f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements]
+    words = _annotated(user_reads, frames, name, regs.rsp, regs.cr2)
+    return _ObservedDf(found, identity, observation, frames, words, warnings)
+
+
+def _double_fault(observed: _ObservedDf) -> DoubleFault:
+    decision = decide(observed.observation)
+    found, identity, report = observed.found, observed.identity, observed.found.log_report
+    return DoubleFault(
+        verdict=decision.verdict, df_class=decision.df_class, summary=decision.summary,
+        regs=found.regs, cpu=found.cpu, pid=identity.pid, tid=identity.tid, comm=identity.comm,
+        rsp_region=observed.observation.rsp_region, sources=found.sources,
         header=report.header if report else None, log_line=report.line if report else None,
         call_trace=found.trace or (report.call_trace if report else []), evidence=decision.evidence,
     )
-    return df, frames, _annotated(found, user_reads, frames, name)
 
 
-def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
-            sweep: Optional[bool] = None) -> Report:
+def _stack_problems(problems: list[str], dump_level: Optional[int]) -> list[str]:
+    if dump_level is None or not dump_level & DUMP_LEVEL_ZERO_PAGES:
+        return problems
+    # Such a dump leaves out all-zero pages: a CPU that never took a #DF
+    # has an all-zero #DF stack, so its absence is what "no #DF" looks like.
+    return [f"{problem}; with dump level {dump_level} (bit 1 leaves out zero pages) that means the "
+            "stack was all zeros: no #DF on that CPU" for problem in problems]
+
+
+def _merged_frames(observed: Sequence[_ObservedDf], swept: Optional[SweptUserStacks]) -> list[Frame]:
+    """Every frame once: the #DFs' first (as the sweep saw them, with their task), then the sweep's."""
+    by_sweep = {f.address: f for f in swept.observation.frames} if swept is not None else {}
+    frames: list[Frame] = []
+    for df in observed:
+        frames += [by_sweep.get(f.address, f) for f in df.frames
+                   if all(f.address != g.address for g in frames)]
+    known = {f.address for f in frames}
+    return frames + [f for f in by_sweep.values() if f.address not in known]
+
+
+def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optional[bool] = None,
+            notes: Sequence[str] = ()) -> Report:
     """Analyse a Linux x86_64 crash dump (or live kernel) for the CPL-corruption signature.
 
     Supports x86_64 kernels from 3.x on (per-CPU TSS names and IST layouts of
@@ -252,75 +285,40 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None,
     :param source: what to record as the input (path, vmlinux, ...).
     :param sweep: scan every task's user stack too: always (True), never
         (False), or when no double fault is found (None, the default).
+    :param notes: what opening the input did that the reader should know.
     :return: the report: verdict, double faults, frames, evidence.
     """
     source = dict(source or {"kind": "program"})
-    kernel = guest_context(prog)
+    version = kernel_version(prog)
     log = parse_log(_dmesg(prog))
-    if kernel.environment == "unknown" and log.environment != "unknown":
-        kernel.environment, kernel.hypervisor = log.environment, log.hypervisor
-    kernel.hardware_name = log.hardware_name
-    encoding = orig_ax_encoding(prog)
-    warnings: list[str] = list(source.pop("notes", []))
-    problems: list[str] = []
-    found_all = find_double_faults(prog, log.reports, problems)
+    kernel = guest_context(prog, log)
+    encoding = kernel_facts.value_for(kernel_facts.ORIG_AX_ENCODING, version)
+    search = find_double_faults(prog, log.reports, version)
     dump_level = source.get("dump_level")
-    if dump_level is not None and dump_level & DUMP_LEVEL_ZERO_PAGES:
-        # Such a dump leaves out all-zero pages: a CPU that never took a #DF
-        # has an all-zero #DF stack, so its absence is what "no #DF" looks like.
-        problems = [f"{problem}; with dump level {dump_level} (bit 1 leaves out zero pages) "
-                    "that means the stack was all zeros: no #DF on that CPU" for problem in problems]
-    warnings.extend(problems)
-    if not found_all:
-        # The log parser looks for every panic drgn's panic_message() knows, and more.
-        what = log.other_crash[1] if log.other_crash else "no panic message"
-        decision = decide_no_double_fault("dump", what)
-        report = Report(source, decision.verdict, None, decision.summary, kernel,
-                        evidence=decision.evidence, warnings=warnings)
-        if sweep is not False:
-            _attach_sweep(prog, report, headline=True)
-        return report
-    double_faults, frames, words = [], [], []
     user_pages_excluded = dump_level is not None and bool(dump_level & DUMP_LEVEL_USER_DATA)
-    if user_pages_excluded:
+    warnings = list(notes) + _stack_problems(search.problems, dump_level)
+    if search.found and user_pages_excluded:
         warnings.append(f"dump level {dump_level} excludes user pages (makedumpfile -d bit 8): user "
                         "stacks, where frames pushed at CPL 0 would be, are not in this dump")
-    for found in found_all:
-        df, df_frames, df_words = _double_fault(prog, found, kernel, encoding, warnings,
-                                                user_pages_excluded)
-        double_faults.append(df)
-        frames.extend(f for f in df_frames if all(f.address != g.address for g in frames))
-        if not words:
-            words = df_words
-    chosen = strongest(double_faults)
-    report = Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel, double_faults,
-                    frames, chosen.evidence, warnings, words,
-                    explain(chosen.df_class, kernel.release, kernel.cpu_vendor))
-    if sweep:
-        _attach_sweep(prog, report, headline=False)
-    return report
-
-
-def _attach_sweep(prog: Program, report: Report, headline: bool) -> None:
-    reads: list[StackRead] = []
-    result = sweep_user_stacks(prog, reads)
-    report.sweep = result
-    known = {f.address: f for f in report.frames}
-    for frame in result.frames:
-        if frame.address in known:
-            known[frame.address].pid, known[frame.address].tid = frame.pid, frame.tid
-        else:
-            report.frames.append(frame)
-    report.evidence.append(sweep_evidence(result))
-    report.warnings.extend(result.problems[:20])
-    if headline and result.verdict == "cpl0-frames-found":
-        tasks = len({(f.pid, f.tid) for f in result.frames})
-        report.summary = (f"no double fault, but {len(result.frames)} CPU-pushed frame(s) on user "
-                          f"stacks of {tasks} task(s) prove CPL-0 event delivery")
-        report.explanation = explain(DfClass.CPL_CORRUPTION, report.kernel.release,
-                                     report.kernel.cpu_vendor)
-    if not report.annotated_words and result.frames:
-        report.annotated_words = _annotated_frames(reads, result.frames, symbolizer(prog, None))
+    observed = [_observe_double_fault(prog, found, kernel, version, encoding, user_pages_excluded)
+                for found in search.found]
+    double_faults = [_double_fault(df) for df in observed]
+    warnings += [warning for df in observed for warning in df.warnings]
+    run_sweep = sweep is True or (sweep is None and not search.found)
+    swept = sweep_user_stacks(prog, version) if run_sweep else None
+    sweep_result: Optional[SweepResult] = judge_sweep(swept.observation) if swept is not None else None
+    if sweep_result is not None:
+        warnings += sweep_result.problems[:20]
+    # The log parser looks for every panic drgn's panic_message() knows, and more.
+    other_crash = log.other_crash[1] if log.other_crash else "no panic message"
+    decision = decide_report(Medium.MEMORY, double_faults, other_crash, sweep_result, kernel.release,
+                             version, kernel.cpu_vendor)
+    words = next((df.annotated_words for df in observed if df.annotated_words), [])
+    if not words and swept is not None and swept.observation.frames:
+        words = _annotated(swept.reads_with_frames, swept.observation.frames, symbolizer(prog, None))
+    return Report(source, decision.verdict, decision.df_class, decision.summary, kernel, double_faults,
+                  _merged_frames(observed, swept), decision.evidence, warnings, words,
+                  decision.explanation, sweep_result)
 
 
 def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = (),
@@ -331,10 +329,9 @@ def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[s
     """
     opened = open_dump(vmcore, vmlinux, module_debuginfo)
     source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux, "format": opened.format,
-              "dump_level": opened.dump_level, "vmcoreinfo": opened.vmcoreinfo_source,
-              "notes": opened.notes}
+              "dump_level": opened.dump_level, "vmcoreinfo": opened.vmcoreinfo_source}
     try:
-        return analyze(opened.prog, source, sweep)
+        return analyze(opened.prog, source, sweep, opened.notes)
     except drgn.FaultError as error:
         raise InputError(f"VMCORE {vmcore}: memory the analysis needs is missing or corrupt "
                          f"({error})") from None

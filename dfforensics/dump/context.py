@@ -14,9 +14,11 @@ from drgn import Program
 from drgn.helpers.linux.cpumask import for_each_possible_cpu
 
 from dfforensics.core import kernel_facts
+from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import KernelInfo
+from dfforensics.logs.consolelog import LogFacts
 
-__all__ = ("guest_context", "hypervisor_seen")
+__all__ = ("kernel_release", "kernel_version", "guest_context", "hypervisor_seen")
 
 # X86_FEATURE_HYPERVISOR: CPUID.1:ECX bit 31, word 4 of x86_capability (all eras).
 _HYPERVISOR_WORD, _HYPERVISOR_BIT = 4, 31
@@ -45,11 +47,18 @@ def hypervisor_seen(prog: Program) -> tuple[str, Optional[str]]:
         return "unknown", None
 
 
-def _sysret_ss_workaround(prog: Program, release: Optional[str]) -> Optional[bool]:
-    """Whether the guest kernel has X86_BUG_SYSRET_SS_ATTRS (4.1+), by version."""
-    version = kernel_facts.parse_release(release) if release else None
-    facts = kernel_facts.facts_for(kernel_facts.SYSRET_SS_WORKAROUND, version)
-    return facts[0].value if version is not None and facts else None
+def kernel_release(prog: Program) -> Optional[str]:
+    """The kernel's release (``UTS_RELEASE``), or None when the dump does not say."""
+    try:
+        return prog["UTS_RELEASE"].string_().decode()
+    except (LookupError, drgn.FaultError, UnicodeDecodeError):
+        return None
+
+
+def kernel_version(prog: Program) -> Optional[Version]:
+    """The kernel's version, parsed from its release: what kernel facts are looked up with."""
+    release = kernel_release(prog)
+    return kernel_facts.parse_release(release) if release else None
 
 
 def _uptime(prog: Program) -> Optional[float]:
@@ -64,24 +73,33 @@ def _uptime(prog: Program) -> Optional[float]:
         return None
 
 
-def guest_context(prog: Program) -> KernelInfo:
-    """Read the guest's context from the dump."""
-    info = KernelInfo(arch="x86_64")
-    try:
-        info.release = prog["UTS_RELEASE"].string_().decode()
-    except (LookupError, drgn.FaultError):
-        pass
+def _cpu_identity(prog: Program) -> tuple[Optional[str], Optional[str]]:
     try:
         cpu = prog["boot_cpu_data"]
-        info.cpu_vendor = cpu.x86_vendor_id.string_().decode(errors="replace") or None
-        info.cpu_model = cpu.x86_model_id.string_().decode(errors="replace").strip() or None
+        return (cpu.x86_vendor_id.string_().decode(errors="replace") or None,
+                cpu.x86_model_id.string_().decode(errors="replace").strip() or None)
     except (LookupError, drgn.FaultError):
-        pass
+        return None, None
+
+
+def _possible_cpus(prog: Program) -> Optional[int]:
     try:
-        info.cpus = sum(1 for _ in for_each_possible_cpu(prog))
+        return sum(1 for _ in for_each_possible_cpu(prog))
     except (LookupError, drgn.FaultError):
-        pass
-    info.environment, info.hypervisor = hypervisor_seen(prog)
-    info.uptime_seconds = _uptime(prog)
-    info.sysret_ss_workaround = _sysret_ss_workaround(prog, info.release)
-    return info
+        return None
+
+
+def guest_context(prog: Program, log: LogFacts) -> KernelInfo:
+    """Read the guest's context from the dump, completed by what its own kernel log says."""
+    release = kernel_release(prog)
+    version = kernel_facts.parse_release(release) if release else None
+    environment, hypervisor = hypervisor_seen(prog)
+    if environment == "unknown" and log.environment != "unknown":
+        environment, hypervisor = log.environment, log.hypervisor
+    vendor, model = _cpu_identity(prog)
+    return KernelInfo(
+        release=release, arch="x86_64", hardware_name=log.hardware_name, environment=environment,
+        hypervisor=hypervisor, cpus=_possible_cpus(prog), cpu_vendor=vendor, cpu_model=model,
+        uptime_seconds=_uptime(prog),
+        sysret_ss_workaround=kernel_facts.value_for(kernel_facts.SYSRET_SS_WORKAROUND, version),
+    )

@@ -17,14 +17,16 @@ from drgn import Object, Program
 from drgn.helpers.linux.cpumask import for_each_possible_cpu
 from drgn.helpers.linux.percpu import per_cpu
 from drgn.helpers.linux.pid import find_task
-from drgn.helpers.linux.sched import cpu_curr
+from drgn.helpers.linux.sched import cpu_curr, task_cpu
 
 from dfforensics.core import kernel_facts
-from dfforensics.logs.consolelog import DfReport
 from dfforensics.core.frames import frame_problems
-from dfforensics.core.model import Registers
+from dfforensics.core.kernel_facts import Version
+from dfforensics.core.model import DfSource, Registers
+from dfforensics.logs.consolelog import DfReport
 
-__all__ = ("IstRegs", "FoundDf", "df_ist_index", "df_stack_top", "saved_df_regs", "find_double_faults")
+__all__ = ("IstRegs", "FoundDf", "DfSearch", "df_ist_index", "df_stack_top", "saved_df_regs",
+           "find_double_faults")
 
 
 @dataclass
@@ -44,7 +46,7 @@ class FoundDf:
     cpu: Optional[int]
     task: Optional[Object]
     regs: Registers
-    sources: list[str] = field(default_factory=list)
+    sources: list[DfSource] = field(default_factory=list)
     log_report: Optional[DfReport] = None
     ist: Optional[IstRegs] = None
     trace: list[str] = field(default_factory=list)
@@ -53,14 +55,15 @@ class FoundDf:
     cr2_source: Optional[str] = None
 
 
-def _version(prog: Program) -> Optional[kernel_facts.Version]:
-    try:
-        return kernel_facts.parse_release(prog["UTS_RELEASE"].string_().decode())
-    except (LookupError, drgn.FaultError):
-        return None
+@dataclass
+class DfSearch:
+    """Every #DF found, and a sentence for each source that could not be read."""
+
+    found: list[FoundDf]
+    problems: list[str]
 
 
-def df_ist_index(prog: Program) -> int:
+def df_ist_index(prog: Program, version: Optional[Version] = None) -> int:
     """Return the zero-based ``tss.ist[]`` index of the #DF stack.
 
     Read from the IST field of IDT gate 8 (``idt_table``), which every kernel
@@ -71,18 +74,21 @@ def df_ist_index(prog: Program) -> int:
     try:
         gate = prog["idt_table"][8]
         try:
-            ist = int(gate.bits.ist)  # 4.15+: struct gate_struct with .bits
+            # struct idt_bits inside struct gate_struct: "x86/idt: Unify gate_struct
+            # handling for 32/64-bit kernels" (Thomas Gleixner's IDT rework, Aug 2017,
+            # merged for 4.14; the exact release is unverified here).
+            ist = int(gate.bits.ist)
         except AttributeError:
             ist = int(gate.ist)  # struct gate_struct64 of 2.6–4.14
         if ist:
             return ist - 1
     except (LookupError, drgn.FaultError):
         pass
-    return kernel_facts.candidates(kernel_facts.DF_IST_INDEX, _version(prog))[0]
+    return kernel_facts.candidates(kernel_facts.DF_IST_INDEX, version)[0]
 
 
-def _tss(prog: Program, cpu: int) -> Object:
-    for name in kernel_facts.candidates(kernel_facts.TSS_PERCPU_SYMBOL, _version(prog)):
+def _tss(prog: Program, cpu: int, version: Optional[Version]) -> Object:
+    for name in kernel_facts.candidates(kernel_facts.TSS_PERCPU_SYMBOL, version):
         try:
             return per_cpu(prog[name], cpu)
         except LookupError:
@@ -90,7 +96,7 @@ def _tss(prog: Program, cpu: int) -> Object:
     raise LookupError("no per-CPU TSS variable (init_tss, cpu_tss, cpu_tss_rw) in the debug info")
 
 
-def df_stack_top(prog: Program, cpu: int) -> int:
+def df_stack_top(prog: Program, cpu: int, version: Optional[Version] = None) -> int:
     """Return the top of a CPU's double-fault IST stack (from its TSS).
 
     Supports the per-CPU TSS names of 2.6–4.0 (``init_tss``), 4.1–4.14
@@ -99,10 +105,10 @@ def df_stack_top(prog: Program, cpu: int) -> int:
     :raises LookupError: if the kernel has none of those variables.
     :raises drgn.FaultError: if the TSS is not in the dump.
     """
-    return int(_tss(prog, cpu).x86_tss.ist[df_ist_index(prog)])
+    return int(_tss(prog, cpu, version).x86_tss.ist[df_ist_index(prog, version)])
 
 
-def saved_df_regs(prog: Program, cpu: int) -> Optional[IstRegs]:
+def saved_df_regs(prog: Program, cpu: int, version: Optional[Version] = None) -> Optional[IstRegs]:
     """Return the state a #DF saved on a CPU, or ``None`` if that CPU took none.
 
     The #DF entry builds a full ``struct pt_regs`` at the top of the IST
@@ -112,7 +118,7 @@ def saved_df_regs(prog: Program, cpu: int) -> Optional[IstRegs]:
     :raises drgn.FaultError: if the TSS or the #DF stack is not in the dump.
     """
     try:
-        top = df_stack_top(prog, cpu)
+        top = df_stack_top(prog, cpu, version)
     except LookupError:
         return None
     if not top:
@@ -167,13 +173,8 @@ def _crashed_trace(prog: Program) -> tuple[Optional[Object], list[str], Optional
 
 def _task_cpu(task: Object) -> Optional[int]:
     try:
-        return int(task.thread_info.cpu)  # 5.16+: cpu lives in thread_info
-    except AttributeError:
-        try:
-            return int(task.cpu)
-        except (AttributeError, drgn.FaultError):
-            return None
-    except drgn.FaultError:
+        return task_cpu(task)  # drgn knows where each era keeps it
+    except (AttributeError, LookupError, drgn.FaultError):
         return None
 
 
@@ -194,15 +195,14 @@ def _task_of(prog: Program, cpu: Optional[int], pid: Optional[int]) -> Optional[
 
 
 def find_double_faults(prog: Program, log_reports: list[DfReport],
-                       problems: Optional[list[str]] = None) -> list[FoundDf]:
-    """Find every #DF in a dump, and say which sources saw each.
+                       version: Optional[Version] = None) -> DfSearch:
+    """Find every #DF in a dump, and say which sources saw each and which
+    sources could not be read (a CPU's #DF stack missing from the dump, ...).
 
-    :param log_reports: the #DF reports the core's log parser found in the
-        dump's own kernel log.
-    :param problems: receives a sentence for each source that could not be
-        read (a CPU's #DF stack missing from the dump, ...).
+    :param log_reports: the #DF reports the log parser found in the dump's own
+        kernel log.
     """
-    problems = problems if problems is not None else []
+    problems: list[str] = []
     handlers = {fact.value for fact in kernel_facts.DF_HANDLER}
     crashed_task, trace, handler_cr2 = _crashed_trace(prog)
     trace_has_df = any(name.split("+")[0] in handlers for name in trace)
@@ -211,7 +211,7 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
     found: dict[int, FoundDf] = {}
     for cpu in for_each_possible_cpu(prog):
         try:
-            ist = saved_df_regs(prog, cpu)
+            ist = saved_df_regs(prog, cpu, version)
         except drgn.FaultError as error:
             problems.append(f"CPU {cpu}: its #DF stack (TSS IST slot) is not in the dump ({error})")
             continue
@@ -219,7 +219,7 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
             continue
         task = _task_of(prog, cpu, None)
         ist.regs.rip_symbol = _symbol_name(prog, ist.regs.rip)
-        found[cpu] = FoundDf(cpu, task, ist.regs, ["ist-pt_regs"], ist=ist)
+        found[cpu] = FoundDf(cpu, task, ist.regs, [DfSource.IST_PT_REGS], ist=ist)
 
     unmatched_logs = []
     for report in log_reports:
@@ -229,7 +229,7 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
         if entry is None:
             unmatched_logs.append(report)
             continue
-        entry.sources.append("log")
+        entry.sources.append(DfSource.LOG)
         entry.log_report = report
         logged = report.regs
         for name in ("rsp", "ss", "cs"):
@@ -244,14 +244,14 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
     for report in unmatched_logs:
         task = _task_of(prog, report.cpu, report.pid)
         found[report.cpu if report.cpu is not None else -1 - len(found)] = FoundDf(
-            report.cpu, task, report.regs, ["log"], log_report=report)
+            report.cpu, task, report.regs, [DfSource.LOG], log_report=report)
 
     if trace_has_df:
         entry = found.get(crashed_cpu) if crashed_cpu is not None else None
         if entry is None and len(found) == 1:
             entry = next(iter(found.values()))
         if entry is not None:
-            entry.sources.append("stack-trace")
+            entry.sources.append(DfSource.STACK_TRACE)
             entry.trace = trace
             if entry.regs.cr2 is None and handler_cr2 is not None:
                 entry.regs.cr2 = handler_cr2
@@ -260,5 +260,5 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
                 entry.task = crashed_task
         else:
             found[crashed_cpu if crashed_cpu is not None else -100] = FoundDf(
-                crashed_cpu, crashed_task, Registers(), ["stack-trace"], trace=trace)
-    return [found[key] for key in sorted(found)]
+                crashed_cpu, crashed_task, Registers(), [DfSource.STACK_TRACE], trace=trace)
+    return DfSearch([found[key] for key in sorted(found)], problems)

@@ -17,12 +17,13 @@ import drgn
 from drgn import Object, Program
 from drgn.helpers.linux.mm import access_process_vm, follow_phys, vma_find, vma_name
 
-from dfforensics.core import kernel_facts, x86
+from dfforensics.core import x86
 from dfforensics.core.frames import scan_frames
-from dfforensics.core.model import Frame
+from dfforensics.core.model import Frame, StackKind
+from dfforensics.core.observation import Residency
 
-__all__ = ("StackRead", "orig_ax_encoding", "read_user_range", "scan_user_range",
-           "scan_kernel_range", "symbolizer")
+__all__ = ("StackRead", "read_user_range", "scan_user_range", "scan_kernel_range", "page_residency",
+           "symbolizer")
 
 PAGE: Final = 4096
 #: At most this much of one user stack mapping is read (around the RSP).
@@ -52,16 +53,6 @@ class StackRead:
             return None
         offset = address & (PAGE - 1)
         return int.from_bytes(page[offset:offset + 8], "little")
-
-
-def orig_ax_encoding(prog: Program) -> Optional[str]:
-    """The orig_ax encoding of the dump's kernel era (see kernel_facts.ORIG_AX_ENCODING)."""
-    try:
-        release = prog["UTS_RELEASE"].string_().decode()
-    except (LookupError, drgn.FaultError):
-        return None
-    facts = kernel_facts.facts_for(kernel_facts.ORIG_AX_ENCODING, kernel_facts.parse_release(release))
-    return facts[0].value if len(facts) == 1 else None
 
 
 def bounded_window(start: int, end: int, around: int, limit: int = USER_SCAN_LIMIT) -> tuple[int, int]:
@@ -143,8 +134,8 @@ def resident_pages(mm: Object, start: int, end: int) -> Optional[dict[int, int]]
         return None
 
 
-def page_residency(mm: Object, address: int) -> str:
-    """Say whether a user address is ``resident``, ``not-resident`` or ``unreadable``.
+def page_residency(mm: Object, address: int) -> Residency:
+    """Say whether a user address is resident in a task's page tables.
 
     A translation that fails *at the address itself* means the task's page
     tables do not map it (never touched, or swapped out); one that fails
@@ -154,8 +145,8 @@ def page_residency(mm: Object, address: int) -> str:
     try:
         follow_phys(mm, address)
     except drgn.FaultError as error:
-        return "not-resident" if error.address == address else "unreadable"
-    return "resident"
+        return Residency.NOT_RESIDENT if error.address == address else Residency.UNREADABLE
+    return Residency.RESIDENT
 
 
 def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
@@ -182,14 +173,14 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
                 result.pages[page] = access_process_vm(task, page, PAGE)
             result.pages_present += 1
         except drgn.FaultError:
-            if page_residency(mm, page) == "not-resident":
+            if page_residency(mm, page) is Residency.NOT_RESIDENT:
                 result.pages_not_resident += 1
             else:
                 result.pages_missing += 1
     return result
 
 
-def _scan_pages(read: StackRead, stack: str, encoding: Optional[str]) -> None:
+def _scan_pages(read: StackRead, stack: StackKind, encoding: Optional[str]) -> None:
     """Scan each run of consecutive pages as one region (a frame may straddle two pages)."""
     run: list[bytes] = []
     run_start = run_end = None
@@ -208,7 +199,7 @@ def _scan_pages(read: StackRead, stack: str, encoding: Optional[str]) -> None:
 def scan_user_range(task: Object, start: int, end: int, name: str, encoding: Optional[str]) -> StackRead:
     """Read a user stack range and find the frames in it."""
     read = read_user_range(task, start, end, name)
-    _scan_pages(read, "user", encoding)
+    _scan_pages(read, StackKind.USER, encoding)
     return read
 
 
@@ -221,7 +212,7 @@ def scan_kernel_range(prog: Program, start: int, end: int, name: str, encoding: 
             read.pages_present += 1
         except drgn.FaultError:
             read.pages_missing += 1
-    _scan_pages(read, "kernel", encoding)
+    _scan_pages(read, StackKind.KERNEL, encoding)
     return read
 
 

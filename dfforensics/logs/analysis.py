@@ -12,18 +12,18 @@ from typing import Optional
 from dfforensics.core import kernel_facts
 from dfforensics.logs.consolelog import DfReport, LogFacts, parse_log
 from dfforensics.core.frames import scan_frames, words_to_bytes
-from dfforensics.core.model import DoubleFault, Frame, KernelInfo, Report, Verdict
+from dfforensics.core.kernel_facts import Version
+from dfforensics.core.model import DfSource, DoubleFault, Frame, KernelInfo, Report, Verdict
+from dfforensics.core.observation import Medium, Observation
+from dfforensics.core.verdict import Decision, decide, decide_report
 from dfforensics.logs.textdump import parse_word_dumps
-from dfforensics.core.verdict import Decision, Observation, decide, decide_no_double_fault, explain, strongest
 
 __all__ = ("analyze_log_text",)
 
 
-def quoted_frames(text: str, release: Optional[str]) -> list[Frame]:
+def quoted_frames(text: str, version: Optional[Version]) -> list[Frame]:
     """Return the frames in stack words quoted in the text (crash ``rd``, gdb ``x``)."""
-    version = kernel_facts.parse_release(release) if release else None
-    encodings = kernel_facts.facts_for(kernel_facts.ORIG_AX_ENCODING, version)
-    encoding = encodings[0].value if version is not None and encodings else None
+    encoding = kernel_facts.value_for(kernel_facts.ORIG_AX_ENCODING, version)
     frames = []
     for run in parse_word_dumps(text):
         frames.extend(scan_frames(words_to_bytes(run.words), run.start, encoding=encoding))
@@ -31,11 +31,12 @@ def quoted_frames(text: str, release: Optional[str]) -> list[Frame]:
 
 
 def _observe(report: DfReport, facts: LogFacts, frames: list[Frame]) -> Observation:
+    release = report.release or facts.release
     return Observation(
-        source="log",
+        medium=Medium.LOG,
         regs=report.regs,
         arch_bits=report.arch_bits,
-        release=report.release or facts.release,
+        version=kernel_facts.parse_release(release) if release else None,
         environment=facts.environment,
         hypervisor=facts.hypervisor,
         guard_page_hit=report.guard_page_hit,
@@ -55,7 +56,7 @@ def _double_fault(report: DfReport, decision: Decision) -> DoubleFault:
         cpu=report.cpu,
         pid=report.pid,
         comm=report.comm,
-        sources=["log"],
+        sources=[DfSource.LOG],
         header=report.header,
         log_line=report.line,
         call_trace=report.call_trace,
@@ -83,25 +84,21 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
         environment=facts.environment,
         hypervisor=facts.hypervisor,
     )
-    frames = quoted_frames(text, facts.release)
-    source = {"kind": "log", "path": path}
-    if not facts.reports:
-        what = facts.other_crash[1] if facts.other_crash else "no crash"
-        decision = decide_no_double_fault("log", what)
-        return Report(source, decision.verdict, None, decision.summary, kernel,
-                      frames=frames, evidence=decision.evidence)
+    version = kernel_facts.parse_release(facts.release) if facts.release else None
+    frames = quoted_frames(text, version)
     double_faults = [
         _double_fault(report, decide(_observe(report, facts, frames))) for report in facts.reports
     ]
-    chosen = strongest(double_faults)
+    what = facts.other_crash[1] if facts.other_crash else "no crash"
+    decision = decide_report(Medium.LOG, double_faults, what, None, kernel.release, version, None)
     warnings = []
-    if frames:
+    if frames and double_faults:
         warnings.append(
             f"{len(frames)} frame(s) found in stack words quoted in the text; quoted memory "
             "cannot be checked against the dump it came from")
-    if chosen.verdict is Verdict.POSSIBLE:
+    if decision.verdict is Verdict.POSSIBLE:
         warnings.append("a console log can show the signature but not prove it: analyse the "
                         "vmcore with `dfforensics VMCORE VMLINUX` for a proof")
-    return Report(source, chosen.verdict, chosen.df_class, chosen.summary, kernel,
-                  double_faults, frames, chosen.evidence, warnings,
-                  explanation=explain(chosen.df_class, kernel.release, None))
+    return Report({"kind": "log", "path": path}, decision.verdict, decision.df_class,
+                  decision.summary, kernel, double_faults, frames, decision.evidence, warnings,
+                  explanation=decision.explanation)
