@@ -1,14 +1,14 @@
 """
 dfforensics: double-fault forensics for Linux x86_64 guest crash dumps.
 
-``from dfforensics import analyze, scan_frames`` gives the Python API (it
-needs drgn); the pure modules (frames, consolelog, verdict, model, render)
-import nothing from drgn.
+``from dfforensics import analyze, render, scan_frames`` gives the Python API
+(it needs drgn); the pure packages (``dfforensics.core``, ``dfforensics.logs``,
+``dfforensics.inputs``) import nothing from drgn.
 """
 
 from typing import Any
 
-__all__ = ("analyze", "scan_frames")
+__all__ = ("analyze", "render", "scan_frames")
 __version__ = "0.1.0"
 
 

@@ -4,9 +4,10 @@ Python API
 
 For scripts and the drgn REPL::
 
-    >>> from dfforensics import analyze, scan_frames
+    >>> from dfforensics import analyze, render, scan_frames
     >>> report = analyze(prog)
-    >>> print(report)            # the table
+    >>> print(report)            # the verdict line
+    >>> print(render(report))    # the whole table, as the command prints it
     >>> report.verdict
     <Verdict.MATCH: 'match'>
     >>> for frame in scan_frames(prog, 0x7ffd7357a000, 0x7ffd7357b000, task=find_task(prog, 33)):
@@ -20,12 +21,13 @@ from drgn import Object, Program
 
 from dfforensics.core import kernel_facts, x86
 from dfforensics.core.model import Frame, StackKind
+from dfforensics.core.render import render
 from dfforensics.core.signature import proves_cpl0_delivery
 from dfforensics.dump.analysis import analyze
 from dfforensics.dump.context import kernel_version
 from dfforensics.dump.stackscan import scan_kernel_range, scan_user_range, symbolizer
 
-__all__ = ("analyze", "scan_frames")
+__all__ = ("analyze", "render", "scan_frames")
 
 
 def scan_frames(

@@ -13,7 +13,7 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from dfforensics.core.errors import InputError
-from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
+from dfforensics.core.process import exit_without_teardown, skip_drgn_plugins
 
 __all__ = ("main",)
 

@@ -121,7 +121,7 @@ def test_loading_the_plugin_does_not_import_the_analysis():
     ({"DRGN_PLUGINS": "mine=mymod"}, None),
 ])
 def test_entry_points_skip_drgn_plugins_unless_the_user_chose(monkeypatch, preset, expected):
-    from dfforensics.entrypoint import skip_drgn_plugins
+    from dfforensics.core.process import skip_drgn_plugins
     monkeypatch.delenv("DRGN_PLUGINS", raising=False)
     monkeypatch.delenv("DRGN_DISABLE_PLUGINS", raising=False)
     for key, value in preset.items():

@@ -37,6 +37,17 @@ def _hex(value):
     return None if value is None else int(value, 16)
 
 
+# Where the builder left the final RSP (fixtures/README.md and each expected.json's
+# notes say how): the victim's main [stack], a pthread stack (cpl0-thread-stack-df),
+# the guard page under the kernel task stack the recursion overran, and the
+# unmapped address 0x1000 the wild-rsp module loaded.
+RSP_REGION_KIND = {
+    "kernel-stack-overflow-df": "kernel-guard-page",
+    "cpl0-thread-stack-df": "user-thread-stack",
+    "wild-rsp-df": "near-null",
+}
+
+
 def test_there_are_fixtures():
     assert SCENARIOS, "fixtures/ holds no scenario with an expected.json"
 
@@ -58,6 +69,8 @@ def test_verdict_task_and_frames_match_what_the_builder_did(directory):
     assert df["cpu"] == expected["cpu"]
     assert (df["pid"], df["tid"], df["comm"]) == (expected["pid"], expected["tid"], expected["comm"])
     assert "ist-pt_regs" in df["sources"] and "log" in df["sources"]
+    assert df["rsp_region"]["kind"] == RSP_REGION_KIND.get(directory.name, "user-stack"), \
+        df["rsp_region"]["detail"]
     for name in ("rip", "cs", "rsp", "ss"):
         assert df["regs"][name] == _hex(expected["regs"][name]), name
     found = {frame["address"]: frame for frame in report["frames"]}

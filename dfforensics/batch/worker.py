@@ -22,7 +22,7 @@ import time
 import traceback
 from typing import Any, NoReturn, Optional, TextIO
 
-from dfforensics.entrypoint import exit_without_teardown, skip_drgn_plugins
+from dfforensics.core.process import exit_without_teardown, skip_drgn_plugins
 from dfforensics.core.errors import InputError
 
 __all__ = ("row_from_worker", "run", "run_job", "row_from_report", "serve", "timeout_row")

@@ -336,10 +336,16 @@ class Report:
     sweep: Optional[SweepResult] = None
     schema_version: int = SCHEMA_VERSION
 
-    def __str__(self) -> str:
-        from dfforensics.core.render import render_table
+    @property
+    def headline(self) -> str:
+        """The verdict line every rendering starts with."""
+        cls = f" ({self.df_class.value})" if self.df_class else ""
+        return f"verdict: {self.verdict.value}{cls} — {self.summary}"
 
-        return render_table(self)
+    def __str__(self) -> str:
+        # The whole report is a rendering (dfforensics.core.render), which builds on
+        # this module: the model itself only knows its headline.
+        return self.headline
 
 
 def _jsonable(value: Any) -> Any:

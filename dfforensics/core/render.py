@@ -141,14 +141,9 @@ def _sections(report: Report, tablefmt: str) -> list[tuple[str, str]]:
     return sections
 
 
-def _verdict_line(report: Report) -> str:
-    cls = f" ({report.df_class.value})" if report.df_class else ""
-    return f"verdict: {report.verdict.value}{cls} — {report.summary}"
-
-
 def render_table(report: Report) -> str:
     """Render a report for a terminal: the verdict line first, then tables."""
-    parts = [_verdict_line(report)]
+    parts = [report.headline]
     for title, body in _sections(report, "simple"):
         parts.append(f"\n== {title} ==\n{body}")
     return "\n".join(parts) + "\n"
@@ -156,7 +151,7 @@ def render_table(report: Report) -> str:
 
 def render_markdown(report: Report) -> str:
     """Render a report as markdown for pasting into a bug report."""
-    parts = [f"**{_verdict_line(report)}**"]
+    parts = [f"**{report.headline}**"]
     for title, body in _sections(report, "github"):
         parts.append(f"\n### {title}\n\n{body}")
     return "\n".join(parts) + "\n"
