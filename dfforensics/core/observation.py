@@ -90,3 +90,6 @@ class SweepObservation:
     #: Frames that prove CPL-0 delivery, with their task's pid and tid.
     frames: Sequence[Frame] = ()
     problems: Sequence[str] = field(default_factory=tuple)
+    #: User tasks whose stack could not be located (``comm (pid, tid): why``):
+    #: their stacks were not read, so they cannot count as clean.
+    stacks_not_located: Sequence[str] = ()

@@ -486,25 +486,42 @@ def decide_no_double_fault(medium: Medium, what: str) -> Decision:
                     [Evidence("double-fault-present", Status.FAIL, detail)])
 
 
+def _sweep_gaps(obs: SweepObservation, pages_present: int, pages_missing: int) -> list[str]:
+    """What the sweep could not read that could have held frames."""
+    gaps = []
+    if pages_missing:
+        gaps.append(f"{pages_missing} resident user stack page(s) were not in the dump")
+    if obs.tasks_unreadable:
+        gaps.append(f"{obs.tasks_unreadable} task(s) could not be read")
+    if obs.stacks_not_located:
+        gaps.append(f"the stack of {len(obs.stacks_not_located)} task(s) could not be located "
+                    f"({obs.stacks_not_located[0]}"
+                    + (", ..." if len(obs.stacks_not_located) > 1 else "") + ")")
+    if obs.tasks_scanned and not pages_present and not gaps:
+        gaps.append(f"no user stack page of the {obs.tasks_scanned} task(s) could be read")
+    return gaps
+
+
 def judge_sweep(obs: SweepObservation) -> SweepResult:
     """The sweep's verdict: frames found, clean, or incomplete (never clean when
     something that could hold frames was not read)."""
     pages_present = sum(stack.pages_present for stack in obs.stacks)
     pages_missing = sum(stack.pages_missing for stack in obs.stacks)
+    gaps = _sweep_gaps(obs, pages_present, pages_missing)
     if obs.frames:
         tasks = {(frame.pid, frame.tid) for frame in obs.frames}
         verdict = SweepVerdict.CPL0_FRAMES_FOUND
         summary = (f"{len(obs.frames)} CPU-pushed frame(s) on the user stacks of {len(tasks)} "
                    "task(s) prove CPL-0 event delivery")
-    elif pages_missing or obs.tasks_unreadable:
+    elif gaps:
         verdict = SweepVerdict.INCOMPLETE
-        summary = (f"no frame found, but {pages_missing} resident user stack page(s) were not in "
-                   f"the dump and {obs.tasks_unreadable} task(s) could not be read")
+        summary = "no frame found, but " + "; ".join(gaps)
     else:
         verdict = SweepVerdict.CLEAN
         summary = f"no frame on the user stacks of {obs.tasks_scanned} task(s) ({pages_present} pages read)"
     return SweepResult(verdict, summary, obs.tasks_scanned, obs.tasks_unreadable, pages_present,
-                       pages_missing, list(obs.stacks), list(obs.frames), list(obs.problems))
+                       pages_missing, list(obs.stacks), list(obs.frames),
+                       list(obs.problems) + list(obs.stacks_not_located))
 
 
 def _sweep_evidence(result: SweepResult) -> Evidence:

@@ -39,16 +39,18 @@ class SweptUserStacks:
     reads_with_frames: tuple[StackRead, ...]
 
 
-def _stack_of(task) -> Optional[tuple[int, int, str, int]]:
-    """The mapping holding a thread's saved user RSP: (start, end, name, rsp)."""
+def _stack_of(task) -> tuple[Optional[tuple[int, int, str, int]], Optional[str]]:
+    """The mapping holding a thread's saved user RSP, (start, end, name, rsp), or why none does."""
     sp = user_stack_pointer(task)
-    if sp is None or not x86.is_plausible_user_pointer(sp):
-        return None
+    if sp is None:
+        return None, "its saved user registers cannot be read"
+    if not x86.is_plausible_user_pointer(sp):
+        return None, f"its saved user RSP {sp:#x} is not a user address"
     vma = vma_find(task.mm, sp)
     if not vma:
-        return None
+        return None, f"its saved user RSP {sp:#x} lies in no mapping"
     name = vma_name(vma).decode(errors="replace") or "anonymous"
-    return int(vma.vm_start), int(vma.vm_end), name, sp
+    return (int(vma.vm_start), int(vma.vm_end), name, sp), None
 
 
 def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> SweptUserStacks:
@@ -64,6 +66,7 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
     stacks: list[SweptStack] = []
     frames: list[Frame] = []
     problems: list[str] = []
+    unlocated: list[str] = []
     reads: list[StackRead] = []
     scanned: set[tuple[int, int]] = set()
     for task in for_each_task(prog):
@@ -73,13 +76,14 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
                 continue  # kernel threads have no user stack
             pid, tid = int(task.tgid), int(task.pid)
             comm = task.comm.string_().decode(errors="replace")
-            found = _stack_of(task)
+            found, why_not = _stack_of(task)
         except drgn.FaultError as error:
             tasks_unreadable += 1
             problems.append(f"a task could not be read ({error})")
             continue
         tasks_scanned += 1
         if found is None:
+            unlocated.append(f"{comm} (pid {pid}, tid {tid}): {why_not}")
             continue
         start, end, name, sp = found
         if (mm.value_(), start) in scanned:
@@ -96,5 +100,5 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
         if proving:
             reads.append(read)
     observation = SweepObservation(tasks_scanned, tasks_unreadable, tuple(stacks), tuple(frames),
-                                   tuple(problems))
+                                   tuple(problems), tuple(unlocated))
     return SweptUserStacks(observation, tuple(reads))
