@@ -33,7 +33,7 @@ def test_seed_report_is_possible_with_its_registers_explained():
 def test_seed_report_json_follows_the_schema():
     result = run("log", SEED, "--format", "json")
     data = json.loads(result.stdout)
-    assert data["schema_version"] == 1
+    assert data["schema_version"] == 2
     assert data["verdict"] == "possible" and data["df_class"] == "cpl-corruption"
     (df,) = data["double_faults"]
     assert (df["cpu"], df["pid"], df["comm"]) == (0, 36565, "fio")

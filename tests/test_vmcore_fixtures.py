@@ -33,6 +33,15 @@ def _run(directory: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(args + list(extra), capture_output=True, text=True, timeout=900)
 
 
+def _answer(expected: dict) -> tuple:
+    """The report's top-level (verdict, df_class): the question is whether the hypervisor
+    corrupted CPL, so CPU-pushed frames the builder caused make it a match even where the
+    crash (if any) is something else; expected.json's verdict names the crash."""
+    if expected.get("sweep_verdict") == "cpl0-frames-found":
+        return "match", "cpl-corruption"
+    return expected["verdict"], expected["df_class"]
+
+
 def _hex(value):
     return None if value is None else int(value, 16)
 
@@ -58,11 +67,12 @@ def test_verdict_task_and_frames_match_what_the_builder_did(directory):
     result = _run(directory, "--format", "json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report["verdict"] == expected["verdict"], report["summary"]
-    assert report["df_class"] == expected["df_class"], report["summary"]
+    assert (report["verdict"], report["df_class"]) == _answer(expected), report["summary"]
     assert report["kernel"]["release"] == expected["kernel_release"]
     if expected["verdict"] == "no-double-fault":
         assert report["double_faults"] == []
+        if expected.get("sweep_verdict") == "cpl0-frames-found":
+            assert "no double fault, but" in report["summary"]
         return
     deciding = [df for df in report["double_faults"] if df["verdict"] == report["verdict"]]
     df = deciding[0]
@@ -93,7 +103,7 @@ def test_table_output_shows_verdict_and_annotated_stack(directory):
     expected = _expected(directory)
     result = _run(directory)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"verdict: {expected['verdict']}")
+    assert result.stdout.startswith(f"verdict: {_answer(expected)[0]}")
     if expected["frames"] and not (expected.get("dump_level") or 0) & 8:
         assert "== Annotated stack ==" in result.stdout
         assert "RSP (points just above this frame: no stack switch)" in result.stdout

@@ -39,7 +39,7 @@ __all__ = (
     "to_json_dict",
 )
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: The renderings of a Report (dfforensics.core.render.FORMATS has one function for each).
 OUTPUT_FORMATS: Final = ("table", "json", "markdown")
 
@@ -81,9 +81,14 @@ class DfClass(str, enum.Enum):
 class Status(str, enum.Enum):
     """Whether a check supports the signature."""
 
+    #: Supports the signature (a proof, where the check is one).
     PASS = "pass"
+    #: Argues against the signature.
     FAIL = "fail"
+    #: The input cannot tell.
     UNKNOWN = "unknown"
+    #: Does not apply here, or is not needed: neither for nor against.
+    NOT_APPLICABLE = "n/a"
 
 
 class StackKind(str, enum.Enum):

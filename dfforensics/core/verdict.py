@@ -114,7 +114,8 @@ def _old_direct_map(rsp: int, obs: Observation) -> bool:
 # --- checks every #DF gets ---------------------------------------------------
 
 def _double_fault_present(obs: Observation) -> Evidence:
-    return Evidence("double-fault-present", Status.PASS, f"#DF seen in the {obs.medium.value}")
+    where = "the console log" if obs.medium is Medium.LOG else "guest memory"
+    return Evidence("double-fault-present", Status.PASS, f"#DF seen in {where}")
 
 
 def _running_under_hypervisor(obs: Observation) -> Evidence:
@@ -194,7 +195,11 @@ def _proof_cr2_at_first_push_slot(obs: Observation) -> Evidence:
     if cs is None or rsp is None:
         return Evidence(check, Status.UNKNOWN, "the saved CS or RSP is not known")
     if x86.rpl(cs) != 3:
-        return Evidence(check, Status.FAIL, f"the #DF interrupted kernel code (CS {cs:#x}), not user code")
+        at_slot = signature.cr2_at_first_push_slot(cr2, rsp)
+        return Evidence(check, Status.NOT_APPLICABLE,
+                        f"the #DF interrupted kernel code (CS {cs:#x}): this proof needs user code"
+                        + (f" (CR2 {cr2:#x} is the first push slot below RSP, a mark, not a proof, "
+                           "for kernel code)" if at_slot else ""))
     if cr2 is None:
         return Evidence(check, Status.UNKNOWN, f"user CS {cs:#x} but CR2 is not known")
     if signature.cr2_at_first_push_slot(cr2, rsp) and x86.is_plausible_user_pointer(rsp):
@@ -221,7 +226,10 @@ def _proof_impossible_ss(obs: Observation) -> Evidence:
                         f"{ss_frames[0].ss:#x}, first at {ss_frames[0].address:#x}")
     if cs is None or ss is None:
         return Evidence(check, Status.UNKNOWN, "the saved CS or SS is not known")
-    return Evidence(check, Status.FAIL, f"CS {cs:#x} with SS {ss:#x} is a healthy pair")
+    # A healthy pair does not argue against the signature: the seed's own #DF saved
+    # CS 0x33 with SS 0x2b. This proof simply does not apply.
+    return Evidence(check, Status.NOT_APPLICABLE,
+                    f"CS {cs:#x} with SS {ss:#x} is a healthy pair, in the #DF and in every frame found")
 
 
 # --- rules when a proof holds, in order ------------------------------------------
@@ -541,27 +549,48 @@ class ReportDecision:
     explanation: list[str]
 
 
+def _sweep_proof(sweep: SweepResult) -> str:
+    tasks = len({(frame.pid, frame.tid) for frame in sweep.frames})
+    return (f"{len(sweep.frames)} CPU-pushed frame(s) on user stacks of {tasks} task(s) prove "
+            "CPL-0 event delivery")
+
+
 def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_crash: str,
                   sweep: Optional[SweepResult], release: Optional[str], version: Optional[Version],
-                  cpu_vendor: Optional[str]) -> ReportDecision:
+                  cpu_vendor: Optional[str], sweep_requested: bool = False) -> ReportDecision:
     """Decide a whole input from its #DFs (already decided) and the sweep, if it ran.
 
+    The top-level verdict answers the user's question, "did the hypervisor corrupt
+    the guest's CPL?": ``match`` whenever guest memory proves CPL-0 delivery, by a
+    #DF or by the sweep, whatever the crash was.
+
     :param other_crash: what the input shows when it holds no #DF.
+    :param sweep_requested: the user asked for the sweep: its answer leads the summary.
     """
     sweep_evidence = [_sweep_evidence(sweep)] if sweep is not None else []
+    proven_by_sweep = sweep is not None and sweep.verdict is SweepVerdict.CPL0_FRAMES_FOUND
+    explain_cpl = explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor)
     if not double_faults:
         decision = decide_no_double_fault(medium, other_crash)
-        if sweep is not None and sweep.verdict is SweepVerdict.CPL0_FRAMES_FOUND:
-            tasks = len({(frame.pid, frame.tid) for frame in sweep.frames})
-            headline = (f"no double fault, but {len(sweep.frames)} CPU-pushed frame(s) on user "
-                        f"stacks of {tasks} task(s) prove CPL-0 event delivery")
-            return ReportDecision(decision.verdict, None, headline, decision.evidence + sweep_evidence,
-                                  explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor))
-        return ReportDecision(decision.verdict, None, decision.summary,
-                              decision.evidence + sweep_evidence, [])
+        if proven_by_sweep:
+            crash = Evidence("double-fault-present", Status.NOT_APPLICABLE,
+                             decision.summary + ": the proof is the sweep's, no crash is needed")
+            return ReportDecision(Verdict.MATCH, DfClass.CPL_CORRUPTION,
+                                  f"no double fault, but {_sweep_proof(sweep)} "
+                                  f"(the dump shows {other_crash})", [crash] + sweep_evidence, explain_cpl)
+        summary = decision.summary
+        if sweep_requested and sweep is not None:
+            summary = f"sweep {sweep.verdict.value}: {sweep.summary}; {summary}"
+        return ReportDecision(decision.verdict, None, summary, decision.evidence + sweep_evidence, [])
     chosen = strongest(double_faults)
-    return ReportDecision(chosen.verdict, chosen.df_class, chosen.summary,
-                          chosen.evidence + sweep_evidence,
+    if proven_by_sweep and chosen.verdict is not Verdict.MATCH:
+        return ReportDecision(Verdict.MATCH, DfClass.CPL_CORRUPTION,
+                              f"{_sweep_proof(sweep)}; the double fault itself: {chosen.summary}",
+                              chosen.evidence + sweep_evidence, explain_cpl)
+    summary = chosen.summary
+    if sweep_requested and sweep is not None and not proven_by_sweep:
+        summary = f"{summary}; sweep {sweep.verdict.value}: {sweep.summary}"
+    return ReportDecision(chosen.verdict, chosen.df_class, summary, chosen.evidence + sweep_evidence,
                           explain(chosen.df_class, release, version, cpu_vendor))
 
 

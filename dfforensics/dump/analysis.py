@@ -312,7 +312,7 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
     # The log parser looks for every panic drgn's panic_message() knows, and more.
     other_crash = log.other_crash[1] if log.other_crash else "no panic message"
     decision = decide_report(Medium.MEMORY, double_faults, other_crash, sweep_result, kernel.release,
-                             version, kernel.cpu_vendor)
+                             version, kernel.cpu_vendor, sweep_requested=sweep is True)
     words = next((df.annotated_words for df in observed if df.annotated_words), [])
     if not words and swept is not None and swept.observation.frames:
         words = _annotated(swept.reads_with_frames, swept.observation.frames, symbolizer(prog, None))

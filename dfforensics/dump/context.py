@@ -41,8 +41,8 @@ def hypervisor_seen(prog: Program) -> tuple[str, Optional[str]]:
     try:
         caps = prog["boot_cpu_data"].x86_capability
         if int(caps[_HYPERVISOR_WORD]) >> _HYPERVISOR_BIT & 1:
-            return "guest", "unnamed (CPUID hypervisor bit set)"
-        return "bare-metal", "none (no CPUID hypervisor bit)"
+            return "guest", "unnamed, CPUID hypervisor bit set"
+        return "bare-metal", "none, no CPUID hypervisor bit"
     except (LookupError, drgn.FaultError):
         return "unknown", None
 
