@@ -9,7 +9,8 @@ timestamps.
 
 from dfforensics.core import x86
 from dfforensics.core.model import Registers, Verdict
-from dfforensics.core.verdict import Observation, decide
+from dfforensics.core.observation import Medium, Observation
+from dfforensics.core.verdict import decide
 from dfforensics.logs.analysis import analyze_log_text
 from dfforensics.logs.consolelog import normalize_lines, parse_log
 
@@ -93,8 +94,9 @@ def test_old_jiffies_timestamps_and_interleaved_output_are_split():
         "PANIC: double fault, error_code: 0x0")
 
 
-def _obs(**regs: int) -> Observation:
-    return Observation(source="log", regs=Registers(**regs), environment="guest")
+def _obs(kernel_pointers: tuple[int, ...] = (), **regs: int) -> Observation:
+    return Observation(medium=Medium.LOG, regs=Registers(**regs), environment="guest",
+                       kernel_pointers=kernel_pointers)
 
 
 def test_xen_pv_kernel_selectors_are_not_an_impossible_ss():
@@ -110,8 +112,7 @@ def test_five_level_kernel_rsp_is_neither_wild_nor_user():
 
 
 def test_five_level_user_rsp_above_the_four_level_limit_is_user():
-    obs = _obs(cs=0x10, ss=0x18, rsp=0x00FF_FFFF_FFFF_F000)
-    obs.kernel_pointers = [0xFF11000119600000]
+    obs = _obs((0xFF11000119600000,), cs=0x10, ss=0x18, rsp=0x00FF_FFFF_FFFF_F000)
     assert decide(obs).verdict is Verdict.POSSIBLE
 
 
