@@ -7,6 +7,11 @@ paging #DF, a Xen PV #DF, =C2=A0 no-break spaces, 2.6-era "[jiffies:usec]"
 timestamps.
 """
 
+import json
+from pathlib import Path
+
+import pytest
+
 from dfforensics.core import x86
 from dfforensics.core.model import Registers, Verdict
 from dfforensics.core.observation import Medium, Observation
@@ -120,3 +125,20 @@ def test_kernel_code_on_a_user_stack_names_the_rop_pivot_look_alike():
     decision = decide(_obs(cs=0x10, ss=0x18, rsp=0x7FFF650DF000, cr2=0x7FFF650DEFF8))
     assert decision.verdict is Verdict.POSSIBLE
     assert any(e.check == "not-a-rop-stack-pivot" for e in decision.evidence)
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURE_LOGS = sorted([*FIXTURES.glob("*/console.log"), *FIXTURES.glob("*/vmcore-dmesg.txt")])
+
+
+@pytest.mark.parametrize("path", FIXTURE_LOGS, ids=[f"{p.parent.name}/{p.name}" for p in FIXTURE_LOGS])
+def test_fixture_logs_give_the_fixtures_verdict_class(path: Path):
+    expected = json.loads((path.parent / "expected.json").read_text())
+    report = analyze_log_text(path.read_text(errors="replace"), str(path))
+    if expected["verdict"] in ("match", "possible"):
+        # A log never proves; a console that shows only the capture kernel booting cannot name the class.
+        assert report.verdict is Verdict.POSSIBLE, report.summary
+        assert report.df_class is None or report.df_class.value == expected["df_class"]
+    else:
+        assert (report.verdict.value, report.df_class.value if report.df_class else None) == (
+            expected["verdict"], expected["df_class"]), report.summary
