@@ -78,6 +78,9 @@ class Observation:
     push_slot: Optional[PushSlot] = None
     #: Where CR2 was read from (the log, the #DF handler's frame), when anywhere.
     cr2_source: Optional[str] = None
+    #: Log only: what the report does not show of the #DF's state and why (a
+    #: fragment: cut by a reboot, elided by the reporter), or None.
+    registers_missing: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,13 @@ __all__ = (
 def kernel_cs_with_foreign_ss(cs: int, ss: int) -> bool:
     """Kernel code saved with an SS other than NULL (event from user mode) or
     __KERNEL_DS (SYSCALL): a healthy 64-bit kernel never has that pair."""
-    return cs == x86.KERNEL_CS and ss not in x86.HEALTHY_KERNEL_SS
+    return x86.is_kernel_cs(cs) and ss not in x86.healthy_kernel_ss(cs)
 
 
 def user_cs_with_kernel_ss(cs: int, ss: int) -> bool:
     """User code (CS RPL 3) saved with an SS of RPL 0: the CPU refuses to run
     user code with such an SS, so the state was made at CPL 0."""
-    return x86.rpl(cs) == 3 and x86.rpl(ss) != 3
+    return x86.is_user_cs(cs) and x86.rpl(ss) != 3
 
 
 def impossible_ss(cs: Optional[int], ss: Optional[int]) -> bool:

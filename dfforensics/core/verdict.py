@@ -37,6 +37,7 @@ __all__ = (
     "decide",
     "decide_no_double_fault",
     "decide_report",
+    "decide_unprinted_crash",
     "judge_sweep",
     "explain",
     "strongest",
@@ -77,6 +78,12 @@ class _Proofs:
     def any_passed(self) -> bool:
         return Status.PASS in (self.frames_on_user_stack.status, self.cr2_at_first_push_slot.status,
                                self.impossible_ss.status)
+
+
+def _la57(obs: Observation) -> bool:
+    """Whether the printed addresses show 5-level paging (kernel half from 0xff00...)."""
+    rsp = obs.regs.rsp
+    return x86.implies_la57([*obs.kernel_pointers, *([rsp] if rsp is not None else [])])
 
 
 def _hex(value: Optional[int]) -> str:
@@ -134,7 +141,7 @@ def _rsp_is_user_address(obs: Observation) -> Evidence:
     rsp = obs.regs.rsp
     if rsp is None:
         return Evidence("rsp-is-user-address", Status.UNKNOWN, "the saved RSP is not known")
-    user = x86.is_plausible_user_pointer(rsp)
+    user = x86.is_plausible_user_pointer(rsp, _la57(obs))
     return Evidence("rsp-is-user-address", Status.PASS if user else Status.FAIL,
                     f"RSP {rsp:#x} is " + ("a user-space address" if user else
                                            "not a mappable user-space address"))
@@ -194,7 +201,7 @@ def _proof_cr2_at_first_push_slot(obs: Observation) -> Evidence:
     cs, rsp, cr2 = obs.regs.cs, obs.regs.rsp, obs.regs.cr2
     if cs is None or rsp is None:
         return Evidence(check, Status.UNKNOWN, "the saved CS or RSP is not known")
-    if x86.rpl(cs) != 3:
+    if not x86.is_user_cs(cs):
         at_slot = signature.cr2_at_first_push_slot(cr2, rsp)
         return Evidence(check, Status.NOT_APPLICABLE,
                         f"the #DF interrupted kernel code (CS {cs:#x}): this proof needs user code"
@@ -202,7 +209,7 @@ def _proof_cr2_at_first_push_slot(obs: Observation) -> Evidence:
                            "for kernel code)" if at_slot else ""))
     if cr2 is None:
         return Evidence(check, Status.UNKNOWN, f"user CS {cs:#x} but CR2 is not known")
-    if signature.cr2_at_first_push_slot(cr2, rsp) and x86.is_plausible_user_pointer(rsp):
+    if signature.cr2_at_first_push_slot(cr2, rsp) and x86.is_plausible_user_pointer(rsp, _la57(obs)):
         return Evidence(check, Status.PASS,
                         f"user CS {cs:#x}, RSP {rsp:#x} and CR2 {cr2:#x} = (RSP & ~0xf) - 8: "
                         "the CPU's own push onto the user stack faulted")
@@ -302,16 +309,16 @@ def _registers_unknown(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
 
 def _wild_address(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     rsp = obs.regs.rsp
-    if x86.is_canonical(rsp) and rsp >= x86.MMAP_MIN_ADDR:
+    if x86.is_canonical(rsp, _la57(obs)) and rsp >= x86.MMAP_MIN_ADDR:
         return None
-    what = "non-canonical" if not x86.is_canonical(rsp) else "below mmap_min_addr"
+    what = "non-canonical" if not x86.is_canonical(rsp, _la57(obs)) else "below mmap_min_addr"
     return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
                    f"RSP {rsp:#x} is {what}: kernel code ran on a wild stack pointer")
 
 
 def _misaligned_kernel_rsp(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     rsp = obs.regs.rsp
-    if obs.regs.cs != x86.KERNEL_CS or not rsp % 8:
+    if obs.regs.cs is None or not x86.is_kernel_cs(obs.regs.cs) or not rsp % 8:
         return None
     return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
                    f"kernel code with RSP {rsp:#x}, not 8-byte aligned: the kernel never runs on "
@@ -320,7 +327,7 @@ def _misaligned_kernel_rsp(obs: Observation, proofs: _Proofs) -> Optional[_Rulin
 
 def _user_rsp_in_old_direct_map(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     rsp = obs.regs.rsp
-    if not x86.is_user_address(rsp) or not _old_direct_map(rsp, obs):
+    if not x86.is_user_address(rsp, _la57(obs)) or not _old_direct_map(rsp, obs):
         return None
     return _Ruling(Verdict.NO_MATCH, DfClass.KERNEL_ADDRESS_SPACE,
                    f"RSP {rsp:#x} is in the direct map of x86_64 kernels before 2.6.11 "
@@ -329,7 +336,7 @@ def _user_rsp_in_old_direct_map(obs: Observation, proofs: _Proofs) -> Optional[_
 
 def _user_rsp_truncated_kernel_pointer(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     rsp = obs.regs.rsp
-    truncated = _truncated_kernel_pointer(rsp, obs.kernel_pointers) if x86.is_user_address(rsp) else None
+    truncated = _truncated_kernel_pointer(rsp, obs.kernel_pointers) if x86.is_user_address(rsp, _la57(obs)) else None
     if truncated is None:
         return None
     return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
@@ -340,7 +347,7 @@ def _user_rsp_truncated_kernel_pointer(obs: Observation, proofs: _Proofs) -> Opt
 def _user_rsp_unmapped(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     # Only a positive "no mapping" makes it wild; unreadable mappings do not.
     rsp = obs.regs.rsp
-    if not x86.is_user_address(rsp) or obs.rsp_region is None \
+    if not x86.is_user_address(rsp, _la57(obs)) or obs.rsp_region is None \
             or obs.rsp_region.kind is not RegionKind.USER_UNMAPPED:
         return None
     return _Ruling(Verdict.NO_MATCH, DfClass.WILD_RSP,
@@ -349,7 +356,7 @@ def _user_rsp_unmapped(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
 
 def _user_mode_fault_off_stack(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     cs = obs.regs.cs
-    if not x86.is_user_address(obs.regs.rsp) or cs is None or x86.rpl(cs) != 3 \
+    if not x86.is_user_address(obs.regs.rsp, _la57(obs)) or cs is None or not x86.is_user_cs(cs) \
             or proofs.cr2_at_first_push_slot.status is not Status.FAIL:
         return None
     return _Ruling(Verdict.NO_MATCH, DfClass.OTHER,
@@ -359,7 +366,7 @@ def _user_mode_fault_off_stack(obs: Observation, proofs: _Proofs) -> Optional[_R
 
 def _user_rsp_on_bare_metal(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     rsp = obs.regs.rsp
-    if not x86.is_user_address(rsp) or obs.environment != "bare-metal":
+    if not x86.is_user_address(rsp, _la57(obs)) or obs.environment != "bare-metal":
         return None
     return _Ruling(Verdict.NO_MATCH, DfClass.BARE_METAL,
                    f"user RSP {rsp:#x} at a #DF, but on bare metal: no hypervisor can have "
@@ -368,7 +375,7 @@ def _user_rsp_on_bare_metal(obs: Observation, proofs: _Proofs) -> Optional[_Ruli
 
 def _user_rsp_unproven(obs: Observation, proofs: _Proofs) -> Optional[_Ruling]:
     rsp = obs.regs.rsp
-    if not x86.is_user_address(rsp):
+    if not x86.is_user_address(rsp, _la57(obs)):
         return None
     reason = ("from a console log" if obs.medium is Medium.LOG
               else obs.user_stack_problem or "no frame proves it")
@@ -457,6 +464,47 @@ def _decide_i386(obs: Observation) -> _Ruling:
                    "not its proof", user_range)
 
 
+# --- fragments and look-alikes the registers cannot tell apart ---------------------
+
+def _fragment(obs: Observation) -> Optional[_Ruling]:
+    """A #DF header without the state it interrupted: the log cannot argue either way.
+
+    ``no-match`` needs a check that argues against the signature; a fragment
+    has none, so it is ``possible`` with no class, saying what is missing.
+    """
+    if obs.registers_missing is None or obs.regs.rsp is not None:
+        return None
+    return _Ruling(Verdict.POSSIBLE, None,
+                   f"a #DF whose interrupted state the log does not show ({obs.registers_missing}): "
+                   "it can be the signature or not; find a fuller log or the dump",
+                   (Evidence("registers-in-log", Status.UNKNOWN, obs.registers_missing),))
+
+
+def _rop_pivot_caveat(obs: Observation, ruling: _Ruling) -> _Ruling:
+    """Kernel RIP on a user RSP is also what a kernel ROP stack pivot looks like.
+
+    An exploit that pivots the kernel stack onto user memory (QEMU guest or
+    not) dies with kernel RIP, user RSP and a #DF, no hypervisor involved.
+    Registers alone cannot tell the two apart; memory can.
+    """
+    cs = obs.regs.cs
+    if ruling.verdict is not Verdict.POSSIBLE or ruling.df_class is not DfClass.CPL_CORRUPTION:
+        return ruling
+    if any(f.kind is FrameKind.CPL0_USER_STACK for f in obs.frames):
+        return ruling
+    if cs is not None and x86.is_user_cs(cs):
+        return ruling
+    caveat = Evidence(
+        "not-a-rop-stack-pivot", Status.UNKNOWN,
+        "kernel code on a user stack is also what a kernel ROP stack pivot onto user memory "
+        "leaves (an exploit, no hypervisor involved): the registers cannot tell them apart. "
+        "A dump can: the signature leaves CPU-pushed frames (RIP, CS, RFLAGS, RSP, SS) on the "
+        "user stack, a pivot leaves a chain of kernel gadget addresses there instead")
+    return _Ruling(ruling.verdict, ruling.df_class,
+                   ruling.summary + "; a kernel ROP stack pivot onto user memory would look the same",
+                   ruling.evidence + (caveat,))
+
+
 # --- the decisions -------------------------------------------------------------------
 
 def _first_ruling(rules: Sequence[_Rule], obs: Observation, proofs: _Proofs) -> _Ruling:
@@ -470,7 +518,10 @@ def _first_ruling(rules: Sequence[_Rule], obs: Observation, proofs: _Proofs) -> 
 def decide(obs: Observation) -> Decision:
     """Weigh the evidence about one #DF and return the verdict with its reasons."""
     evidence = [_double_fault_present(obs), _running_under_hypervisor(obs)]
-    if obs.arch_bits == 32:
+    fragment = _fragment(obs)
+    if fragment is not None:
+        ruling = fragment
+    elif obs.arch_bits == 32:
         evidence.append(Evidence("64-bit-kernel", Status.FAIL, "a 32-bit (i386) kernel"))
         ruling = _decide_i386(obs)
     else:
@@ -480,6 +531,7 @@ def decide(obs: Observation) -> Decision:
                      _rsp_is_user_address(obs)]
         evidence += filter(None, [_rsp_in_user_mapping(obs)])
         ruling = _first_ruling(_PROVEN_RULES if proofs.any_passed else _UNPROVEN_RULES, obs, proofs)
+    ruling = _rop_pivot_caveat(obs, ruling)
     evidence += ruling.evidence
     # What memory showed besides the proofs: reported, never deciding.
     evidence += filter(None, [_push_slot_page_not_present(obs), _cr2_source(obs)])
@@ -508,6 +560,17 @@ def _sweep_gaps(obs: SweepObservation, pages_present: int, pages_missing: int) -
     if obs.tasks_scanned and not pages_present and not gaps:
         gaps.append(f"no user stack page of the {obs.tasks_scanned} task(s) could be read")
     return gaps
+
+
+def decide_unprinted_crash(medium: Medium, what: str) -> "ReportDecision":
+    """The decision for an input that shows a crash happened (``what``) but not its report."""
+    source = "dump" if medium is Medium.MEMORY else "log"
+    detail = f"the {source} shows {what}, but not the crash report itself"
+    return ReportDecision(
+        Verdict.POSSIBLE, None,
+        f"{detail}: it cannot tell whether it was a double fault, nor which kind; read the "
+        "crash's own log (vmcore-dmesg.txt) or the dump",
+        [Evidence("double-fault-present", Status.UNKNOWN, detail)], [])
 
 
 def judge_sweep(obs: SweepObservation) -> SweepResult:

@@ -12,7 +12,7 @@ mode" (frame layout, 16-byte alignment, stack switch rules); the kernel's
 the crash utility's ``x86_64.c`` (RFLAGS reserved mask used by ``bt -e``).
 """
 
-from typing import Final
+from typing import Final, Iterable
 
 __all__ = (
     "KERNEL32_CS",
@@ -24,6 +24,12 @@ __all__ = (
     "FRAME_CS",
     "FRAME_SS",
     "HEALTHY_KERNEL_SS",
+    "XEN_PV_KERNEL_CS",
+    "XEN_PV_KERNEL_SS",
+    "is_kernel_cs",
+    "is_user_cs",
+    "healthy_kernel_ss",
+    "implies_la57",
     "RFLAGS_RESERVED_MASK",
     "RFLAGS_FIXED_BIT",
     "HW_FRAME_WORDS",
@@ -72,6 +78,15 @@ FRAME_SS: Final = frozenset({0x00, KERNEL_DS, USER_DS})
 # SS values a healthy kernel has while it runs at CPL 0. Anything else saved
 # with CS 0x10 means an event was delivered at CPL 0 with user segment state.
 HEALTHY_KERNEL_SS: Final = frozenset({0x00, KERNEL_DS})
+
+# A 64-bit Xen PV guest kernel runs in ring 3 on Xen's flat selectors
+# (xen/include/public/arch-x86/xen-x86_64.h: FLAT_RING3_CS64 0xe033,
+# FLAT_RING3_SS64 0xe02b); Linux prints its saved kernel CS with RPL 0
+# (e030), the live CS as e033. Kernel state there is CS e030/e033 with SS
+# e02b (or NULL): normal, not an impossible SS. Guest user mode keeps the
+# guest's own 0x33/0x2b.
+XEN_PV_KERNEL_CS: Final = frozenset({0xE030, 0xE033})
+XEN_PV_KERNEL_SS: Final = frozenset({0x00, 0xE02B})
 
 # Reserved RFLAGS bits (3, 5, 15, 22-63) must be clear and bit 1 set: the
 # crash utility's check for a plausible saved RFLAGS.
@@ -122,6 +137,32 @@ def selector_name(selector: int) -> str:
 def rpl(selector: int) -> int:
     """Return the requested privilege level (low two bits) of a selector."""
     return selector & 3
+
+
+def is_kernel_cs(selector: int) -> bool:
+    """Return whether a saved CS is a kernel's: __KERNEL_CS, or a Xen PV kernel's ring-3 CS."""
+    return selector == KERNEL_CS or selector in XEN_PV_KERNEL_CS
+
+
+def is_user_cs(selector: int) -> bool:
+    """Return whether a saved CS is user code (RPL 3 and not a Xen PV kernel's CS)."""
+    return rpl(selector) == 3 and selector not in XEN_PV_KERNEL_CS
+
+
+def healthy_kernel_ss(cs: int) -> frozenset[int]:
+    """Return the SS values a healthy kernel saves with a kernel CS."""
+    return XEN_PV_KERNEL_SS if cs in XEN_PV_KERNEL_CS else HEALTHY_KERNEL_SS
+
+
+def implies_la57(addresses: Iterable[int]) -> bool:
+    """Return whether addresses only 5-level paging makes canonical are among them.
+
+    With LA57 the kernel half starts at 0xff00000000000000 (direct map at
+    0xff11000000000000, Documentation/arch/x86/x86_64/mm.rst); under 4-level
+    paging such an address is non-canonical, so seeing one printed as a live
+    kernel pointer means the machine ran with 5-level paging.
+    """
+    return any(_KERNEL_BOTTOM_5LEVEL <= a < _KERNEL_BOTTOM_4LEVEL for a in addresses)
 
 
 def is_canonical(address: int, la57: bool = False) -> bool:

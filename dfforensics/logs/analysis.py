@@ -15,7 +15,7 @@ from dfforensics.core.frames import scan_frames, words_to_bytes
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import DfSource, DoubleFault, Frame, KernelInfo, Report, Verdict
 from dfforensics.core.observation import Medium, Observation
-from dfforensics.core.verdict import Decision, decide, decide_report
+from dfforensics.core.verdict import Decision, decide, decide_report, decide_unprinted_crash
 from dfforensics.logs.textdump import parse_word_dumps
 
 __all__ = ("analyze_log_text",)
@@ -44,6 +44,7 @@ def _observe(report: DfReport, facts: LogFacts, frames: list[Frame]) -> Observat
         firmware_context=report.firmware_context,
         frames=frames,
         user_stack_problem="a console log holds no user stack memory",
+        registers_missing=report.missing,
     )
 
 
@@ -90,7 +91,14 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
         _double_fault(report, decide(_observe(report, facts, frames))) for report in facts.reports
     ]
     what = facts.other_crash[1] if facts.other_crash else "no crash"
-    decision = decide_report(Medium.LOG, double_faults, what, None, kernel.release, version, None)
+    # A fragment (a header whose registers the log lost) cannot outvote a report
+    # the log printed whole: it decides only when every report is a fragment.
+    whole = [df for df, report in zip(double_faults, facts.reports) if report.missing is None]
+    if not double_faults and facts.unprinted_crash:
+        decision = decide_unprinted_crash(Medium.LOG, facts.unprinted_crash)
+    else:
+        decision = decide_report(Medium.LOG, whole or double_faults, what, None, kernel.release,
+                                 version, None)
     warnings = []
     if frames and double_faults:
         warnings.append(

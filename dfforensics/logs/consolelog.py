@@ -11,6 +11,13 @@ report, per era), :data:`OTHER_CRASH_HEADERS` (look-alikes that are not #DF),
 :data:`LINE_PREFIXES` (what capture tools put before each line) and
 :data:`REGISTER_FORMATS` (how each era prints the interrupted state). Adding a
 format is adding a row.
+
+A register dump is a unit (:class:`RegisterBlock`): every register of one event
+comes from one block. A report prints several: the state the #DF interrupted
+(the faulting block, right after the header), frames nested in ``<IRQ>``,
+``<NMI>``, ``<#DF>``, ``<ENTRY_TRAMPOLINE>`` sections, the user-mode entry
+state at the end of a call trace, and a repeat after ``---[ end trace``. Only
+the faulting block is the #DF's; the others are kept as what they are.
 """
 
 import functools
@@ -22,6 +29,7 @@ from dfforensics.core.model import Registers
 
 __all__ = (
     "Header",
+    "RegisterBlock",
     "DfReport",
     "LogFacts",
     "DF_HEADERS",
@@ -55,7 +63,7 @@ def _h(name: str, regex: str, kind: str, eras: str) -> Header:
 DF_HEADERS: Final = (
     _h("panic-double-fault-i386", r"(?:PANIC: )?double fault, gdt at (?P<gdt>[0-9a-f]+)",
        "double-fault", "i386 task-gate handler to 5.5 ('PANIC: ' from about 2.6.9)"),
-    _h("panic-double-fault", r"PANIC: double fault(?:, error_code: 0x(?P<error_code>[0-9a-f]+))?",
+    _h("panic-double-fault", r"PANIC: double fault, error_code: 0x(?P<error_code>[0-9a-f]+)",
        "double-fault", "3.x–5.x df_debug / exc_double_fault (4.9/4.14 also without 'traps:')"),
     _h("die-double-fault", r"(?:Oops: )?double fault: (?P<error_code>[0-9a-f]{4}) \[#?\d+\]",
        "double-fault", "2.6 '[1]', 3.x+ '[#1]', 'Oops: ' prefix from 6.10"),
@@ -94,10 +102,14 @@ LINE_PREFIXES: Final = (
     r"^\s*(?:>\s?)+",                                   # mail quoting
     r"^\d+,\d+,\d+,[-c][^;]*;",                          # /dev/kmsg, netconsole ext.
     r"^<\d+>",                                           # printk level
+    r"^\d{1,7}\s+<\d>",                                  # numbered paste: "1146  <4>"
     r"^[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d \S+ kernel: ?",  # syslog
     r"^\d{4}-\d\d-\d\d[T ][\d:.,+-]+Z? \S+ kernel: ?",   # RFC 3339 syslog / journal
     r"^kernel: ?",
-    r"^\[\s*\d+\.\d+\]\s?",                              # printk time
+    r"^\s+",                                            # indentation of pastes
+    r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}\] ?",  # dmesg -T
+    r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ",                 # xl/Qubes console time
+    r"^\[\s*\d+[.:]\d+\]\s?",                           # printk time (2.6: "[4294730:255000]")
     r"^\[\s*[CT]\d+\]\s?",                               # printk caller id
     r"^\s*\[\s*\d+\.\d+\]\[\s*[CT]\d+\]\s?",             # time + caller id
 )
@@ -180,6 +192,21 @@ _BARE_METAL_HARDWARE: Final = (
 )
 
 
+@dataclass(frozen=True)
+class RegisterBlock:
+    """One register dump as printed: every register of one event, and where it was printed."""
+
+    regs: Registers
+    #: 1-based line (of the normalised log) of its first RIP/EIP line.
+    line: int
+    #: "fault" (the state the report is about), the trace section it was printed in
+    #: ("IRQ", "NMI", "#DF", "ENTRY_TRAMPOLINE", ...), "user-entry" (user state at the end
+    #: of a call trace), "call-trace" (a kernel frame in a trace) or "repeat" (after
+    #: ``---[ end trace``).
+    where: str
+    arch_bits: int = 64
+
+
 @dataclass
 class DfReport:
     """One #DF report found in a log, with what it says."""
@@ -200,6 +227,10 @@ class DfReport:
     firmware_context: Optional[str] = None
     kernel_pointers: list[int] = field(default_factory=list)
     call_trace: list[str] = field(default_factory=list)
+    #: Register dumps of other events the report shows (never the #DF's own).
+    nested_blocks: list[RegisterBlock] = field(default_factory=list)
+    #: What the log does not show of the #DF's state and why, when it is a fragment.
+    missing: Optional[str] = None
 
 
 @dataclass
@@ -213,11 +244,47 @@ class LogFacts:
     hardware_name: Optional[str]
     environment: str
     hypervisor: Optional[str]
+    #: When no crash report is printed but the log shows one happened (a kdump
+    #: capture kernel booting), what shows it.
+    unprinted_crash: Optional[str] = None
+
+
+# A kdump capture kernel boots with elfcorehdr= on its command line: the
+# previous kernel crashed, whether or not its report reached this console.
+_CAPTURE_KERNEL_RE: Final = re.compile(r"^(?:Kernel )?[Cc]ommand line: .*\belfcorehdr=")
 
 
 # Every prefix is anchored and none matches an empty string: one alternation,
 # matched until nothing is left to strip, tries them all in one pass per prefix.
 _ANY_LINE_PREFIX: Final = re.compile("|".join(f"(?:{prefix})" for prefix in LINE_PREFIXES))
+
+# Mail archives keep quoted-printable bodies as sent: "=\n" soft breaks split
+# register lines, "=3D" is "=", "=C2=A0" a no-break space.
+_QP_DECLARED_RE: Final = re.compile(r"^Content-Transfer-Encoding:\s*quoted-printable\s*$",
+                                    re.IGNORECASE | re.MULTILINE)
+_QP_SOFT_BREAK_RE: Final = re.compile(r"=\r?\n")
+_QP_ESCAPES_RE: Final = re.compile(r"(?:=[0-9A-F]{2})+")
+_QP_LOOKS_RE: Final = re.compile(r"=(?:3D|20|C2=A0)")
+_QP_MIN_SOFT_BREAKS: Final = 3
+
+# One physical line holding several kernel lines: interleaved console output
+# ("[RUN] M[   20.305426] PANIC: ...") and oopses flattened by forums or
+# archives. A flattened dump is split only when it holds both RIP and RSP.
+_MIDLINE_TIMESTAMP_RE: Final = re.compile(r"(?<=\S)\s*(?=\[\s*\d{1,7}\.\d{6}\])")
+_FLATTENED_RE: Final = re.compile(r"\bR[IS]P: .{0,400}?\bR[SI]P: ")
+_FLATTENED_SPLIT_RE: Final = re.compile(
+    r"\s+(?=<\d>|(?:RIP|RSP|RAX|RDX|RBP|R10|R13|FS|CS|CR2|DR0|DR3|Pid|Process|Stack|Code|"
+    r"Call Trace|Hardware name|Modules linked in|CPU \d|CPU: \d)\b:?)")
+_MAX_LINE: Final = 4096
+
+
+def _decode_quoted_printable(text: str) -> str:
+    if not _QP_DECLARED_RE.search(text) and (
+            len(_QP_SOFT_BREAK_RE.findall(text)) < _QP_MIN_SOFT_BREAKS or not _QP_LOOKS_RE.search(text)):
+        return text
+    text = _QP_SOFT_BREAK_RE.sub("", text)
+    return _QP_ESCAPES_RE.sub(
+        lambda m: bytes.fromhex(m.group(0).replace("=", "")).decode("utf-8", "replace"), text)
 
 
 def _strip_prefixes(line: str) -> str:
@@ -227,9 +294,26 @@ def _strip_prefixes(line: str) -> str:
     return line.strip()
 
 
+def _split_physical_line(line: str) -> list[str]:
+    # Bounded: a pathological line is cut, never scanned quadratically.
+    line = line[:_MAX_LINE]
+    parts = _MIDLINE_TIMESTAMP_RE.split(line)
+    if _FLATTENED_RE.search(line):
+        parts = [piece for part in parts for piece in _FLATTENED_SPLIT_RE.split(part)]
+    return parts
+
+
 def normalize_lines(text: str) -> list[str]:
-    """Return the log's lines with capture prefixes (time, level, quoting) removed."""
-    return [_strip_prefixes(line) for line in text.splitlines()]
+    """Return the log's kernel lines with capture prefixes (time, level, quoting) removed.
+
+    Quoted-printable mail bodies are decoded, no-break spaces made spaces, and
+    one physical line holding several kernel lines is split.
+    """
+    text = _decode_quoted_printable(text).replace("\xa0", " ")
+    lines = []
+    for physical in text.splitlines():
+        lines.extend(_strip_prefixes(part) for part in _split_physical_line(physical))
+    return lines
 
 
 def classify_hardware(name: Optional[str]) -> tuple[str, Optional[str]]:
@@ -244,11 +328,30 @@ def classify_hardware(name: Optional[str]) -> tuple[str, Optional[str]]:
     return "unknown", None
 
 
+# What the kernel itself puts before a header on the same line.
+_HEADER_LEAD_RE: Final = re.compile(r"(?:traps: |x86/\w+: )?")
+
+
 def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Header, re.Match[str]]]:
+    """A header starts its (normalised) line, as the kernel prints it.
+
+    A mail subject or a bot title quoting "PANIC: double fault in f" sits
+    after other text, or lacks the error code: it is not a report.
+    """
+    lead = _HEADER_LEAD_RE.match(line)
+    start = lead.end() if lead else 0
     for header in headers:
-        match = header.pattern.search(line)
+        match = header.pattern.match(line, start)
         if match:
             return header, match
+    return None
+
+
+def _find_other_crash(line: str) -> Optional[re.Match[str]]:
+    for header in OTHER_CRASH_HEADERS:
+        match = header.pattern.search(line)
+        if match:
+            return match
     return None
 
 
@@ -256,8 +359,9 @@ def _int(value: Optional[str]) -> Optional[int]:
     return int(value, 16) if value else None
 
 
-def _parse_registers(block: str, report: DfReport) -> None:
-    regs = report.regs
+def _parse_registers(block: str) -> tuple[Registers, int]:
+    """The registers of one block, and whether it is 32- or 64-bit state."""
+    regs = Registers()
     formats = REGISTER_FORMATS
     for name in ("rip_bracketed", "rip_user", "rip_symbol", "rip_plain"):
         match = re.search(formats[name], block)
@@ -273,8 +377,9 @@ def _parse_registers(block: str, report: DfReport) -> None:
     match = re.search(formats["rsp"], block)
     if match:
         regs.ss, regs.rsp, regs.rflags = (_int(match.group(g)) for g in ("ss", "rsp", "rflags"))
-    if regs.rip is None and regs.rip_symbol is None:
-        _parse_i386_registers(block, report)
+    bits = 64
+    if regs.rip is None and regs.rip_symbol is None and _parse_i386_registers(block, regs):
+        bits = 32
     match = re.search(formats["cs_line"], block)
     if match and regs.cs is None:
         regs.cs = _int(match.group("cs"))
@@ -283,16 +388,16 @@ def _parse_registers(block: str, report: DfReport) -> None:
         regs.cr2 = _int(match.group("cr2"))
     for match in _GP_REGISTER_RE.finditer(block):
         regs.others.setdefault(match.group("name").lower(), int(match.group("value"), 16))
+    return regs, bits
 
 
-def _parse_i386_registers(block: str, report: DfReport) -> None:
-    formats, regs = REGISTER_FORMATS, report.regs
+def _parse_i386_registers(block: str, regs: Registers) -> bool:
+    formats = REGISTER_FORMATS
     eip = re.search(formats["eip_bracketed"], block) or re.search(formats["eip_lower"], block)
     eip_symbol = re.search(formats["eip_symbol"], block)
     esp = re.search(formats["esp"], block) or re.search(formats["esp_lower"], block)
     if not (eip or eip_symbol or esp):
-        return
-    report.arch_bits = 32
+        return False
     if eip:
         regs.rip = _int(eip.group("rip"))
         regs.cs = _int(eip.groupdict().get("cs"))
@@ -304,6 +409,122 @@ def _parse_i386_registers(block: str, report: DfReport) -> None:
     ss = re.search(formats["ss_i386"], block)
     if ss:
         regs.ss, regs.rflags = _int(ss.group("ss")), _int(ss.group("rflags"))
+    return True
+
+
+# --- Register blocks -------------------------------------------------------
+
+# A block starts at the line naming the interrupted instruction pointer.
+_BLOCK_START_RE: Final = re.compile(r"^(?:RIP|EIP):\s|^eip = ")
+# Lines a register dump is made of: "RSP: ...", "eax: ...", "eip = ...",
+# "EIP is at ...", and the pieces of a register line a mail client wrapped.
+_REGISTER_LINE_RE: Final = re.compile(
+    r"^(?:[A-Za-z][A-Za-z0-9_]{0,7}:|[a-z]{2,3} = |EIP is at |\[<[0-9a-f]|[0-9a-f]{8,16}(?:\s|$)"
+    r"|[A-Za-z_][\w.]*\+0x[0-9a-f]+/0x|<?[0-9a-f]{2}>?(?: <?[0-9a-f]{2}>?){3,}\s*$)")
+# Lines that end a register dump even though they look like "WORD:".
+_BLOCK_STOP_RE: Final = re.compile(
+    r"^(?:Call Trace:|Stack:|Process |Kernel panic|Modules linked in|---\[|Kernel Offset:"
+    r"|CPU: \d|Pid: \d|Hardware name:)")
+_SECTION_RE: Final = re.compile(r"<(?P<close>/?)(?P<name>#?[A-Z][A-Z0-9_]*)>")
+# Trace sections that are the task's own stack, not a nested event.
+_TASK_SECTIONS: Final = frozenset({"TASK"})
+# Old kernels close an <IRQ> section with <EOI>.
+_CLOSES: Final = {"EOI": "IRQ"}
+
+
+@dataclass
+class _BlockScanner:
+    """Splits a report's lines into register blocks, tracking where each is printed."""
+
+    sections: list[str] = field(default_factory=list)
+    in_trace: bool = False
+    after_end: bool = False
+    blocks: list[tuple[int, str, list[str]]] = field(default_factory=list)
+    current: Optional[list[str]] = None
+    current_has_regs: bool = False
+
+    def where(self) -> str:
+        if self.after_end:
+            return "repeat"
+        nested = [name for name in self.sections if name not in _TASK_SECTIONS]
+        if nested:
+            return nested[-1]
+        return "trace" if self.in_trace else "fault"
+
+    def _apply_sections(self, line: str, closing: bool) -> None:
+        for match in _SECTION_RE.finditer(line):
+            name, close = match.group("name"), bool(match.group("close"))
+            if name in _CLOSES and not closing:
+                name, close = _CLOSES[name], True
+            elif close != closing:
+                continue
+            if not close:
+                self.sections.append(name)
+                self.in_trace = True
+            elif name in self.sections:
+                del self.sections[len(self.sections) - 1 - self.sections[::-1].index(name)]
+
+    def feed(self, number: int, line: str) -> None:
+        if not line:
+            # Pastes double-space their lines; a blank line ends nothing.
+            return
+        self._apply_sections(line, closing=False)
+        starts = bool(_BLOCK_START_RE.match(line))
+        if starts and (self.current is None or self.current_has_regs):
+            self.current = [line]
+            self.current_has_regs = False
+            self.blocks.append((number, self.where(), self.current))
+        elif self.current is not None and not _BLOCK_STOP_RE.match(line) and (
+                starts or _REGISTER_LINE_RE.match(line)):
+            self.current.append(line)
+            self.current_has_regs |= not starts
+        else:
+            self.current = None
+        if line.startswith(("Call Trace:", "Stack:")):
+            self.in_trace = True
+        if line.startswith("---[ end"):
+            self.after_end = True
+        self._apply_sections(line, closing=True)
+
+
+def _register_blocks(lines: list[str], first_line: int) -> list[RegisterBlock]:
+    scanner = _BlockScanner()
+    for offset, line in enumerate(lines):
+        scanner.feed(first_line + offset, line)
+    blocks = []
+    for number, where, block_lines in scanner.blocks:
+        regs, bits = _parse_registers("\n".join(block_lines))
+        if where == "trace":
+            where = "user-entry" if regs.cs is not None and regs.cs & 3 == 3 else "call-trace"
+        blocks.append(RegisterBlock(regs, number, where, bits))
+    return blocks
+
+
+# Lines that say why a report stops short of its registers.
+_CUT_BY_REBOOT_RE: Final = re.compile(r"SeaBIOS|BIOS \(version|Linux version \d|Booting Linux|"
+                                      r"^Initializing cgroup|iPXE|Rebooting in|reboot: ")
+_ELIDED_RE: Final = re.compile(r"^\[?(?:snip|\.\.\.|…|cut|trimmed)\]?", re.IGNORECASE)
+_FRAGMENT_LOOKAHEAD: Final = 6
+
+
+def _why_missing(lines: list[str]) -> str:
+    """Say why a #DF header is not followed by the #DF's registers."""
+    after = [line for line in lines[1:_FRAGMENT_LOOKAHEAD] if line]
+    for line in after:
+        if _CUT_BY_REBOOT_RE.search(line):
+            return f"the log is cut by a reboot right after the header ({line[:60]!r})"
+        if _ELIDED_RE.match(line):
+            return f"the reporter elided the register dump ({line[:40]!r})"
+    if not after or all(_CPU_ALONE_RE.match(line) or _TASK_LINE_RES[0].search(line) for line in after):
+        return "nothing after the header (or only the CPU line): the log ends there"
+    return "no register dump follows the header in the log"
+
+
+def _missing_registers(regs: Registers, arch_bits: int) -> list[str]:
+    names = [("RIP" if arch_bits == 64 else "EIP", regs.rip is None and regs.rip_symbol is None),
+             ("CS", regs.cs is None), ("RSP" if arch_bits == 64 else "ESP", regs.rsp is None),
+             ("SS", regs.ss is None)]
+    return [name for name, missing in names if missing]
 
 
 def _parse_call_trace(lines: list[str]) -> list[str]:
@@ -326,9 +547,7 @@ def _parse_call_trace(lines: list[str]) -> list[str]:
     return trace
 
 
-def _parse_block(lines: list[str], report: DfReport) -> None:
-    text = "\n".join(lines)
-    _parse_registers(text, report)
+def _parse_task_lines(lines: list[str], report: DfReport) -> None:
     for line in lines:
         for regex in _TASK_LINE_RES:
             match = regex.search(line)
@@ -346,10 +565,32 @@ def _parse_block(lines: list[str], report: DfReport) -> None:
             report.hardware_name = match.group("hw").strip()
         for regex in _KERNEL_POINTER_RES:
             report.kernel_pointers.extend(int(m.group("ptr"), 16) for m in regex.finditer(line))
-    # Kernel pointers among the registers help recognise a truncated RSP.
+
+
+# Kernel pointers among the registers help recognise a truncated RSP and
+# tell 5-level paging (kernel addresses from 0xff00...) from 4-level.
+_KERNEL_POINTER_MIN: Final = 0xFF00_0000_0000_0000
+
+
+def _parse_block(lines: list[str], first_line: int, report: DfReport) -> None:
+    """Fill a report from its window of lines: the faulting block and everything else."""
+    blocks = _register_blocks(lines, first_line)
+    fault = next((block for block in blocks if block.where == "fault"), None)
+    if fault is not None:
+        error_code = report.regs.error_code
+        report.regs = fault.regs
+        report.regs.error_code = error_code
+        report.arch_bits = 32 if fault.arch_bits == 32 else report.arch_bits
+    report.nested_blocks = [block for block in blocks if block is not fault]
+    _parse_task_lines(lines, report)
     report.kernel_pointers.extend(
-        value for value in report.regs.others.values() if value >= 0xFFFF800000000000)
+        value for value in report.regs.others.values() if value >= _KERNEL_POINTER_MIN)
     report.call_trace = _parse_call_trace(lines)
+    missing = _missing_registers(report.regs, report.arch_bits)
+    if fault is None:
+        report.missing = _why_missing(lines)
+    elif len(missing) == 4 or (report.regs.rsp is None and missing):
+        report.missing = f"the register dump does not show {', '.join(missing)}"
 
 
 def _block_lines(lines: list[str], start: int) -> list[str]:
@@ -361,6 +602,36 @@ def _block_lines(lines: list[str], start: int) -> list[str]:
     return block
 
 
+def _has_regs_soon(block: list[str]) -> bool:
+    """A register dump printed right away belongs to this report; a later header starts a new one."""
+    for block_line in block[1:5]:
+        if _BLOCK_START_RE.match(block_line):
+            return True
+        if _find_header(block_line, DF_HEADERS):
+            return False
+    return False
+
+
+def _new_report(lines: list[str], index: int, header: Header, match: re.Match[str]) -> DfReport:
+    line = lines[index]
+    report = DfReport(
+        header=line[match.start():],
+        header_name=header.name,
+        kind=header.kind,
+        line=index + 1,
+        regs=Registers(error_code=_int(match.groupdict().get("error_code"))),
+        guard_page_hit=header.kind == "stack-overflow",
+    )
+    if header.name == "panic-double-fault-i386":
+        report.arch_bits = 32
+    for before in lines[max(0, index - _FIRMWARE_CONTEXT_LINES):index]:
+        context = FIRMWARE_CONTEXT.search(before)
+        if context:
+            report.firmware_context = before[context.start():]
+    _parse_block(_block_lines(lines, index), index + 1, report)
+    return report
+
+
 def parse_log(text: str) -> LogFacts:
     """Find every #DF report in a console log and what the log says around it.
 
@@ -370,7 +641,7 @@ def parse_log(text: str) -> LogFacts:
     """
     lines = normalize_lines(text)
     reports: list[DfReport] = []
-    # Index in `lines` of the RIP of the last report, to merge headers.
+    # Index in `lines` of the last report's header, to merge headers.
     last_report_line = -10
     last_has_regs = False
     for index, line in enumerate(lines):
@@ -384,33 +655,9 @@ def parse_log(text: str) -> LogFacts:
             if report.regs.error_code is None and match.groupdict().get("error_code"):
                 report.regs.error_code = int(match.group("error_code"), 16)
             continue
-        report = DfReport(
-            header=line[match.start():],
-            header_name=header.name,
-            kind=header.kind,
-            line=index + 1,
-            regs=Registers(error_code=_int(match.groupdict().get("error_code"))),
-            guard_page_hit=header.kind == "stack-overflow",
-        )
-        if header.name == "panic-double-fault-i386":
-            report.arch_bits = 32
-        for before in lines[max(0, index - _FIRMWARE_CONTEXT_LINES):index]:
-            context = FIRMWARE_CONTEXT.search(before)
-            if context:
-                report.firmware_context = before[context.start():]
-        block = _block_lines(lines, index)
-        _parse_block(block, report)
-        reports.append(report)
+        reports.append(_new_report(lines, index, header, match))
         last_report_line = index
-        last_has_regs = False
-        # A register dump printed right away belongs to this report; a later
-        # header then starts a new one.
-        for offset, block_line in enumerate(block[1:5], 1):
-            if block_line.startswith(("RIP:", "EIP:", "eip =")):
-                last_has_regs = True
-                break
-            if _find_header(block_line, DF_HEADERS):
-                break
+        last_has_regs = _has_regs_soon(_block_lines(lines, index))
     # Drop the repeat of a register dump printed again after the trace: the
     # same header class at the same RIP/RSP within one block is one #DF.
     unique: list[DfReport] = []
@@ -420,12 +667,18 @@ def parse_log(text: str) -> LogFacts:
         unique.append(report)
 
     other = None
+    unprinted = None
     if not unique:
         for index, line in enumerate(lines):
-            found = _find_header(line, OTHER_CRASH_HEADERS)
-            if found:
-                other = (index + 1, line[found[1].start():])
+            crash = _find_other_crash(line)
+            if crash:
+                other = (index + 1, line[crash.start():])
                 break
+        if other is None:
+            unprinted = next((f"a kdump capture kernel booting (line {index + 1}: elfcorehdr= "
+                              "on its command line) after a crash"
+                              for index, line in enumerate(lines) if _CAPTURE_KERNEL_RE.match(line)),
+                             None)
 
     hardware = next((r.hardware_name for r in unique if r.hardware_name), None)
     if hardware is None:
@@ -445,7 +698,7 @@ def parse_log(text: str) -> LogFacts:
             if environment != "unknown":
                 break
     release = next((r.release for r in unique if r.release), None)
-    return LogFacts(unique, other, release, hardware, environment, hypervisor)
+    return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted)
 
 
 def _same_fault(first: DfReport, second: DfReport) -> bool:

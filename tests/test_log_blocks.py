@@ -1,0 +1,144 @@
+"""Register blocks, header positions, fragments and the families without a real log.
+
+Every text here is CONSTRUCTED for a unit test (shaped after the kernel's
+printk formats), not a real log: real logs live in tests/data/logs/. The
+families that lack a real #DF log in the corpus are tested here: a 5-level
+paging #DF, a Xen PV #DF, =C2=A0 no-break spaces, 2.6-era "[jiffies:usec]"
+timestamps.
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dfforensics.core import x86
+from dfforensics.core.model import Registers, Verdict
+from dfforensics.core.observation import Medium, Observation
+from dfforensics.core.verdict import decide
+from dfforensics.logs.analysis import analyze_log_text
+from dfforensics.logs.consolelog import normalize_lines, parse_log
+
+# CONSTRUCTED: the project's own stack-overflow shape, with a user-entry block in the trace.
+OVERFLOW_WITH_USER_BLOCK = """\
+[    2.458552] BUG: TASK stack guard page was hit at 00000000 (stack is 00000000..00000000)
+[    2.459730] stack guard page: 0000 [#1] SMP
+[    2.472348] CPU: 0 PID: 1 Comm: init Tainted: G           O       6.1.192 #1
+[    2.472542] RIP: 0010:dftest_recurse.isra.0+0x16/0x3c [dftest]
+[    2.473331] RSP: 0018:ffffc9000000fff0 EFLAGS: 00000246
+[    2.473763] CS:  0010 DS: 0000 ES: 0000 CR0: 0000000080050033
+[    2.473773] CR2: ffffc9000000ffe8 CR3: 0000000000c22000 CR4: 00000000000006b0
+[    2.473841] Call Trace:
+[    2.474216]  <TASK>
+[    2.475605]  dftest_write+0x13f/0x19d [dftest]
+[    2.475893]  ksys_write+0x66/0x97
+[    2.475900]  entry_SYSCALL_64_after_hwframe+0x63/0xcd
+[    2.475910] RIP: 0033:0x47b7a0
+[    2.475920] RSP: 002b:00007ffd5a1c3e38 EFLAGS: 00000246 ORIG_RAX: 0000000000000001
+[    2.475930]  </TASK>
+"""
+
+
+def test_the_faulting_block_alone_gives_the_double_faults_registers():
+    (report,) = parse_log(OVERFLOW_WITH_USER_BLOCK).reports
+    assert (report.regs.cs, report.regs.ss) == (0x10, 0x18)
+    assert report.regs.rsp == 0xFFFFC9000000FFF0 and report.regs.rip is None
+    (user,) = report.nested_blocks
+    assert user.where == "user-entry" and (user.regs.cs, user.regs.ss) == (0x33, 0x2B)
+    verdict = analyze_log_text(OVERFLOW_WITH_USER_BLOCK)
+    assert (verdict.verdict, verdict.df_class.value) == (Verdict.NO_MATCH, "kernel-stack-overflow")
+
+
+def test_a_block_nested_in_a_section_is_named_by_it():
+    text = OVERFLOW_WITH_USER_BLOCK.replace("<TASK>", "<ENTRY_TRAMPOLINE>").replace(
+        "</TASK>", "</ENTRY_TRAMPOLINE>")
+    (report,) = parse_log(text).reports
+    assert [block.where for block in report.nested_blocks] == ["ENTRY_TRAMPOLINE"]
+
+
+def test_a_title_quoting_the_header_is_not_a_report():
+    # CONSTRUCTED: a mail subject and a syzbot title.
+    text = "Subject: PANIC: double fault in fixup_bad_iret\n> PANIC: double fault in fixup_bad_iret\n"
+    assert parse_log(text).reports == []
+    assert analyze_log_text(text).verdict is Verdict.NO_DOUBLE_FAULT
+
+
+def test_a_header_alone_is_possible_and_says_what_is_missing():
+    report = analyze_log_text("[  812.717699] PANIC: double fault, error_code: 0x0\n"
+                              "[  812.722477] CPU: 1 PID: 0 Comm: swapper/1 Not tainted 4.20.0+ #1\n")
+    assert (report.verdict, report.df_class) == (Verdict.POSSIBLE, None)
+    assert any(e.check == "registers-in-log" and "nothing after the header" in e.detail
+               for e in report.evidence)
+
+
+def test_an_elided_dump_says_the_reporter_elided_it():
+    report = analyze_log_text("traps: PANIC: double fault, error_code: 0x0\n[snip]\n"
+                              "RIP: 0010:perf_swevent_get_recursion_context+0x0/0x70\n[snip]\n")
+    assert (report.verdict, report.df_class) == (Verdict.POSSIBLE, None)
+    assert "RSP" in report.summary
+
+
+def test_a_capture_kernel_booting_is_not_no_double_fault():
+    text = "[    0.000000] Command line: console=ttyS0 irqpoll nr_cpus=1 elfcorehdr=245108K\n"
+    report = analyze_log_text(text)
+    assert (report.verdict, report.df_class) == (Verdict.POSSIBLE, None)
+
+
+def test_quoted_printable_and_no_break_spaces_are_decoded():
+    text = ("Content-Transfer-Encoding: quoted-printable\n\n"
+            "[   20.314738] RIP: 0010:error_entry+0x32/0x100=C2=A0\n"
+            "[   20.317911] RAX: 0000000092400a87 RBX: 0000000000000000 RCX: 000000000=\n0000000\n")
+    lines = normalize_lines(text)
+    assert "RIP: 0010:error_entry+0x32/0x100" in lines
+    assert "RAX: 0000000092400a87 RBX: 0000000000000000 RCX: 0000000000000000" in lines
+
+
+def test_old_jiffies_timestamps_and_interleaved_output_are_split():
+    assert normalize_lines("[4294730:255000] double fault: 0000 [1] SMP") == ["double fault: 0000 [1] SMP"]
+    assert normalize_lines("[RUN]\tM[   20.305426] PANIC: double fault, error_code: 0x0")[1] == (
+        "PANIC: double fault, error_code: 0x0")
+
+
+def _obs(kernel_pointers: tuple[int, ...] = (), **regs: int) -> Observation:
+    return Observation(medium=Medium.LOG, regs=Registers(**regs), environment="guest",
+                       kernel_pointers=kernel_pointers)
+
+
+def test_xen_pv_kernel_selectors_are_not_an_impossible_ss():
+    decision = decide(_obs(cs=0xE030, ss=0xE02B, rsp=0xFFFFC90045727A68, cr2=0x6543DBADE250))
+    assert decision.verdict is Verdict.NO_MATCH
+    assert x86.is_kernel_cs(0xE033) and not x86.is_user_cs(0xE033)
+
+
+def test_five_level_kernel_rsp_is_neither_wild_nor_user():
+    # Under 4-level paging ff11... is non-canonical; with LA57 it is the direct map.
+    decision = decide(_obs(cs=0x10, ss=0x18, rsp=0xFF1100010DFB7B78, cr2=0xFF1100010DFB7B68))
+    assert decision.df_class is not None and decision.df_class.value == "kernel-stack-overflow"
+
+
+def test_five_level_user_rsp_above_the_four_level_limit_is_user():
+    obs = _obs((0xFF11000119600000,), cs=0x10, ss=0x18, rsp=0x00FF_FFFF_FFFF_F000)
+    assert decide(obs).verdict is Verdict.POSSIBLE
+
+
+def test_kernel_code_on_a_user_stack_names_the_rop_pivot_look_alike():
+    decision = decide(_obs(cs=0x10, ss=0x18, rsp=0x7FFF650DF000, cr2=0x7FFF650DEFF8))
+    assert decision.verdict is Verdict.POSSIBLE
+    assert any(e.check == "not-a-rop-stack-pivot" for e in decision.evidence)
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures"
+FIXTURE_LOGS = sorted([*FIXTURES.glob("*/console.log"), *FIXTURES.glob("*/vmcore-dmesg.txt")])
+
+
+@pytest.mark.parametrize("path", FIXTURE_LOGS, ids=[f"{p.parent.name}/{p.name}" for p in FIXTURE_LOGS])
+def test_fixture_logs_give_the_fixtures_verdict_class(path: Path):
+    expected = json.loads((path.parent / "expected.json").read_text())
+    report = analyze_log_text(path.read_text(errors="replace"), str(path))
+    if expected["verdict"] in ("match", "possible"):
+        # A log never proves; a console that shows only the capture kernel booting cannot name the class.
+        assert report.verdict is Verdict.POSSIBLE, report.summary
+        assert report.df_class is None or report.df_class.value == expected["df_class"]
+    else:
+        assert (report.verdict.value, report.df_class.value if report.df_class else None) == (
+            expected["verdict"], expected["df_class"]), report.summary
