@@ -32,6 +32,19 @@ def _is_kernel(prog: Program) -> bool:
     return bool(prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL)
 
 
+# drgn makes command parsers without -h/--help; every command of ours takes it.
+_HELP = argument("-h", "--help", action="store_true", help="show this help and do nothing else")
+
+
+def _printed_help(args: argparse.Namespace, kwargs: dict) -> bool:
+    """Print the command's help when asked; drgn hands each command its parser."""
+    if not args.help:
+        return False
+    parser = kwargs.get("parser")
+    print(parser.format_help().rstrip() if parser is not None else "no help available")
+    return True
+
+
 @command(
     description="is this crash the hypervisor's CPL-corruption double fault?",
     long_description="Find every double fault in the program, recover the registers the CPU "
@@ -40,10 +53,13 @@ def _is_kernel(prog: Program) -> bool:
                      "as the 'dfforensics VMCORE VMLINUX' command.",
     arguments=(
         argument("--format", choices=sorted(OUTPUT_FORMATS), default="table", help="output format"),
+        _HELP,
     ),
     enabled=_is_kernel,
 )
 def _cmd_doublefault(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    if _printed_help(args, kwargs):
+        return None
     return _print_analysis(prog, args.format, sweep=None)
 
 
@@ -95,7 +111,9 @@ def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
                      "or any address range. Frames on user stacks are shown when they are "
                      "self-consistent (pushed without a stack switch) unless --all is given.",
     arguments=(
-        argument("address", nargs="?", type="hexadecimal", help="start of a range to search"),
+        argument("address", nargs="?", type="hexadecimal",
+                 help="start of a range to search; a user address needs -p PID, whose page "
+                      "tables it is read through"),
         argument("length", nargs="?", type="hexadecimal", default=0x1000,
                  help="length of the range (default 0x1000)"),
         mutually_exclusive_group(
@@ -107,10 +125,13 @@ def _task_ranges(prog: Program, task, want_user: bool, want_kernel: bool):
             argument("--kernel", action="store_true", help="only kernel stacks"),
         ),
         argument("--all", action="store_true", help="also frames whose saved RSP is elsewhere"),
+        _HELP,
     ),
     enabled=_is_kernel,
 )
 def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    if _printed_help(args, kwargs):
+        return None
     from drgn.helpers.linux.pid import find_task
     from drgn.helpers.linux.sched import cpu_curr
     from tabulate import tabulate
@@ -158,8 +179,11 @@ def _cmd_dfframes(prog: Program, name: str, args: argparse.Namespace, **kwargs: 
                      "pushed without a stack switch. Works on dumps and on the live kernel.",
     arguments=(
         argument("--format", choices=sorted(OUTPUT_FORMATS), default="table", help="output format"),
+        _HELP,
     ),
     enabled=_is_kernel,
 )
 def _cmd_dfsweep(prog: Program, name: str, args: argparse.Namespace, **kwargs: Any) -> Any:
+    if _printed_help(args, kwargs):
+        return None
     return _print_analysis(prog, args.format, sweep=True)

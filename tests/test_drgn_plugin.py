@@ -72,11 +72,23 @@ def test_dfframes_without_a_target_is_a_command_error(prog):
         run_command(prog, "dfframes -p 999999")
 
 
+@pytest.mark.parametrize("command", ["doublefault", "dfframes", "dfsweep"])
+def test_every_command_takes_help_and_runs_nothing(prog, command, capsys):
+    from drgn.commands import run_command
+
+    assert run_command(prog, f"{command} --help") is None
+    out = capsys.readouterr().out
+    assert out.startswith(f"usage: {command}") and "--help" in out
+    if command == "dfframes":
+        assert "needs -p PID" in out
+
+
 def test_python_api(prog):
     from drgn.helpers.linux.pid import find_task
-    from dfforensics import analyze, scan_frames
+    from dfforensics import analyze, render, scan_frames
     report = analyze(prog)
-    assert str(report).startswith("verdict: match")
+    assert str(report).startswith("verdict: match") and "\n" not in str(report)
+    assert "None" not in render(report) and "== Evidence ==" in render(report)
     task = find_task(prog, EXPECTED["pid"])
     first = min(FRAMES)
     page = first & ~0xFFF

@@ -145,18 +145,23 @@ def _environment(kernel: KernelInfo) -> str:
     return kernel.environment + (f": {kernel.hypervisor}" if kernel.hypervisor else "")
 
 
+def _input(report: Report) -> str:
+    path = report.source.get("path")
+    return str(report.source.get("kind")) + (f" {path}" if path is not None else "")
+
+
 def _context_line(report: Report) -> str:
     kernel = report.kernel
     cpus = f"{kernel.cpus} CPU(s)" if kernel.cpus is not None else None
     cpu = " ".join(part for part in (cpus, kernel.cpu_vendor, kernel.cpu_model) if part)
     parts = [f"kernel {kernel.release or 'unknown'} {kernel.arch or ''}".rstrip(), _environment(kernel), cpu,
-             f"{report.source.get('kind')} {report.source.get('path')}"]
+             _input(report)]
     return " | ".join(part for part in parts if part)
 
 
 def _context_rows(report: Report) -> list[list[str]]:
     kernel = report.kernel
-    rows = [["input", f"{report.source.get('kind')}: {report.source.get('path')}"],
+    rows = [["input", _input(report)],
             ["kernel release", kernel.release or "unknown"],
             ["architecture", kernel.arch or "unknown"],
             ["environment", _environment(kernel)]]
