@@ -339,6 +339,10 @@ class Report:
     explanation: list[str] = field(default_factory=list)
     #: The sweep of every user stack, when it ran.
     sweep: Optional[SweepResult] = None
+    #: A stable one-line title, and a key grouping the same event across inputs
+    #: (dfforensics.core.titles).
+    title: str = ""
+    dedup_key: str = ""
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -27,7 +27,8 @@ from dfforensics.core.model import (
     AnnotatedWord, DoubleFault, Frame, KernelInfo, RegionKind, Report, RspRegion, StackKind, SweepResult,
 )
 from dfforensics.core.observation import Medium, Observation, PushSlot, Residency
-from dfforensics.core.verdict import decide, decide_report, judge_sweep
+from dfforensics.core.titles import title_and_key
+from dfforensics.core.verdict import decide, decide_report, judge_sweep, strongest
 from dfforensics.dump.context import guest_context, kernel_version
 from dfforensics.dump.finddf import FoundDf, find_double_faults
 from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
@@ -222,6 +223,9 @@ def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, ver
     region = rsp_region(prog, task, found.cpu, regs.rsp) if regs.rsp is not None else None
     user_reads, kernel_reads = _read_stacks(prog, found, task, region, encoding)
     name = symbolizer(prog, task)
+    if regs.rip is not None and regs.rip_symbol is None and x86.is_user_address(regs.rip):
+        # The frames name user RIPs by mapping (/victim+0x17c7): so does the register table.
+        regs = dataclasses.replace(regs, rip_symbol=name(regs.rip))
     frames = _proving_frames(user_reads, name) + _proving_frames(kernel_reads, name)
     report = found.log_report
     guard = (report is not None and report.kind == "stack-overflow") or any(
@@ -239,8 +243,30 @@ def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, ver
                  "read (left out by the dump level, the dump is cut, or the page tables reaching them "
                  "are not in the dump)" for read in user_reads if read.pages_missing]
     warnings += [f"#DF on CPU {found.cpu}: sources disagree: {d}" for d in found.disagreements]
+    warnings += filter(None, [_module_without_debug_info(prog, regs.rip, regs.rip_symbol)])
     words = _annotated(user_reads, frames, name, regs.rsp, regs.cr2)
     return _ObservedDf(found, identity, observation, frames, words, warnings)
+
+
+def _module_without_debug_info(prog: Program, rip: Optional[int], symbol: Optional[str]) -> Optional[str]:
+    """A hint when the #DF's RIP is in a module whose debug info was not given."""
+    if rip is None or symbol is not None or not x86.is_kernel_address(rip):
+        return None
+    module = None
+    try:
+        module = prog.module(rip)
+    except LookupError:
+        # drgn creates module objects as it enumerates them; without any debug info
+        # to load, nothing has enumerated the loaded modules yet.
+        try:
+            module = next((m for m, _ in prog.loaded_modules()
+                           if any(start <= rip < end for start, end in [m.address_range or (0, 0)])), None)
+        except (LookupError, ValueError, drgn.FaultError):
+            return None
+    if module is None or module.name == "kernel":
+        return None
+    return (f"RIP {rip:#x} is in module {module.name}, loaded without its debug info: give "
+            f"--module-debuginfo {module.name}.ko (or its .debug file) to name the function")
 
 
 def _double_fault(observed: _ObservedDf) -> DoubleFault:
@@ -248,7 +274,7 @@ def _double_fault(observed: _ObservedDf) -> DoubleFault:
     found, identity, report = observed.found, observed.identity, observed.found.log_report
     return DoubleFault(
         verdict=decision.verdict, df_class=decision.df_class, summary=decision.summary,
-        regs=found.regs, cpu=found.cpu, pid=identity.pid, tid=identity.tid, comm=identity.comm,
+        regs=observed.observation.regs, cpu=found.cpu, pid=identity.pid, tid=identity.tid, comm=identity.comm,
         rsp_region=observed.observation.rsp_region, sources=found.sources,
         header=report.header if report else None, log_line=report.line if report else None,
         call_trace=found.trace or (report.call_trace if report else []), evidence=decision.evidence,
@@ -316,9 +342,12 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
     words = next((df.annotated_words for df in observed if df.annotated_words), [])
     if not words and swept is not None and swept.observation.frames:
         words = _annotated(swept.reads_with_frames, swept.observation.frames, symbolizer(prog, None))
+    frames = _merged_frames(observed, swept)
+    chosen = strongest(double_faults) if double_faults else None
+    title, key = title_and_key(decision.verdict, decision.df_class, chosen, frames, other_crash)
     return Report(source, decision.verdict, decision.df_class, decision.summary, kernel, double_faults,
-                  _merged_frames(observed, swept), decision.evidence, warnings, words,
-                  decision.explanation, sweep_result)
+                  frames, decision.evidence, warnings, words, decision.explanation, sweep_result,
+                  title=title, dedup_key=key)
 
 
 def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = (),

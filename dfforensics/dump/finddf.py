@@ -19,10 +19,11 @@ from drgn.helpers.linux.percpu import per_cpu
 from drgn.helpers.linux.pid import find_task
 from drgn.helpers.linux.sched import cpu_curr, task_cpu
 
-from dfforensics.core import kernel_facts
+from dfforensics.core import kernel_facts, x86
 from dfforensics.core.frames import frame_problems
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import DfSource, Registers
+from dfforensics.dump.stackscan import kernel_symbol_name
 from dfforensics.logs.consolelog import DfReport
 
 __all__ = ("IstRegs", "FoundDf", "DfSearch", "df_ist_index", "df_stack_top", "saved_df_regs",
@@ -137,14 +138,6 @@ def saved_df_regs(prog: Program, cpu: int, version: Optional[Version] = None) ->
                                            others=others), orig_ax)
 
 
-def _symbol_name(prog: Program, address: int) -> Optional[str]:
-    try:
-        symbol = prog.symbol(address)
-    except LookupError:
-        return None
-    return f"{symbol.name}+{address - symbol.address:#x}/{symbol.size:#x}"
-
-
 def _handler_cr2(frame: drgn.StackFrame) -> Optional[int]:
     for local in {fact.value for fact in kernel_facts.DF_CR2_LOCAL}:
         try:
@@ -164,7 +157,11 @@ def _crashed_trace(prog: Program) -> tuple[Optional[Object], list[str], Optional
     handlers = {fact.value for fact in kernel_facts.DF_HANDLER}
     names, cr2 = [], None
     for frame in trace:
-        name = frame.name or _symbol_name(prog, frame.pc) or f"{frame.pc:#x}"
+        if not x86.is_canonical(frame.pc):
+            # The unwinder ran past the stack's end into data (e.g. the BIOS real-mode
+            # IVT pattern 0xf000ff53f000ff53): no code is there.
+            break
+        name = frame.name or kernel_symbol_name(prog, frame.pc) or f"{frame.pc:#x}"
         names.append(name)
         if frame.name in handlers and cr2 is None:
             cr2 = _handler_cr2(frame)
@@ -218,7 +215,7 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
         if ist is None:
             continue
         task = _task_of(prog, cpu, None)
-        ist.regs.rip_symbol = _symbol_name(prog, ist.regs.rip)
+        ist.regs.rip_symbol = kernel_symbol_name(prog, ist.regs.rip)
         found[cpu] = FoundDf(cpu, task, ist.regs, [DfSource.IST_PT_REGS], ist=ist)
 
     unmatched_logs = []

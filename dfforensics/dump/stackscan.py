@@ -23,7 +23,7 @@ from dfforensics.core.model import Frame, StackKind
 from dfforensics.core.observation import Residency
 
 __all__ = ("StackRead", "read_user_range", "scan_user_range", "scan_kernel_range", "page_residency",
-           "symbolizer")
+           "kernel_symbol_name", "symbolizer")
 
 PAGE: Final = 4096
 #: At most this much of one user stack mapping is read (around the RSP).
@@ -216,6 +216,23 @@ def scan_kernel_range(prog: Program, start: int, end: int, name: str, encoding: 
     return read
 
 
+def kernel_symbol_name(prog: Program, address: int) -> Optional[str]:
+    """``function+0xoff/0xsize``, with `` [module]`` outside vmlinux: the form the
+    kernel prints, the same in every table (None for a user or unknown address)."""
+    try:
+        symbol = prog.symbol(address)
+    except LookupError:
+        return None
+    text = f"{symbol.name}+{address - symbol.address:#x}/{symbol.size:#x}"
+    try:
+        module = prog.module(address)
+        if module.name != "kernel":
+            text += f" [{module.name}]"
+    except (LookupError, AttributeError):
+        pass
+    return text
+
+
 def symbolizer(prog: Program, task: Optional[Object]) -> Callable[[int], Optional[str]]:
     """Return a function naming an address: kernel symbol+offset, or user mapping+offset."""
     mm = None
@@ -227,18 +244,7 @@ def symbolizer(prog: Program, task: Optional[Object]) -> Callable[[int], Optiona
 
     def name(address: int) -> Optional[str]:
         if x86.is_kernel_address(address):
-            try:
-                symbol = prog.symbol(address)
-            except LookupError:
-                return None
-            text = f"{symbol.name}+{address - symbol.address:#x}"
-            try:
-                module = prog.module(address)
-                if module.name != "kernel":
-                    text += f" [{module.name}]"
-            except (LookupError, AttributeError):
-                pass
-            return text
+            return kernel_symbol_name(prog, address)
         if mm is None or not x86.is_plausible_user_pointer(address):
             return None
         try:

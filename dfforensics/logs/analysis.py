@@ -15,7 +15,8 @@ from dfforensics.core.frames import scan_frames, words_to_bytes
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import DfSource, DoubleFault, Frame, KernelInfo, Report, Verdict
 from dfforensics.core.observation import Medium, Observation
-from dfforensics.core.verdict import Decision, decide, decide_report, decide_unprinted_crash
+from dfforensics.core.titles import title_and_key
+from dfforensics.core.verdict import Decision, decide, decide_report, decide_unprinted_crash, strongest
 from dfforensics.logs.textdump import parse_word_dumps
 
 __all__ = ("analyze_log_text",)
@@ -107,6 +108,10 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
     if decision.verdict is Verdict.POSSIBLE:
         warnings.append("a console log can show the signature but not prove it: analyse the "
                         "vmcore with `dfforensics VMCORE VMLINUX` for a proof")
+    deciding = whole or double_faults
+    chosen = strongest(deciding) if deciding else None
+    title, key = title_and_key(decision.verdict, decision.df_class, chosen, frames,
+                               facts.unprinted_crash or what)
     return Report({"kind": "log", "path": path}, decision.verdict, decision.df_class,
                   decision.summary, kernel, double_faults, frames, decision.evidence, warnings,
-                  explanation=decision.explanation)
+                  explanation=decision.explanation, title=title, dedup_key=key)
