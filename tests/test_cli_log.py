@@ -116,3 +116,11 @@ def test_a_reader_that_goes_away_is_not_an_error():
     stderr = process.stderr.read().decode()
     assert process.wait(timeout=60) == 0
     assert stderr == ""
+
+
+def test_a_stated_environment_that_contradicts_the_log_is_warned_about():
+    # The seed's guest prints "Hardware name: QEMU Standard PC ...".
+    result = run("log", LOGS / "3.16-kvm-svm-cpl-fio.log", "--environment", "bare-metal", "--format", "json")
+    report = json.loads(result.stdout)
+    assert report["df_class"] == "bare-metal"
+    assert any("contradicts the log" in warning for warning in report["warnings"])

@@ -49,8 +49,13 @@ def _stack_of(task) -> tuple[Optional[tuple[int, int, str, int]], Optional[str]]
     vma = vma_find(task.mm, sp)
     if not vma:
         return None, f"its saved user RSP {sp:#x} lies in no mapping"
-    name = vma_name(vma).decode(errors="replace") or "anonymous"
-    return (int(vma.vm_start), int(vma.vm_end), name, sp), None
+    start, end = int(vma.vm_start), int(vma.vm_end)
+    # Named as the #DF report names it (dfforensics.core.regions): an anonymous
+    # mapping that holds a thread's saved RSP is that thread's stack.
+    name = vma_name(vma).decode(errors="replace")
+    if start <= int(task.mm.start_stack) < end:
+        name = "[stack]"
+    return (start, end, name or "thread stack", sp), None
 
 
 def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> SweptUserStacks:

@@ -75,6 +75,12 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
     A log can never prove the signature: the best verdict is ``possible``.
     """
     facts = parse_log(text)
+    contradiction = None
+    if environment is not None and facts.environment not in ("unknown", environment):
+        contradiction = (f"--environment {environment} contradicts the log, which says "
+                         f"{facts.environment}" + (f" ({facts.hypervisor})" if facts.hypervisor else "")
+                         + (f", hardware name '{facts.hardware_name}'" if facts.hardware_name else "")
+                         + ": the verdict follows what you stated")
     if environment is not None:
         facts.environment = environment
         facts.hypervisor = facts.hypervisor or "as the user stated"
@@ -100,7 +106,7 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
     else:
         decision = decide_report(Medium.LOG, whole or double_faults, what, None, kernel.release,
                                  version, None)
-    warnings = []
+    warnings = [contradiction] if contradiction else []
     if frames and double_faults:
         warnings.append(
             f"{len(frames)} frame(s) found in stack words quoted in the text; quoted memory "
