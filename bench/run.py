@@ -11,7 +11,7 @@
 3. triage throughput at --jobs 1 and --jobs 2 over an archive of distinct dumps.
 
 Every contender reads the same uncompressed files: the fixtures' .xz are decompressed
-once by dfforensics' own cache (opendump.decompressed) before anything is timed, and
+once by dfforensics' own cache (inputs.formats.decompressed) before anything is timed, and
 one untimed warm-up run of each contender per input puts them in the page cache.
 Runs alternate between contenders (the order rotates every repetition); tables give
 medians over the repetitions and ratios of medians.  Wall time is measured around the
@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, HERE)
 
 from dfforensics.inputs.elffacts import read_elf_vmcoreinfo  # noqa: E402
-from dfforensics.dump.opendump import decompressed  # noqa: E402
+from dfforensics.inputs.formats import decompressed  # noqa: E402
 
 CACHE = os.environ.get("DFFORENSICS_BENCH_CACHE", os.path.expanduser("~/.cache/dfforensics-bench"))
 DFF = os.path.join(os.path.dirname(sys.executable), "dfforensics")

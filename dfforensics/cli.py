@@ -177,9 +177,15 @@ def _read_text(path: str) -> str:
         raise InputError(f"{path}: larger than {MAX_LOG_BYTES >> 20} MiB, not a console log")
     if _looks_binary(data):
         raise InputError(f"{path}: binary data, not a console log"
-                         + (" (a dump? use: dfforensics VMCORE VMLINUX)" if data[:4] == b"\x7fELF"
-                            or data[:8] in (b"KDUMP   ", b"makedump") else ""))
+                         + (" (a dump? use: dfforensics VMCORE VMLINUX)" if _looks_like_dump(data) else ""))
     return data.decode("utf-8", errors="replace")
+
+
+def _looks_like_dump(data: bytes) -> bool:
+    from dfforensics.inputs.formats import dump_kind
+
+    # Any ELF file, not only a core: a vmlinux given as a log is a dump mix-up too.
+    return data[:4] == b"\x7fELF" or dump_kind(data) is not None
 
 
 def _looks_binary(data: bytes) -> bool:

@@ -12,6 +12,6 @@ def test_the_cache_of_every_test_is_a_temporary_directory():
 
 
 def test_the_dump_cache_resolves_to_that_directory():
-    from dfforensics.dump.opendump import _cache_dir
+    from dfforensics.inputs.formats import cache_dir
 
-    assert os.path.realpath(_cache_dir()) == os.path.realpath(os.environ["DFFORENSICS_CACHE"])
+    assert os.path.realpath(cache_dir()) == os.path.realpath(os.environ["DFFORENSICS_CACHE"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from dfforensics.dump.opendump import decompressed
+from dfforensics.inputs.formats import decompressed
 from dumpfiles import sparse_copy
 from dfforensics.dump.stackscan import USER_SCAN_LIMIT, bounded_window
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.dump.opendump import decompressed, open_dump
+from dfforensics.dump.opendump import open_dump
+from dfforensics.inputs.formats import decompressed
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "cpl0-irq-df"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dfforensics.dump.opendump import decompressed, reassembled
+from dfforensics.inputs.formats import decompressed, reassembled
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 

@@ -3,6 +3,7 @@ the ELF header and notes of a real fixture vmcore. No crash but the clean error.
 
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -11,11 +12,10 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dfforensics.batch.debuginfo import _parse_vmcoreinfo
 from dfforensics.logs.analysis import analyze_log_text
 from dfforensics.core.model import RegionKind, Registers, RspRegion
 from dfforensics.core.observation import Medium, Observation
-from dfforensics.dump.opendump import decompressed
+from dfforensics.inputs.formats import decompressed, parse_vmcoreinfo
 from dfforensics.core.render import render
 from dfforensics.logs.textdump import parse_word_dumps
 from dfforensics.core.verdict import decide
@@ -52,8 +52,9 @@ def test_word_dump_parser_never_crashes(text):
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=600))
 def test_vmcoreinfo_parser_never_crashes(data):
-    identity = _parse_vmcoreinfo(data)
-    assert identity.release is None or isinstance(identity.release, str)
+    info = parse_vmcoreinfo(data)
+    assert info.release is None or isinstance(info.release, str)
+    assert info.build_id is None or re.fullmatch("[0-9a-f]+", info.build_id)
 
 
 WORDS = st.one_of(st.none(), st.integers(0, 2**64 - 1),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.dump.opendump import decompressed
+from dfforensics.inputs.formats import decompressed
 from dumpfiles import sparse_copy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"

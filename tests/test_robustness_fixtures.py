@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dfforensics.dump.opendump import decompressed
+from dfforensics.inputs.formats import decompressed
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 DUMP = FIXTURES / "cpl0-irq-df" / "vmcore.xz"

@@ -147,8 +147,7 @@ def test_vmlinux_from_a_debuginfod_server(archive, tmp_path):
     import http.server
     import threading
 
-    from dfforensics.batch.debuginfo import dump_kernel_identity
-    from dfforensics.dump.opendump import decompressed
+    from dfforensics.inputs.formats import decompressed, dump_kernel_identity
 
     dump = archive / "guest1-2026-11-20-10:00" / "vmcore"
     build_id = dump_kernel_identity(decompressed(str(dump), "VMCORE"), "elf-core").build_id

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dfforensics.batch.debuginfo import VmlinuxFinder
+from dfforensics.batch.jobs import Job, Row
 from dfforensics.batch.discover import iter_discover
 from dfforensics.batch.triage import _Workers, plan_job
 from procs import children_of, gone, wait_for
@@ -22,7 +23,7 @@ KERNELS = FIXTURES / "kernels"
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory) -> dict:
+def job(tmp_path_factory) -> Job:
     root = tmp_path_factory.mktemp("one")
     (root / "vmcore.xz").write_bytes((FIXTURES / "wild-rsp-df" / "vmcore.xz").read_bytes())
     (item,) = iter_discover([str(root)])
@@ -30,11 +31,11 @@ def job(tmp_path_factory) -> dict:
 
 
 @pytest.fixture
-def hanging_job(tmp_path) -> dict:
+def hanging_job(tmp_path) -> Job:
     """A job that never ends: its console log is a FIFO nobody writes to."""
     fifo = tmp_path / "console.log"
     os.mkfifo(fifo)
-    return {"path": str(fifo), "kind": "log", "size": 0, "mtime": 0.0, "log": None, "vmlinux": None}
+    return Job(str(fifo), 0, 0.0, "log")
 
 
 @pytest.fixture
@@ -44,9 +45,17 @@ def workers():
     pool.close()
 
 
-def run_in_background(workers: _Workers, job: dict, timeout: float = 600.0):
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(workers.run(job, timeout, None)))
+class _Result:
+    row: Row
+
+
+def run_in_background(workers: _Workers, job: Job, timeout: float = 600.0):
+    result = _Result()
+
+    def target() -> None:
+        result.row = workers.run(job, timeout, None)
+
+    thread = threading.Thread(target=target)
     thread.start()
     return thread, result
 
@@ -62,51 +71,51 @@ def test_one_server_runs_successive_dumps(workers, job):
     first = workers.run(job, 600, None)
     server = workers.slots[0].server
     second = workers.run(job, 600, None)
-    assert first["status"] == second["status"] == "ok"
-    assert first["verdict"] == second["verdict"] == "no-match"
+    assert first.status == second.status == "ok"
+    assert first.verdict == second.verdict == "no-match"
     assert workers.slots[0].server is server and server.alive()
 
 
 def test_a_killed_child_costs_its_row_and_the_server_goes_on(workers, job):
-    assert workers.run(job, 600, None)["status"] == "ok"  # the server is up
+    assert workers.run(job, 600, None).status == "ok"  # the server is up
     server = workers.slots[0].server
-    thread, row = run_in_background(workers, job)
+    thread, result = run_in_background(workers, job)
     os.kill(wait_for_child(server.process.pid), signal.SIGKILL)
     thread.join(120)
-    assert row["status"] == "error" and row["error_kind"] == "worker-crash"
-    assert "signal 9" in row["error"]
-    assert workers.run(job, 600, None)["status"] == "ok"
+    assert result.row.status == "error" and result.row.error_kind.value == "worker-crash"
+    assert "signal 9" in result.row.error
+    assert workers.run(job, 600, None).status == "ok"
     assert workers.slots[0].server is server
 
 
 def test_a_killed_server_leaves_no_child_and_is_replaced(workers, job, hanging_job):
-    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.run(job, 600, None).status == "ok"
     server = workers.slots[0].server
-    thread, row = run_in_background(workers, hanging_job)
+    thread, result = run_in_background(workers, hanging_job)
     child = wait_for_child(server.process.pid)
     os.kill(server.process.pid, signal.SIGKILL)
     thread.join(120)
-    assert row["status"] == "error" and "signal 9" in row["error"]
+    assert result.row.status == "error" and "signal 9" in result.row.error
     assert gone(child), "the dump's child outlived its server"
-    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.run(job, 600, None).status == "ok"
     assert workers.slots[0].server is not server
 
 
 def test_a_job_over_its_time_limit_is_killed_alone(workers, job, hanging_job):
-    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.run(job, 600, None).status == "ok"
     server = workers.slots[0].server
     row = workers.run(hanging_job, 0.5, None)
-    assert row == {"status": "error", "error_kind": "timeout",
-                   "error": "analysis did not finish within 0.5 s"}
+    assert (row.status, row.error_kind.value, row.error) == (
+        "error", "timeout", "analysis did not finish within 0.5 s")
     assert children_of(server.process.pid) == []
-    assert workers.run(job, 600, None)["status"] == "ok"
+    assert workers.run(job, 600, None).status == "ok"
     assert workers.slots[0].server is server and server.alive()
 
 
 def test_a_job_over_its_memory_cap_is_a_row_and_the_next_is_not_capped(workers, job):
     starved = workers.run(job, 600, 40 << 20)
-    assert starved["status"] == "error" and starved["error_kind"] in ("memory", "worker-crash")
-    assert workers.run(job, 600, None)["status"] == "ok"
+    assert starved.status == "error" and starved.error_kind.value == "memory", starved
+    assert workers.run(job, 600, None).status == "ok"
 
 
 def test_closing_ends_every_server(job):
@@ -114,7 +123,7 @@ def test_closing_ends_every_server(job):
     rows = [pool.run(job, 600, None) for _ in range(2)]
     servers = [slot.server for slot in pool.slots if slot.server is not None]
     pool.close()
-    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert [row.status for row in rows] == ["ok", "ok"]
     assert servers and all(gone(server.process.pid) for server in servers)
 
 
@@ -124,13 +133,13 @@ def test_a_pinned_slot_analyses_its_dumps_on_its_cpus_only(hanging_job):
     try:
         pool.start()
         server = pool.slots[0].server
-        thread, row = run_in_background(pool, hanging_job, timeout=60)
+        thread, result = run_in_background(pool, hanging_job, timeout=60)
         child = wait_for_child(server.process.pid)
         assert os.sched_getaffinity(server.process.pid) == {cpu}
         assert os.sched_getaffinity(child) == {cpu}
         os.kill(child, signal.SIGKILL)
         thread.join(120)
-        assert row["status"] == "error"
+        assert result.row.status == "error"
     finally:
         pool.close()
 

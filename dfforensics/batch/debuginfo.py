@@ -2,9 +2,9 @@
 Find debug info for a dump
 --------------------------
 
-Read a dump's kernel release and build ID (VMCOREINFO of an ELF core, or the
-kdump-compressed header) and find the matching debug vmlinux in the usual
-layouts of debug-info trees. No drgn: pyelftools and the headers only, both
+Find the debug vmlinux matching a dump's kernel identity
+(:func:`dfforensics.inputs.formats.dump_kernel_identity`) in the usual
+layouts of debug-info trees, then on debuginfod servers. No drgn: pyelftools
 loaded on first use (triage imports this module while its workers start).
 """
 
@@ -13,49 +13,18 @@ import re
 import shutil
 import tempfile
 import threading
-from dataclasses import dataclass
-from typing import Final, Iterable, Optional
+from typing import TYPE_CHECKING, Final, Iterable, Optional
 
-from dfforensics.dump.opendump import decompressed
 from dfforensics.core.errors import InputError
+from dfforensics.inputs.formats import DumpIdentity, cache_dir, decompressed
 
-__all__ = ("DumpIdentity", "VmlinuxFinder", "dump_kernel_identity", "find_vmlinux", "fetch_from_debuginfod")
+if TYPE_CHECKING:
+    from dfforensics.inputs.elffacts import VmlinuxFacts
+
+__all__ = ("VmlinuxFinder", "fetch_from_debuginfod")
 
 _COMPRESSED_SUFFIXES: Final = ("", ".xz", ".gz", ".zst")
-# struct disk_dump_header (makedumpfile diskdump_mod.h): signature[8],
-# header_version, then struct new_utsname (6 x 65 bytes: sysname, nodename,
-# release, ...).
-_KDUMP_RELEASE_OFFSET: Final = 8 + 4 + 2 * 65
 _MAX_SCAN_FILES: Final = 20000
-
-
-@dataclass
-class DumpIdentity:
-    release: Optional[str]
-    build_id: Optional[str]
-
-
-def _parse_vmcoreinfo(data: bytes) -> DumpIdentity:
-    text = data.decode(errors="replace")
-    release = re.search(r"^OSRELEASE=(.+)$", text, re.M)
-    build_id = re.search(r"^BUILD-ID=([0-9a-fA-F]+)$", text, re.M)
-    return DumpIdentity(release.group(1).strip() if release else None,
-                        build_id.group(1).lower() if build_id else None)
-
-
-def dump_kernel_identity(path: str, kind: str) -> DumpIdentity:
-    """Return the kernel release and build ID a dump says it is from (None when unknown)."""
-    if kind == "elf-core":
-        from dfforensics.inputs.elffacts import read_elf_vmcoreinfo
-
-        data = read_elf_vmcoreinfo(path)
-        return _parse_vmcoreinfo(data) if data else DumpIdentity(None, None)
-    if kind == "kdump-compressed":
-        with open(path, "rb") as file:
-            head = file.read(4096)
-        release = head[_KDUMP_RELEASE_OFFSET:_KDUMP_RELEASE_OFFSET + 65].split(b"\0")[0]
-        return DumpIdentity(release.decode(errors="replace") or None, None)
-    return DumpIdentity(None, None)
 
 
 def _standard_candidates(directory: str, identity: DumpIdentity) -> Iterable[str]:
@@ -83,7 +52,7 @@ class VmlinuxFinder:
 
     def __init__(self, directories: Iterable[str]) -> None:
         self.directories = list(directories)
-        self._facts: dict[tuple, object] = {}
+        self._facts: dict[tuple[str, int, int, int], Optional["VmlinuxFacts"]] = {}
         self._lock = threading.Lock()
 
     def find(self, identity: DumpIdentity) -> Optional[str]:
@@ -104,7 +73,7 @@ class VmlinuxFinder:
                 return fetched
         return found
 
-    def _candidate_facts(self, path: str):
+    def _candidate_facts(self, path: str) -> Optional["VmlinuxFacts"]:
         try:
             stat = os.stat(path)
         except OSError:
@@ -151,11 +120,6 @@ class VmlinuxFinder:
         return None
 
 
-def find_vmlinux(identity: DumpIdentity, directories: Iterable[str]) -> Optional[str]:
-    """Find the debug vmlinux of one dump's kernel (see :meth:`VmlinuxFinder.find`)."""
-    return VmlinuxFinder(directories).find(identity)
-
-
 def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional[str]:
     """Fetch a debug file by build ID from the servers in ``$DEBUGINFOD_URLS``.
 
@@ -169,9 +133,7 @@ def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional
     import urllib.error
     import urllib.request
 
-    from dfforensics.dump.opendump import _cache_dir
-
-    target_dir = os.path.join(_cache_dir(), "debuginfod", build_id)
+    target_dir = os.path.join(cache_dir(), "debuginfod", build_id)
     target = os.path.join(target_dir, "debuginfo")
     if os.path.exists(target):
         return target

@@ -10,19 +10,16 @@ its console log (kdump's ``vmcore-dmesg.txt``, Ubuntu's ``dmesg.<ts>`` beside
 ever opened for reading. No drgn.
 """
 
-import bz2
-import gzip
 import hashlib
-import lzma
 import os
 import re
-import struct
 from dataclasses import dataclass
 from typing import Final, Iterable, Iterator, Optional
 
-__all__ = ("Item", "sniff", "discover", "iter_discover", "dump_identity")
+from dfforensics.inputs.formats import SNIFF_BYTES, sniff
 
-_SNIFF_BYTES: Final = 4096
+__all__ = ("Item", "iter_discover", "dump_identity")
+
 _LOG_NAME_RE: Final = re.compile(r"^(?:vmcore-dmesg\.txt|dmesg(?:\.\d+)?(?:\.txt)?|console(?:\.txt)?|.*\.log)$")
 _KERNEL_LINE_RE: Final = re.compile(rb"\[\s*\d+\.\d+\]|Linux version|Call Trace:|RIP: |<\d>")
 
@@ -49,57 +46,7 @@ class Item:
 
 def _head(path: str) -> bytes:
     with open(path, "rb") as file:
-        return file.read(_SNIFF_BYTES)
-
-
-def _decompressed_head(path: str, head: bytes) -> tuple[Optional[str], bytes]:
-    openers = (
-        (b"\x1f\x8b", "gzip", gzip.open),
-        (b"\xfd7zXZ\x00", "xz", lzma.open),
-        (b"BZh", "bzip2", bz2.open),
-    )
-    for magic, name, opener in openers:
-        if head.startswith(magic):
-            try:
-                with opener(path, "rb") as stream:
-                    return name, stream.read(_SNIFF_BYTES)
-            except (OSError, EOFError, lzma.LZMAError, ValueError):
-                return name, b""
-    if head.startswith(b"\x28\xb5\x2f\xfd"):
-        try:
-            import zstandard
-            with zstandard.ZstdDecompressor().stream_reader(open(path, "rb")) as stream:
-                return "zstd", stream.read(_SNIFF_BYTES)
-        except ImportError:
-            return "zstd", b""
-        except Exception:  # zstandard raises its own ZstdError
-            return "zstd", b""
-    return None, head
-
-
-def _kind_of(head: bytes) -> Optional[str]:
-    if head[:4] == b"\x7fELF" and len(head) >= 18:
-        e_type = struct.unpack_from("<H", head, 16)[0]
-        return "elf-core" if e_type == 4 else None
-    if head[:8] in (b"KDUMP   ", b"DISKDUMP"):
-        return "kdump-compressed"
-    if head.startswith(b"makedumpfile"):
-        return "flattened"
-    return None
-
-
-def sniff(path: str) -> tuple[Optional[str], Optional[str]]:
-    """Return (kind, compression) of a file by its content, or (None, None)."""
-    try:
-        head = _head(path)
-    except OSError:
-        return None, None
-    compression, inner = _decompressed_head(path, head)
-    kind = _kind_of(inner)
-    if kind is None and compression is not None and not inner:
-        # A compressed file we could not open: let the analysis report why.
-        return "unreadable-compressed", compression
-    return kind, compression
+        return file.read(SNIFF_BYTES)
 
 
 def _looks_like_log(path: str) -> bool:
@@ -148,20 +95,15 @@ def dump_identity(path: str) -> str:
     return digest.hexdigest()
 
 
-def discover(paths: Iterable[str]) -> list[Item]:
-    """Find the dumps and lone console logs under the given paths.
-
-    Every file that is neither is left out; a kdump ``vmcore-incomplete``
-    (kdump was still writing when it stopped) is an item of kind
-    ``incomplete``, so that it is reported, never skipped silently.
-    """
-    return list(iter_discover(paths))
-
-
 def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
-    """:func:`discover` as it goes: each dump as soon as it is recognised (so
-    triage can start on it while the walk goes on), the lone logs at the end,
-    when every dump has claimed its own."""
+    """Find the dumps and lone console logs under the given paths, as it goes.
+
+    Each dump is yielded as soon as it is recognised (so triage can start on it
+    while the walk goes on), the lone logs at the end, when every dump has
+    claimed its own. Every file that is neither is left out; a kdump
+    ``vmcore-incomplete`` (kdump was still writing when it stopped) is an item
+    of kind ``incomplete``, so that it is reported, never skipped silently.
+    """
     paired: set[str] = set()  # the logs some dump has claimed
     logs: list[str] = []
     seen_real: set[str] = set()

@@ -24,21 +24,17 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from typing import Any, Final, Iterable, Optional, TextIO
+from dataclasses import replace
+from typing import Final, Iterable, Iterator, Optional, TextIO
 
-from dfforensics.batch.debuginfo import VmlinuxFinder, dump_kernel_identity
+from dfforensics.batch.debuginfo import VmlinuxFinder
 from dfforensics.batch.discover import Item, iter_discover
-from dfforensics.core.errors import InputError
-from dfforensics.dump.opendump import decompressed
+from dfforensics.batch.jobs import ROW_FIELDS, Job, Row, error_row, job_to_wire, row_from_wire, row_to_wire
 from dfforensics.batch.worker import row_from_worker, timeout_row
+from dfforensics.core.errors import ErrorKind, InputError
+from dfforensics.inputs.formats import DUMP_KINDS, decompressed, dump_kernel_identity
 
 __all__ = ("ROW_FIELDS", "cpu_slots", "plan_job", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
-
-ROW_FIELDS: Final = (
-    "path", "size", "mtime", "kind", "status", "mode", "verdict", "df_class", "kernel_release",
-    "cpu", "pid", "comm", "frames", "error_kind", "error", "summary", "note", "log", "vmlinux",
-    "seconds",
-)
 
 
 def cpu_slots(jobs: int, cpus: Optional[Iterable[int]] = None) -> list[frozenset[int]]:
@@ -80,42 +76,37 @@ def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
     return done
 
 
-def plan_job(item: Item, finder: VmlinuxFinder) -> dict[str, Any]:
+def plan_job(item: Item, finder: VmlinuxFinder) -> Job:
     """Turn one discovered item into a worker job, finding its dump's vmlinux."""
-    job: dict[str, Any] = {"path": item.path, "size": item.size, "mtime": item.mtime,
-                           "kind": item.kind, "log": item.log, "vmlinux": None}
-    if item.kind in ("elf-core", "kdump-compressed", "flattened"):
-        try:
-            plain = decompressed(item.path, "VMCORE") if item.compression else item.path
-            identity = dump_kernel_identity(plain, item.kind)
-            job["release"] = identity.release
-            job["vmlinux"] = finder.find(identity)
-        except InputError as error:
-            job["plan_error"] = str(error)
-    if item.duplicate_of:
-        job["duplicate_of"] = item.duplicate_of
-    return job
+    job = Job(item.path, item.size, item.mtime, item.kind, item.log, duplicate_of=item.duplicate_of)
+    if item.kind not in DUMP_KINDS or item.duplicate_of:
+        return job
+    try:
+        plain = decompressed(item.path, "VMCORE") if item.compression else item.path
+        identity = dump_kernel_identity(plain, item.kind)
+        found = finder.find(identity)
+    except InputError as error:
+        return replace(job, plan_error=str(error), plan_error_kind=error.kind)
+    return replace(job, release=identity.release, vmlinux=found)
 
 
-def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str]) -> list[dict[str, Any]]:
+def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str]) -> list[Job]:
     """Turn discovered items into worker jobs (one vmlinux lookup per kernel)."""
     finder = VmlinuxFinder(debuginfo_dirs)
     return [plan_job(item, finder) for item in items]
 
 
-def _immediate_row(job: dict[str, Any]) -> Optional[dict[str, Any]]:
+def _immediate_row(job: Job) -> Optional[Row]:
     """Rows that need no worker: duplicates, incomplete dumps, unreadable archives."""
-    if job.get("duplicate_of"):
-        return {"status": "duplicate", "error_kind": "duplicate",
-                "error": f"same content as {job['duplicate_of']}"}
-    if job["kind"] == "incomplete":
-        return {"status": "error", "error_kind": "incomplete",
-                "error": "vmcore-incomplete: kdump was still writing this dump when it stopped"}
-    if job["kind"] == "unreadable-compressed":
-        return {"status": "error", "error_kind": "corrupt-dump",
-                "error": "compressed data that cannot be read"}
-    if job.get("plan_error"):
-        return {"status": "error", "error_kind": "corrupt-dump", "error": job["plan_error"]}
+    if job.duplicate_of:
+        return error_row(ErrorKind.DUPLICATE, f"same content as {job.duplicate_of}", status="duplicate")
+    if job.kind == "incomplete":
+        return error_row(ErrorKind.INCOMPLETE,
+                         "vmcore-incomplete: kdump was still writing this dump when it stopped")
+    if job.kind == "unreadable-compressed":
+        return error_row(ErrorKind.CORRUPT_DUMP, "compressed data that cannot be read")
+    if job.plan_error:
+        return error_row(job.plan_error_kind or ErrorKind.INPUT, job.plan_error)
     return None
 
 
@@ -145,9 +136,9 @@ class _Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def ask(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+    def ask(self, job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
         """The row of one job, or an error row if the server dies or stops answering."""
-        request = json.dumps({"job": job, "timeout": timeout, "memory_bytes": memory_bytes})
+        request = json.dumps({"job": job_to_wire(job), "timeout": timeout, "memory_bytes": memory_bytes})
         try:
             assert self.process.stdin is not None and self.process.stdout is not None
             self.process.stdin.write(request.encode() + b"\n")
@@ -161,7 +152,7 @@ class _Server:
             self.kill()
             return timeout_row(timeout)
         if line:
-            return json.loads(line)
+            return row_from_wire(json.loads(line))
         self.kill()  # its child, if one was running, must not outlive it
         self.log.seek(0)
         return row_from_worker(self.process.returncode, "", self.log.read().decode(errors="replace"))
@@ -254,7 +245,7 @@ class _Workers:
             slot.server = _Server(self.env, slot.cpus)
         return slot.server
 
-    def run(self, job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+    def run(self, job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
         immediate = _immediate_row(job)
         if immediate is not None:
             return immediate
@@ -263,7 +254,7 @@ class _Workers:
         try:
             with self.lock:
                 if self.stopping:
-                    return {"status": "error", "error_kind": "interrupted", "error": "run interrupted"}
+                    return error_row(ErrorKind.INTERRUPTED, "run interrupted")
                 server = self._live_server(slot)
             return server.ask(job, timeout, memory_bytes)
         finally:
@@ -283,7 +274,7 @@ class _Workers:
                 slot.server = None
 
 
-def run_isolated(job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+def run_isolated(job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
     """Run one job in its own worker process; what a Dask worker runs for each dump."""
     workers = _Workers()
     try:
@@ -292,8 +283,8 @@ def run_isolated(job: dict[str, Any], timeout: float, memory_bytes: Optional[int
         workers.close()
 
 
-def _dask_results(scheduler: str, planned: list[dict[str, Any]], timeout: float,
-                  memory_bytes: Optional[int]):
+def _dask_results(scheduler: str, planned: list[Job], timeout: float,
+                  memory_bytes: Optional[int]) -> Iterator[tuple[Job, Row]]:
     """Yield (job, row) as a Dask cluster finishes them; each still runs in its own process."""
     try:
         from distributed import Client, as_completed as dask_completed
@@ -311,8 +302,7 @@ def _dask_results(scheduler: str, planned: list[dict[str, Any]], timeout: float,
             try:
                 row = future.result()
             except Exception as error:  # a lost Dask worker costs only this row
-                row = {"status": "error", "error_kind": "worker-crash",
-                       "error": f"Dask task failed: {error}"}
+                row = error_row(ErrorKind.WORKER_CRASH, f"Dask task failed: {error}")
             yield job, row
     finally:
         client.close()
@@ -364,12 +354,12 @@ class _Writer:
         if self.csv is not None and new_file:
             self.csv.writeheader()
 
-    def write(self, row: dict[str, Any]) -> None:
+    def write(self, row: Row) -> None:
         with self.lock:
             if self.fmt == "jsonl":
-                self.stream.write(json.dumps({k: row.get(k) for k in ROW_FIELDS}) + "\n")
+                self.stream.write(json.dumps(row_to_wire(row)) + "\n")
             elif self.csv is not None:
-                self.csv.writerow(row)
+                self.csv.writerow(row_to_wire(row))
             else:
                 return
             self.stream.flush()
@@ -391,19 +381,18 @@ def run_triage(
     new_file: bool = True,
     progress_stream: TextIO = sys.stderr,
     scheduler: Optional[str] = None,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """Analyse every item under ``paths``; return all rows (written as they finish).
 
     With ``scheduler`` (``tcp://HOST:PORT``), the per-dump jobs run on an
     existing Dask cluster instead of local workers; the rows are the same.
     """
     writer = _Writer(output, fmt, new_file)
-    rows: list[dict[str, Any]] = []
+    rows: list[Row] = []
     pending_items = (item for item in iter_discover(paths) if item.key not in done)
 
-    def record(job: dict[str, Any], result: dict[str, Any], progress: _Progress) -> None:
-        row = {"path": job["path"], "size": job["size"], "mtime": job["mtime"],
-               "kind": job["kind"], "log": job.get("log"), **result}
+    def record(job: Job, result: Row, progress: _Progress) -> None:
+        row = result.of_job(job)
         writer.write(row)
         rows.append(row)
         progress.step()
@@ -425,7 +414,7 @@ def run_triage(
     progress = _Progress(progress_stream)
     running: dict[Future, None] = {}
 
-    def plan_and_run(item: Item) -> tuple[dict[str, Any], dict[str, Any]]:
+    def plan_and_run(item: Item) -> tuple[Job, Row]:
         job = plan_job(item, finder)
         return job, workers.run(job, timeout, memory_bytes)
 
@@ -458,33 +447,31 @@ def run_triage(
     return rows
 
 
-def summary_text(rows: list[dict[str, Any]]) -> str:
+def summary_text(rows: list[Row]) -> str:
     """The end-of-run summary: counts per verdict, release and error kind, and the matches."""
     # Imported at the end of a run, not while the workers start.
     from tabulate import tabulate
 
     parts = []
-    verdicts = Counter(row.get("verdict") or row["status"] for row in rows)
+    verdicts = Counter(row.verdict or row.status for row in rows)
     parts.append(tabulate(sorted(verdicts.items()), headers=["verdict / status", "dumps"]))
-    releases = Counter(row.get("kernel_release") or "unknown" for row in rows if row["status"] == "ok")
+    releases = Counter(row.kernel_release or "unknown" for row in rows if row.status == "ok")
     if releases:
         parts.append(tabulate(sorted(releases.items()), headers=["kernel release", "dumps"]))
-    errors = Counter(row.get("error_kind") for row in rows if row["status"] != "ok")
+    errors = Counter(row.error_kind.value if row.error_kind else None for row in rows if row.status != "ok")
     if errors:
-        parts.append(tabulate(sorted(errors.items()), headers=["error kind", "dumps"]))
-    matches = [[row["path"], row.get("cpu"), row.get("pid"), row.get("comm"), row.get("frames")]
-               for row in rows if row.get("verdict") == "match"]
+        parts.append(tabulate(sorted(errors.items(), key=str), headers=["error kind", "dumps"]))
+    matches = [[row.path, row.cpu, row.pid, row.comm, row.frames] for row in rows if row.verdict == "match"]
     if matches:
         parts.append("matching dumps:\n" + tabulate(matches, headers=["dump", "CPU", "PID", "comm", "frames"]))
     return "\n\n".join(parts) + "\n"
 
 
-def rows_table(rows: list[dict[str, Any]]) -> str:
+def rows_table(rows: list[Row]) -> str:
     """All rows as a table, for --format table."""
     from tabulate import tabulate
 
-    table = [[row["path"], row.get("verdict") or row["status"], row.get("df_class") or "",
-              row.get("kernel_release") or "", row.get("mode") or "",
-              row.get("error") or row.get("summary") or ""] for row in rows]
+    table = [[row.path, row.verdict or row.status, row.df_class or "", row.kernel_release or "",
+              row.mode or "", row.error or row.summary or ""] for row in rows]
     return tabulate(table, headers=["path", "verdict", "class", "release", "mode", "detail"],
                     maxcolwidths=[50, None, None, None, None, 70]) + "\n"

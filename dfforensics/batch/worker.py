@@ -20,98 +20,107 @@ import sys
 import tempfile
 import time
 import traceback
+from dataclasses import replace
 from typing import Any, NoReturn, Optional, TextIO
 
+from dfforensics.batch.jobs import Job, Row, error_row, job_from_wire, row_from_wire, row_to_wire
+from dfforensics.core.errors import ErrorKind, InputError
 from dfforensics.core.process import exit_without_teardown, skip_drgn_plugins
-from dfforensics.core.errors import InputError
 
 __all__ = ("row_from_worker", "run", "run_job", "row_from_report", "serve", "timeout_row")
 
 
-def row_from_report(report: Any, mode: str) -> dict[str, Any]:
+def row_from_report(report: Any, mode: str) -> Row:
     """The triage row of one analysed report."""
     deciding = [df for df in report.double_faults if df.verdict == report.verdict]
     df = deciding[0] if deciding else None
-    return {
-        "status": "ok",
-        "mode": mode,
-        "verdict": report.verdict.value,
-        "df_class": report.df_class.value if report.df_class else None,
-        "kernel_release": report.kernel.release,
-        "cpu": df.cpu if df else None,
-        "pid": df.pid if df else None,
-        "comm": df.comm if df else None,
-        "frames": len(report.frames),
-        "summary": report.summary,
-    }
+    return Row(
+        status="ok",
+        mode=mode,
+        verdict=report.verdict.value,
+        df_class=report.df_class.value if report.df_class else None,
+        kernel_release=report.kernel.release,
+        cpu=df.cpu if df else None,
+        pid=df.pid if df else None,
+        comm=df.comm if df else None,
+        frames=len(report.frames),
+        summary=report.summary,
+    )
 
 
-def _error_kind(message: str) -> str:
-    lowered = message.lower()
-    for words, kind in (
-        (("does not belong",), "vmlinux-mismatch"),
-        (("no vmcoreinfo",), "no-vmcoreinfo"),
-        (("truncated", "corrupt", "could not read memory", "fault"), "corrupt-dump"),
-        (("not an elf", "not a linux kernel", "not a kernel"), "not-a-dump"),
-        (("debug info", "vmlinux"), "debuginfo"),
-    ):
-        if any(word in lowered for word in words):
-            return kind
-    return "input"
+def _log_row(job: Job) -> Row:
+    from dfforensics.logs.analysis import analyze_log_text
+
+    path = job.path if job.kind == "log" else job.log
+    assert path is not None
+    with open(path, "rb") as file:
+        text = file.read().decode("utf-8", errors="replace")
+    if job.kind == "log":
+        return row_from_report(analyze_log_text(text, path), "log-only")
+    row = row_from_report(analyze_log_text(text, path), "log-fallback")
+    why = f": {job.vmlinux_note}" if job.vmlinux_note else ""
+    return replace(row, note=f"no debug vmlinux for {job.release or 'this kernel'}{why}: "
+                             f"analysed its console log {path} instead")
 
 
-def run_job(job: dict[str, Any]) -> dict[str, Any]:
+def _no_debuginfo_row(job: Job) -> Row:
+    why = f" ({job.vmlinux_note})" if job.vmlinux_note else ""
+    return error_row(ErrorKind.NO_DEBUGINFO,
+                     f"no debug vmlinux found for kernel {job.release or 'unknown'}{why} "
+                     "and no console log beside the dump")
+
+
+def _vmcore_row(job: Job) -> Row:
+    from dfforensics.dump.analysis import analyze_vmcore_files
+
+    assert job.vmlinux is not None
+    return replace(row_from_report(analyze_vmcore_files(job.path, job.vmlinux), "vmcore"),
+                   vmlinux=job.vmlinux)
+
+
+def run_job(job: Job) -> Row:
     """Analyse one item; never raises for bad input (it becomes an error row)."""
     start = time.monotonic()
-    row: dict[str, Any] = {}
     try:
-        if job["kind"] == "log" or (job.get("vmlinux") is None and job.get("log")):
-            from dfforensics.logs.analysis import analyze_log_text
-            path = job["path"] if job["kind"] == "log" else job["log"]
-            with open(path, "rb") as file:
-                text = file.read().decode("utf-8", errors="replace")
-            mode = "log-only" if job["kind"] == "log" else "log-fallback"
-            row = row_from_report(analyze_log_text(text, path), mode)
-            if mode == "log-fallback":
-                row["note"] = f"no debug vmlinux for {job.get('release') or 'this kernel'}: " \
-                              f"analysed its console log {path} instead"
-        elif job.get("vmlinux") is None:
-            row = {"status": "error", "error_kind": "no-debuginfo",
-                   "error": f"no debug vmlinux found for kernel {job.get('release') or 'unknown'} "
-                            "and no console log beside the dump"}
+        if job.kind == "log" or (job.vmlinux is None and job.log):
+            row = _log_row(job)
+        elif job.vmlinux is None:
+            row = _no_debuginfo_row(job)
         else:
-            from dfforensics.dump.analysis import analyze_vmcore_files
-            row = row_from_report(analyze_vmcore_files(job["path"], job["vmlinux"]), "vmcore")
-            row["vmlinux"] = job["vmlinux"]
+            row = _vmcore_row(job)
     except InputError as error:
-        row = {"status": "error", "error_kind": _error_kind(str(error)), "error": str(error)}
+        row = error_row(error.kind, str(error))
     except MemoryError:
-        row = {"status": "error", "error_kind": "memory", "error": "out of memory (memory cap)"}
-    row["seconds"] = round(time.monotonic() - start, 3)
-    return row
+        row = error_row(ErrorKind.MEMORY, "out of memory (memory cap)")
+    return replace(row, seconds=round(time.monotonic() - start, 3))
 
 
-def row_from_worker(returncode: int, stdout: str, stderr: str) -> dict[str, Any]:
+# What a process capped below what it needs dies of, besides MemoryError: a
+# library that cannot map its code (ImportError) or allocate (ENOMEM).
+_OUT_OF_MEMORY_MARKS = ("MemoryError", "Cannot allocate memory", "failed to map segment",
+                        "std::bad_alloc", "out of memory")
+
+
+def row_from_worker(returncode: int, stdout: str, stderr: str) -> Row:
     """The row of a job from how its process ended: its row, or why there is none."""
     lines = stdout.strip().splitlines()
     if returncode == 0 and lines:
         try:
-            return json.loads(lines[-1])
-        except ValueError:
+            return row_from_wire(json.loads(lines[-1]))
+        except (ValueError, TypeError):
             pass
     if returncode < 0:
         detail = f"worker killed by signal {-returncode}"
     else:
         tail = stderr.strip().splitlines()[-1:] or ["no output"]
         detail = f"worker failed (exit {returncode}): {tail[0][:300]}"
-    kind = "memory" if "MemoryError" in stderr else "worker-crash"
-    return {"status": "error", "error_kind": kind, "error": detail}
+    out_of_memory = any(mark in stderr for mark in _OUT_OF_MEMORY_MARKS)
+    return error_row(ErrorKind.MEMORY if out_of_memory else ErrorKind.WORKER_CRASH, detail)
 
 
-def timeout_row(timeout: float) -> dict[str, Any]:
+def timeout_row(timeout: float) -> Row:
     """The row of a job stopped at its time limit."""
-    return {"status": "error", "error_kind": "timeout",
-            "error": f"analysis did not finish within {timeout:g} s"}
+    return error_row(ErrorKind.TIMEOUT, f"analysis did not finish within {timeout:g} s")
 
 
 def _wait_status(pid: int, timeout: float) -> Optional[int]:
@@ -135,7 +144,7 @@ def _wait_status(pid: int, timeout: float) -> Optional[int]:
     return os.waitpid(pid, 0)[1]
 
 
-def _run_in_child(job: dict[str, Any], memory_bytes: Optional[int], result: int, log: int) -> None:
+def _run_in_child(job: Job, memory_bytes: Optional[int], result: int, log: int) -> None:
     """What a forked child does: cap itself, run the job, write its row to ``result``."""
     status = 1
     try:
@@ -145,7 +154,7 @@ def _run_in_child(job: dict[str, Any], memory_bytes: Optional[int], result: int,
         os.dup2(log, 2)
         if memory_bytes:
             resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        os.write(result, json.dumps(run_job(job)).encode())
+        os.write(result, json.dumps(row_to_wire(run_job(job))).encode())
         status = 0
     except BaseException:
         traceback.print_exc()
@@ -156,7 +165,7 @@ def _run_in_child(job: dict[str, Any], memory_bytes: Optional[int], result: int,
             os._exit(status)
 
 
-def run_forked(job: dict[str, Any], timeout: float, memory_bytes: Optional[int]) -> dict[str, Any]:
+def run_forked(job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
     """Run one job in a forked child with a time limit and a memory cap; return its row."""
     with tempfile.TemporaryFile() as result, tempfile.TemporaryFile() as log:
         pid = os.fork()
@@ -177,13 +186,16 @@ def run_forked(job: dict[str, Any], timeout: float, memory_bytes: Optional[int])
 def serve(requests: TextIO, rows: TextIO) -> int:
     """Answer one request line with one row line until ``requests`` ends."""
     # Imported here, once: what every forked child would otherwise import again.
-    import dfforensics.logs.analysis  # noqa: F401
+    # hashlib too: under a small memory cap a child could not map OpenSSL any more.
+    import hashlib  # noqa: F401
+
     import dfforensics.dump.analysis  # noqa: F401
+    import dfforensics.logs.analysis  # noqa: F401
 
     for line in requests:
         request = json.loads(line)
-        row = run_forked(request["job"], request["timeout"], request.get("memory_bytes"))
-        rows.write(json.dumps(row) + "\n")
+        row = run_forked(job_from_wire(request["job"]), request["timeout"], request.get("memory_bytes"))
+        rows.write(json.dumps(row_to_wire(row)) + "\n")
         rows.flush()
     return 0
 

@@ -21,7 +21,7 @@ from drgn.helpers.linux.mm import vma_find
 
 from dfforensics.core import kernel_facts, signature, x86
 from dfforensics.core.annotate import annotate
-from dfforensics.core.errors import InputError
+from dfforensics.core.errors import ErrorKind, InputError
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import (
     AnnotatedWord, DoubleFault, Frame, KernelInfo, RegionKind, Report, RspRegion, StackKind, SweepResult,
@@ -363,4 +363,4 @@ def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[s
         return analyze(opened.prog, source, sweep, opened.notes)
     except drgn.FaultError as error:
         raise InputError(f"VMCORE {vmcore}: memory the analysis needs is missing or corrupt "
-                         f"({error})") from None
+                         f"({error})", ErrorKind.CORRUPT_DUMP) from None

@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 
 from dfforensics.core import x86
 from dfforensics.inputs.elffacts import VmlinuxFacts
-from dfforensics.core.errors import DumpError
+from dfforensics.core.errors import DumpError, ErrorKind
 
 __all__ = ("rebuild_vmcoreinfo",)
 
@@ -87,15 +87,17 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
     x86_64 kernels with 4-level paging, with or without KASLR.
     """
     if not facts.banner or "linux_banner" not in facts.symbols or not facts.release:
-        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no linux_banner to rebuild it from")
+        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no linux_banner to rebuild it from",
+                        ErrorKind.NO_VMCOREINFO)
     pgd = facts.symbols.get("init_top_pgt") or facts.symbols.get("swapper_pg_dir")
     text = facts.symbols.get("_text")
     if pgd is None or text is None:
-        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt/_text")
+        raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt/_text",
+                        ErrorKind.NO_VMCOREINFO)
     try:
         memory = _PhysicalMemory(vmcore)
     except (ELFError, OSError) as error:
-        raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})") from None
+        raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})", ErrorKind.NOT_A_DUMP) from None
     with memory:
         return _rebuild_from_memory(memory.read, facts, pgd, text)
 
@@ -116,7 +118,8 @@ def _rebuild_from_memory(read: Callable[[int, int], Optional[bytes]], facts: Vml
         if virtual_text is None:
             raise DumpError("the dump has no VMCOREINFO; VMLINUX's banner is in guest memory at "
                             f"physical {load + banner_from_text:#x}, but the kernel page tables "
-                            "there do not map it: cannot rebuild the KASLR layout")
+                            "there do not map it: cannot rebuild the KASLR layout",
+                            ErrorKind.NO_VMCOREINFO)
         offset = virtual_text - text
         phys_base = load - (virtual_text - x86.START_KERNEL_MAP)
         note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n"
@@ -130,4 +133,5 @@ def _rebuild_from_memory(read: Callable[[int, int], Optional[bytes]], facts: Vml
                f"(KASLR offset {offset:#x}, phys_base {phys_base:#x})")
         return note.encode(), how
     raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is nowhere in guest "
-                    "memory at a 2 MiB-aligned load address: VMLINUX is not this kernel's")
+                    "memory at a 2 MiB-aligned load address: VMLINUX is not this kernel's",
+                    ErrorKind.NO_VMCOREINFO)

@@ -20,7 +20,8 @@ from typing import Final, Optional, Sequence
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
-from dfforensics.core.errors import DumpError
+from dfforensics.core.errors import DumpError, ErrorKind
+from dfforensics.inputs.formats import release_from_banner
 
 __all__ = ("VmlinuxFacts", "read_elf_vmcoreinfo", "vmlinux_facts")
 
@@ -112,7 +113,7 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
             elf = ELFFile(file)
             if elf.header.e_type != "ET_EXEC" or elf.header.e_machine != "EM_X86_64":
                 raise DumpError(f"VMLINUX {path}: not an x86_64 kernel image "
-                                f"({elf.header.e_type}, {elf.header.e_machine})")
+                                f"({elf.header.e_type}, {elf.header.e_machine})", ErrorKind.DEBUGINFO)
             build_id = None
             for section in elf.iter_sections():
                 if section["sh_type"] == "SHT_NOTE":
@@ -121,7 +122,8 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
                             build_id = note.n_desc
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
-                raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux")
+                raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux",
+                                ErrorKind.DEBUGINFO)
             symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"))
             banner = None
             if "linux_banner" in symbols:
@@ -129,10 +131,12 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
                 banner = raw.split(b"\0", 1)[0] if raw else None
             if elf.get_section_by_name(".debug_info") is None:
                 raise DumpError(f"VMLINUX {path}: has no DWARF debug info (.debug_info); "
-                                "give the debug vmlinux (e.g. from the dbgsym/debuginfo package)")
+                                "give the debug vmlinux (e.g. from the dbgsym/debuginfo package)",
+                                ErrorKind.DEBUGINFO)
     except ELFError as error:
-        raise DumpError(f"VMLINUX {path}: not an ELF file ({error})") from None
+        raise DumpError(f"VMLINUX {path}: not an ELF file ({error})", ErrorKind.DEBUGINFO) from None
     except OSError as error:
-        raise DumpError(f"VMLINUX {path}: cannot read: {error.strerror or error}") from None
-    release = banner.split()[2].decode(errors="replace") if banner and len(banner.split()) > 2 else None
+        raise DumpError(f"VMLINUX {path}: cannot read: {error.strerror or error}",
+                        ErrorKind.DEBUGINFO) from None
+    release = release_from_banner(banner) if banner else None
     return VmlinuxFacts(build_id, banner, release, symbols)

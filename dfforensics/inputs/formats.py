@@ -1,0 +1,610 @@
+"""
+Input formats
+-------------
+
+What a dump or vmlinux file is by its bytes, in one place and without drgn
+(triage's parent process plans with it while its workers import drgn):
+
+- sniffing: compression magic (gzip, xz, zstd, bzip2) and dump magic (ELF
+  core, makedumpfile's kdump-compressed format and its flattened stream);
+- decompression and reassembly into the cache (``$DFFORENSICS_CACHE``), once
+  per input, atomically, never from a cache entry that is not what we wrote;
+- the kdump-compressed header, validated against the file's size before drgn
+  or libkdumpfile see it;
+- VMCOREINFO, and the kernel identity (release, build ID) a dump names.
+
+Every failure is a :class:`DumpError` with its :class:`ErrorKind`. Input files
+are only ever opened for reading.
+"""
+
+import bz2
+import gzip
+import lzma
+import os
+import re
+import stat as stat_mode
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Final, Mapping, Optional
+
+from dfforensics.core.errors import DumpError, ErrorKind
+from dfforensics.core.kernel_facts import Version, parse_release
+
+__all__ = (
+    "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
+    "Vmcoreinfo", "cache_dir", "check_input_file", "compression_of", "decompressed",
+    "dump_kernel_identity", "dump_kind", "parse_vmcoreinfo", "read_dump_format",
+    "read_kdump_header", "reassembled", "release_from_banner", "sniff",
+)
+
+SNIFF_BYTES: Final = 4096
+_CHUNK: Final = 1 << 20
+_MAX_DECOMPRESSED: Final = int(os.environ.get("DFFORENSICS_MAX_DECOMPRESSED", 64 << 30))
+
+#: The kinds of dump files triage recognises by content.
+DUMP_KINDS: Final = ("elf-core", "kdump-compressed", "flattened")
+
+# --- compression ------------------------------------------------------------
+
+
+def _open_zstd(path: str) -> BinaryIO:
+    try:
+        import zstandard
+    except ImportError:
+        raise DumpError(f"{path}: zstd-compressed; install the 'zstandard' package") from None
+    return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
+
+
+_COMPRESSIONS: Final[dict[bytes, tuple[str, Callable[[str], BinaryIO]]]] = {
+    b"\x1f\x8b": ("gzip", lambda p: gzip.open(p, "rb")),
+    b"\xfd7zXZ\x00": ("xz", lambda p: lzma.open(p, "rb")),
+    b"\x28\xb5\x2f\xfd": ("zstd", _open_zstd),
+    b"BZh": ("bzip2", lambda p: bz2.open(p, "rb")),
+}
+
+
+def _decoder_errors() -> tuple[type[BaseException], ...]:
+    """What a decompressor raises on bad data (zstandard's own ZstdError too, if installed)."""
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, ValueError)
+    try:
+        import zstandard
+    except ImportError:
+        return errors
+    return errors + (zstandard.ZstdError,)
+
+
+def _compression(head: bytes) -> Optional[tuple[str, Callable[[str], BinaryIO]]]:
+    for prefix, entry in _COMPRESSIONS.items():
+        if head.startswith(prefix):
+            return entry
+    return None
+
+
+def compression_of(head: bytes) -> Optional[str]:
+    """The compression a file's first bytes announce (``gzip``, ``xz``, ``zstd``, ``bzip2``)."""
+    entry = _compression(head)
+    return entry[0] if entry else None
+
+
+# --- what a file is ---------------------------------------------------------
+
+_ELF_MAGIC: Final = b"\x7fELF"
+_KDUMP_SIGNATURES: Final = (b"KDUMP   ", b"DISKDUMP")
+_FLAT_SIGNATURE: Final = b"makedumpfile"
+_ET_CORE: Final = 4
+
+
+def dump_kind(head: bytes) -> Optional[str]:
+    """``elf-core``, ``kdump-compressed``, ``flattened`` from a file's first bytes, or None."""
+    if head[:4] == _ELF_MAGIC and len(head) >= 18:
+        return "elf-core" if struct.unpack_from("<H", head, 16)[0] == _ET_CORE else None
+    if head[:8] in _KDUMP_SIGNATURES:
+        return "kdump-compressed"
+    if head.startswith(_FLAT_SIGNATURE):
+        return "flattened"
+    return None
+
+
+def _read_head(path: str) -> bytes:
+    with open(path, "rb") as file:
+        return file.read(SNIFF_BYTES)
+
+
+def _decompressed_head(path: str, opener: Callable[[str], BinaryIO]) -> bytes:
+    """The first bytes of a compressed file's contents, b"" when they cannot be read."""
+    try:
+        with opener(path) as stream:
+            return stream.read(SNIFF_BYTES)
+    except (DumpError,) + _decoder_errors():
+        return b""
+
+
+def sniff(path: str) -> tuple[Optional[str], Optional[str]]:
+    """Return (kind, compression) of a file by its content, or (None, None).
+
+    A compressed file whose contents cannot be read is ``unreadable-compressed``,
+    so that it is reported rather than skipped.
+    """
+    try:
+        head = _read_head(path)
+    except OSError:
+        return None, None
+    compression = _compression(head)
+    if compression is None:
+        return dump_kind(head), None
+    inner = _decompressed_head(path, compression[1])
+    if not inner:
+        return "unreadable-compressed", compression[0]
+    return dump_kind(inner), compression[0]
+
+
+def check_input_file(path: str, what: str) -> None:
+    """Raise :class:`DumpError` unless ``path`` is a readable, non-empty regular file.
+
+    A FIFO or device is refused before it is opened: reading one would block or
+    never end.
+    """
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        raise DumpError(f"{what} {path}: no such file") from None
+    except OSError as error:
+        raise DumpError(f"{what} {path}: cannot read: {error.strerror or error}") from None
+    if stat_mode.S_ISDIR(info.st_mode):
+        raise DumpError(f"{what} {path}: is a directory")
+    if not stat_mode.S_ISREG(info.st_mode):
+        raise DumpError(f"{what} {path}: not a regular file (a FIFO, socket or device)")
+    try:
+        with open(path, "rb") as file:
+            if not file.read(1):
+                raise DumpError(f"{what} {path}: empty file")
+    except OSError as error:
+        raise DumpError(f"{what} {path}: cannot read: {error.strerror or error}") from None
+
+
+# --- the cache --------------------------------------------------------------
+
+
+def _cache_error(directory: str, error: OSError) -> DumpError:
+    return DumpError(f"cache {directory}: cannot write ({error.strerror or error}); set "
+                     "DFFORENSICS_CACHE to a writable directory with room for the "
+                     "decompressed dump", ErrorKind.CACHE)
+
+
+def cache_dir() -> str:
+    """The cache directory (``$DFFORENSICS_CACHE``, else ``~/.cache/dfforensics``), created."""
+    base = os.environ.get("DFFORENSICS_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "dfforensics")
+    try:
+        os.makedirs(base, exist_ok=True)
+    except OSError as error:
+        raise _cache_error(base, error) from None
+    return base
+
+
+class _CacheFile:
+    """A file being written into the cache: a failed write is the cache's problem,
+    told as such, never taken for bad input."""
+
+    def __init__(self, file: BinaryIO, directory: str) -> None:
+        self.file, self.directory = file, directory
+
+    def _do(self, operation: Callable[[], object]) -> None:
+        try:
+            operation()
+        except OSError as error:
+            raise _cache_error(self.directory, error) from None
+
+    def write(self, data: bytes) -> None:
+        self._do(lambda: self.file.write(data))
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> None:
+        self._do(lambda: self.file.seek(offset, whence))
+
+    def truncate(self, size: Optional[int] = None) -> None:
+        self._do(lambda: self.file.truncate(size) if size is not None else self.file.truncate())
+
+    def sparse_write(self, chunk: bytes) -> None:
+        # Dumps are mostly zeros: keep cached copies sparse.
+        if chunk.count(0) == len(chunk):
+            self.seek(len(chunk), os.SEEK_CUR)
+        else:
+            self.write(chunk)
+
+
+def _size_record(target: str) -> str:
+    return target + ".size"
+
+
+def _valid_entry(target: str) -> bool:
+    """Whether ``target`` is a whole cache entry we wrote: a regular file (not a
+    symlink someone put there) of the size recorded when it was complete."""
+    try:
+        info = os.lstat(target)
+        with open(_size_record(target), encoding="ascii") as record:
+            size = int(record.read().strip())
+    except (OSError, ValueError):
+        return False
+    return stat_mode.S_ISREG(info.st_mode) and info.st_size == size
+
+
+def _discard(path: str) -> None:
+    for name in (path, _size_record(path)):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+        except OSError as error:
+            raise _cache_error(os.path.dirname(path), error) from None
+
+
+def _write_size_record(target: str, size: int) -> None:
+    directory = os.path.dirname(target)
+    fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as out:
+            out.write(f"{size}\n")
+        os.replace(partial, _size_record(target))
+    except OSError as error:
+        raise _cache_error(directory, error) from None
+    finally:
+        if os.path.lexists(partial):
+            os.unlink(partial)
+
+
+def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]) -> str:
+    """Run ``produce`` once per input into a cache file, atomically; return its path.
+
+    The cache key is the input's identity (real path, size, mtime, inode), so
+    a changed input is produced again. A failed or interrupted run, or a
+    rejected input, leaves nothing behind; an entry that is not a whole file of
+    ours (a symlink, a file cut short) is discarded and produced again.
+    """
+    import hashlib  # here: loading OpenSSL costs ~2 ms, and uncompressed inputs never get here
+
+    info = os.stat(path)
+    key = hashlib.sha256(
+        f"{tag}\0{os.path.realpath(path)}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}".encode()
+    ).hexdigest()[:24]
+    directory = cache_dir()
+    target = os.path.join(directory, f"{key}-{name}")
+    if _valid_entry(target):
+        return target
+    _discard(target)
+    try:
+        fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    except OSError as error:
+        raise _cache_error(directory, error) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            produce(_CacheFile(out, directory))
+            try:
+                out.flush()
+                size = os.fstat(out.fileno()).st_size
+            except OSError as error:
+                raise _cache_error(directory, error) from None
+        try:
+            os.replace(partial, target)
+        except OSError as error:
+            raise _cache_error(directory, error) from None
+        _write_size_record(target, size)
+    finally:
+        if os.path.lexists(partial):
+            os.unlink(partial)
+    return target
+
+
+def discard_cached(path: str) -> None:
+    """Remove a cache entry made for an input that was then rejected; other paths are left alone."""
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(cache_dir()):
+        _discard(path)
+
+
+# --- decompression and reassembly ------------------------------------------
+
+
+def _content_check(what: str, path: str) -> Callable[[bytes], None]:
+    """What the decompressed contents must start with, so that what is cached is an input we can use."""
+    def check(head: bytes) -> None:
+        if what == "VMCORE":
+            if dump_kind(head) is None:
+                raise DumpError(f"{what} {path}: not an ELF core file (nor a kdump-compressed "
+                                "or flattened dump)", ErrorKind.NOT_A_DUMP)
+        elif head[:4] != _ELF_MAGIC:
+            raise DumpError(f"{what} {path}: not an ELF file", ErrorKind.DEBUGINFO)
+    return check
+
+
+def _corrupt_kind(what: str) -> ErrorKind:
+    return ErrorKind.CORRUPT_DUMP if what == "VMCORE" else ErrorKind.DEBUGINFO
+
+
+def decompressed(path: str, what: str) -> str:
+    """Return a path to the uncompressed contents of ``path``.
+
+    Uncompressed files are returned as they are. Compressed ones are
+    decompressed once into the cache, keyed by the input's identity, and at
+    most ``$DFFORENSICS_MAX_DECOMPRESSED`` bytes (64 GiB) are written; contents
+    that are not a dump (VMCORE) or an ELF file (the others) are refused
+    before they are kept.
+    """
+    check_input_file(path, what)
+    try:
+        compression = _compression(_read_head(path))
+    except OSError as error:
+        raise DumpError(f"{what} {path}: cannot read: {error.strerror or error}") from None
+    if compression is None:
+        return path
+    name, opener = compression
+    check = _content_check(what, path)
+
+    def produce(out: _CacheFile) -> None:
+        written = 0
+        with opener(path) as source:
+            while chunk := source.read(_CHUNK):
+                if not written:
+                    check(chunk)
+                written += len(chunk)
+                if written > _MAX_DECOMPRESSED:
+                    raise DumpError(f"{what} {path}: decompresses to more than "
+                                    f"{_MAX_DECOMPRESSED >> 30} GiB (DFFORENSICS_MAX_DECOMPRESSED)",
+                                    _corrupt_kind(what))
+                out.sparse_write(chunk)
+        if not written:
+            raise DumpError(f"{what} {path}: {name} data that decompresses to nothing",
+                            _corrupt_kind(what))
+        out.truncate()
+
+    try:
+        return cached(path, "plain", os.path.basename(path).rsplit(".", 1)[0], produce)
+    except _decoder_errors() as error:
+        raise DumpError(f"{what} {path}: corrupt {name} data: {error}", _corrupt_kind(what)) from None
+
+
+# makedumpfile's flattened stream (makedumpfile.h, QEMU dump.c): a 4096-byte
+# header starting "makedumpfile", then records {int64 offset; int64 size}
+# (big-endian) each followed by its bytes, ended by {-1, -1}.
+_FLAT_HEADER_SIZE: Final = 4096
+_FLAT_RECORD: Final = struct.Struct(">qq")
+
+
+def _is_flattened(path: str) -> bool:
+    with open(path, "rb") as file:
+        return file.read(len(_FLAT_SIGNATURE)) == _FLAT_SIGNATURE
+
+
+def _flat_record(source: BinaryIO, what: str, path: str) -> Optional[tuple[int, int]]:
+    """The next record's (offset, size), None at the end marker."""
+    record = source.read(_FLAT_RECORD.size)
+    if len(record) < _FLAT_RECORD.size:
+        raise DumpError(f"{what} {path}: flattened dump cut before its end marker", ErrorKind.CORRUPT_DUMP)
+    offset, size = _FLAT_RECORD.unpack(record)
+    if offset == -1 and size == -1:
+        return None
+    if offset < 0 or size <= 0 or offset + size > _MAX_DECOMPRESSED:
+        raise DumpError(f"{what} {path}: corrupt flattened dump (record at offset {offset}, size {size})",
+                        ErrorKind.CORRUPT_DUMP)
+    return offset, size
+
+
+def _copy_record(source: BinaryIO, out: _CacheFile, size: int, what: str, path: str) -> None:
+    remaining = size
+    while remaining:
+        chunk = source.read(min(remaining, _CHUNK))
+        if not chunk:
+            raise DumpError(f"{what} {path}: flattened dump cut inside a record", ErrorKind.CORRUPT_DUMP)
+        out.write(chunk)
+        remaining -= len(chunk)
+
+
+def reassembled(path: str, what: str = "VMCORE") -> str:
+    """Return a path to the kdump-compressed file a flattened stream holds.
+
+    What ``makedumpfile -R`` does, done once into the cache; other files are
+    returned as they are.
+    """
+    if not _is_flattened(path):
+        return path
+
+    def produce(out: _CacheFile) -> None:
+        with open(path, "rb") as source:
+            source.seek(_FLAT_HEADER_SIZE)
+            end = 0
+            while (record := _flat_record(source, what, path)) is not None:
+                offset, size = record
+                out.seek(offset)
+                _copy_record(source, out, size, what, path)
+                end = max(end, offset + size)
+            out.truncate(end)
+
+    return cached(path, "flat", "reassembled", produce)
+
+
+# --- the kdump-compressed header -------------------------------------------
+
+# struct disk_dump_header (makedumpfile diskdump_mod.h): signature[8],
+# header_version, struct new_utsname (6 x 65 bytes: sysname, nodename,
+# release, ...), struct timeval, status, then block_size, sub_hdr_size and
+# bitmap_blocks at 428. struct kdump_sub_header starts one block in.
+_KDUMP_HEADER: Final = struct.Struct("<8si")
+_KDUMP_RELEASE_OFFSET: Final = 8 + 4 + 2 * 65
+_KDUMP_UTS_FIELD: Final = 65
+_KDUMP_BLOCKS: Final = struct.Struct("<iiI")
+_KDUMP_BLOCKS_OFFSET: Final = 428
+# kdump_sub_header: phys_base, dump_level, split, start_pfn, end_pfn, then
+# (header_version 3+) offset/size of VMCOREINFO, (4+) of the ELF notes,
+# (5+) of the erase info.
+_KDUMP_SUB: Final = struct.Struct("<Qii QQ qQ qQ qQ")
+_MAX_BLOCK_SIZE: Final = 1 << 20
+_MAX_VMCOREINFO: Final = 1 << 20
+#: makedumpfile -d bits: zero pages, and user process data.
+DUMP_LEVEL_ZERO_PAGES: Final = 1
+DUMP_LEVEL_USER_DATA: Final = 8
+
+
+@dataclass(frozen=True)
+class KdumpHeader:
+    """What a kdump-compressed file's headers say, every range checked against the file."""
+
+    version: int
+    release: Optional[str]
+    block_size: int
+    dump_level: Optional[int]
+    vmcoreinfo: Optional[tuple[int, int]]  # (offset, size) in the file
+    notes: Optional[tuple[int, int]]
+
+
+def _utsname_release(head: bytes) -> Optional[str]:
+    raw = head[_KDUMP_RELEASE_OFFSET:_KDUMP_RELEASE_OFFSET + _KDUMP_UTS_FIELD].split(b"\0")[0]
+    return raw.decode("utf-8", errors="replace").strip() or None
+
+
+def _checked_range(offset: int, size: int, file_size: int, name: str, what: str,
+                   path: str) -> Optional[tuple[int, int]]:
+    if size == 0:
+        return None
+    if offset < 0 or size < 0 or offset + size > file_size:
+        raise DumpError(f"{what} {path}: corrupt kdump header: its {name} (offset {offset}, "
+                        f"size {size}) lies outside the {file_size}-byte file", ErrorKind.CORRUPT_DUMP)
+    return offset, size
+
+
+def read_kdump_header(path: str, what: str = "VMCORE") -> KdumpHeader:
+    """Read and validate the headers of a kdump-compressed file.
+
+    libkdumpfile maps what the header points at; a range past the end of the
+    file becomes SIGBUS there, so it is an error here first.
+    """
+    def corrupt(detail: str) -> DumpError:
+        return DumpError(f"{what} {path}: corrupt kdump header: {detail}", ErrorKind.CORRUPT_DUMP)
+
+    with open(path, "rb") as file:
+        file_size = os.fstat(file.fileno()).st_size
+        head = file.read(SNIFF_BYTES)
+        if len(head) < _KDUMP_BLOCKS_OFFSET + _KDUMP_BLOCKS.size:
+            raise corrupt(f"the file ends at {len(head)} bytes, inside its header")
+        version = _KDUMP_HEADER.unpack_from(head)[1]
+        block_size, sub_blocks, bitmap_blocks = _KDUMP_BLOCKS.unpack_from(head, _KDUMP_BLOCKS_OFFSET)
+        if not 0 < block_size <= _MAX_BLOCK_SIZE or block_size & (block_size - 1):
+            raise corrupt(f"block size {block_size}")
+        if sub_blocks < 0:
+            raise corrupt(f"sub-header size {sub_blocks} blocks")
+        if (1 + sub_blocks + bitmap_blocks) * block_size > file_size:
+            raise corrupt(f"its sub-header and bitmaps ({sub_blocks} + {bitmap_blocks} blocks of "
+                          f"{block_size}) end past the {file_size}-byte file")
+        file.seek(block_size)
+        sub = file.read(_KDUMP_SUB.size).ljust(_KDUMP_SUB.size, b"\0")
+    (_, level, _, _, _, info_offset, info_size, note_offset, note_size,
+     erase_offset, erase_size) = _KDUMP_SUB.unpack(sub)
+    vmcoreinfo = notes = None
+    if version >= 3:
+        vmcoreinfo = _checked_range(info_offset, info_size, file_size, "VMCOREINFO", what, path)
+    if version >= 4:
+        notes = _checked_range(note_offset, note_size, file_size, "ELF notes", what, path)
+    if version >= 5:
+        _checked_range(erase_offset, erase_size, file_size, "erase info", what, path)
+    return KdumpHeader(version, _utsname_release(head), block_size,
+                       level if 0 <= level <= 31 else None, vmcoreinfo, notes)
+
+
+def read_dump_format(path: str) -> tuple[str, Optional[int]]:
+    """Return (format, makedumpfile dump level or None) of an uncompressed dump file."""
+    kind = dump_kind(_read_head(path))
+    if kind == "kdump-compressed":
+        return kind, read_kdump_header(path).dump_level
+    if kind == "flattened":
+        return kind, None
+    return "elf", None
+
+
+# --- VMCOREINFO and the kernel's identity -----------------------------------
+
+_BUILD_ID_RE: Final = re.compile(r"[0-9a-f]{8,}")
+
+
+@dataclass(frozen=True)
+class Vmcoreinfo:
+    """A parsed VMCOREINFO note: ``KEY=value`` lines."""
+
+    fields: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def release(self) -> Optional[str]:
+        return self.fields.get("OSRELEASE", "").strip() or None
+
+    @property
+    def build_id(self) -> Optional[str]:
+        value = self.fields.get("BUILD-ID", "").strip().lower()
+        return value if _BUILD_ID_RE.fullmatch(value) else None
+
+
+def parse_vmcoreinfo(data: bytes) -> Vmcoreinfo:
+    """Parse a VMCOREINFO note; bytes that are not UTF-8 become U+FFFD, never an error."""
+    fields: dict[str, str] = {}
+    for line in data.decode("utf-8", errors="replace").splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key not in fields:
+            fields[key] = value
+    return Vmcoreinfo(fields)
+
+
+def release_from_banner(banner: bytes) -> Optional[str]:
+    """The release in a ``linux_banner`` ("Linux version 6.1.0-13-amd64 (...) ...")."""
+    words = banner.split()
+    return words[2].decode("utf-8", errors="replace") if len(words) > 2 else None
+
+
+@dataclass(frozen=True)
+class DumpIdentity:
+    """The kernel a dump says it is from; each part None when the dump does not say.
+
+    ``source`` says where it was read, or why nothing could be."""
+
+    release: Optional[str]
+    build_id: Optional[str]
+    source: str = ""
+
+    @property
+    def version(self) -> Optional[Version]:
+        return parse_release(self.release) if self.release else None
+
+    def __bool__(self) -> bool:
+        return bool(self.release or self.build_id)
+
+
+def _kdump_identity(path: str) -> DumpIdentity:
+    header = read_kdump_header(path)
+    info = Vmcoreinfo()
+    if header.vmcoreinfo is not None:
+        offset, size = header.vmcoreinfo
+        with open(path, "rb") as file:
+            file.seek(offset)
+            info = parse_vmcoreinfo(file.read(min(size, _MAX_VMCOREINFO)))
+    release = info.release or header.release
+    source = "the dump's VMCOREINFO" if info.fields else "the kdump header"
+    return DumpIdentity(release, info.build_id, source)
+
+
+def dump_kernel_identity(path: str, kind: str) -> DumpIdentity:
+    """The kernel release and build ID an uncompressed dump says it is from.
+
+    ELF cores name them in VMCOREINFO (QEMU dumps of guests without
+    ``-device vmcoreinfo`` do not); kdump-compressed files in VMCOREINFO and
+    their header's utsname; a flattened stream is reassembled into the cache
+    (the worker opens that same copy) and read as kdump-compressed.
+    """
+    if kind == "elf-core":
+        from dfforensics.inputs.elffacts import read_elf_vmcoreinfo
+
+        data = read_elf_vmcoreinfo(path)
+        if not data:
+            return DumpIdentity(None, None, "the ELF core has no VMCOREINFO note")
+        info = parse_vmcoreinfo(data)
+        return DumpIdentity(info.release, info.build_id, "the dump's VMCOREINFO")
+    if kind == "flattened":
+        return _kdump_identity(reassembled(path))
+    if kind == "kdump-compressed":
+        return _kdump_identity(path)
+    return DumpIdentity(None, None, f"a {kind} file names no kernel")
+
