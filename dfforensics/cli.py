@@ -119,10 +119,7 @@ def _triage_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _run_triage(argv: Sequence[str]) -> int:
-    from dfforensics.batch import triage
-
-    args = _triage_parser().parse_args(argv)
+def _check_triage_arguments(args: argparse.Namespace) -> None:
     if args.jobs < 1:
         raise InputError("--jobs must be at least 1")
     if args.resume and (not args.output or args.format == "table"):
@@ -130,7 +127,15 @@ def _run_triage(argv: Sequence[str]) -> int:
     for path in args.paths + args.debuginfo_dir:
         if not os.path.exists(path):
             raise InputError(f"{path}: no such file or directory")
-    done = triage.load_done(args.output) if args.resume else set()
+
+
+def _run_triage(argv: Sequence[str]) -> int:
+    from dfforensics.batch import triage
+
+    args = _triage_parser().parse_args(argv)
+    _check_triage_arguments(args)
+    carried = triage.load_rows(args.output) if args.resume else []
+    done = {triage.row_key(row) for row in carried}
     new_file = not (args.resume and args.output and os.path.exists(args.output)
                     and os.path.getsize(args.output))
     stream = open(args.output, "a" if args.resume else "w", newline="") if args.output else sys.stdout
@@ -141,6 +146,8 @@ def _run_triage(argv: Sequence[str]) -> int:
             rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
                                      args.timeout, args.memory_limit << 20, done, new_file,
                                      scheduler=args.scheduler)
+            if not rows and not carried:
+                raise InputError("no dump or console log found under " + ", ".join(args.paths))
             if args.format == "table":
                 stream.write(triage.rows_table(rows))
         finally:
@@ -148,7 +155,7 @@ def _run_triage(argv: Sequence[str]) -> int:
                 stream.close()
     except OSError as error:
         raise InputError(f"{args.output or 'stdout'}: cannot write: {error.strerror or error}") from None
-    summary = triage.summary_text(rows)
+    summary = triage.summary_text(carried + rows, carried_over=len(carried))
     (sys.stdout if args.output or args.format == "table" else sys.stderr).write("\n" + summary)
     return EXIT_OK
 

@@ -8,12 +8,16 @@ layouts of debug-info trees, then on debuginfod servers. No drgn: pyelftools
 loaded on first use (triage imports this module while its workers start).
 """
 
+import itertools
 import os
 import re
 import shutil
 import tempfile
 import threading
-from typing import TYPE_CHECKING, Final, Iterable, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final, Iterable, Iterator, Optional
+
+from elftools.common.exceptions import ELFError
 
 from dfforensics.core.errors import InputError
 from dfforensics.inputs.formats import DumpIdentity, cache_dir, decompressed
@@ -21,10 +25,13 @@ from dfforensics.inputs.formats import DumpIdentity, cache_dir, decompressed
 if TYPE_CHECKING:
     from dfforensics.inputs.elffacts import VmlinuxFacts
 
-__all__ = ("VmlinuxFinder", "fetch_from_debuginfod")
+__all__ = ("Lookup", "VmlinuxFinder", "fetch_from_debuginfod")
 
 _COMPRESSED_SUFFIXES: Final = ("", ".xz", ".gz", ".zst")
 _MAX_SCAN_FILES: Final = 20000
+# Matching by banner reads each candidate's symbols (and decompresses it once):
+# worth it for a handful of kernels, not for a whole debug-info mirror.
+_MAX_BANNER_CANDIDATES: Final = 16
 
 
 def _standard_candidates(directory: str, identity: DumpIdentity) -> Iterable[str]:
@@ -39,6 +46,14 @@ def _standard_candidates(directory: str, identity: DumpIdentity) -> Iterable[str
                          f"boot/vmlinux-{release}", f"lib/modules/{release}/vmlinux",
                          f"vmlinux-{release}", f"{release}/vmlinux"):
             yield os.path.join(directory, relative)
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The vmlinux found for a dump, or None with the reason (for the row)."""
+
+    vmlinux: Optional[str]
+    why_none: Optional[str]
 
 
 class VmlinuxFinder:
@@ -105,6 +120,11 @@ class VmlinuxFinder:
                 for suffix in _COMPRESSED_SUFFIXES:
                     if os.path.isfile(candidate + suffix) and self._matches(candidate + suffix, identity):
                         return candidate + suffix
+        return next((path for path in self._tree_files() if self._matches(path, identity)), None)
+
+    def _tree_files(self) -> Iterator[str]:
+        """Every ``vmlinux*`` and ``*.debug`` file below the trees (at most
+        ``_MAX_SCAN_FILES`` files looked at)."""
         scanned = 0
         for directory in self.directories:
             for root, dirs, files in os.walk(directory):
@@ -112,12 +132,46 @@ class VmlinuxFinder:
                 for name in sorted(files):
                     scanned += 1
                     if scanned > _MAX_SCAN_FILES:
-                        return None
+                        return
                     if name.startswith("vmlinux") or name.endswith(".debug"):
-                        path = os.path.join(root, name)
-                        if self._matches(path, identity):
-                            return path
-        return None
+                        yield os.path.join(root, name)
+
+    def lookup(self, identity: DumpIdentity, dump: str, kind: str) -> Lookup:
+        """The vmlinux of one (uncompressed) dump, or why there is none.
+
+        A dump that names its kernel is matched by :meth:`find`. An ELF core
+        that names none (a QEMU dump of a guest without ``-device vmcoreinfo``)
+        is matched by banner: the vmlinux whose ``linux_banner`` is in the
+        dump's memory at a load address, tried when there are few candidates.
+        """
+        if identity:
+            return Lookup(self.find(identity), None)
+        if kind != "elf-core":
+            return Lookup(None, identity.source)
+        return self._lookup_by_banner(dump)
+
+    def _lookup_by_banner(self, dump: str) -> Lookup:
+        from dfforensics.inputs.elffacts import CorePhysicalMemory, kernel_load_address
+
+        if not self.directories:
+            return Lookup(None, "the dump has no VMCOREINFO naming its kernel, and no "
+                                "--debuginfo-dir to match a vmlinux's banner against its memory")
+        candidates = list(itertools.islice(self._tree_files(), _MAX_BANNER_CANDIDATES + 1))
+        if len(candidates) > _MAX_BANNER_CANDIDATES:
+            return Lookup(None, f"the dump has no VMCOREINFO naming its kernel, and the "
+                                f"--debuginfo-dir trees hold more than {_MAX_BANNER_CANDIDATES} "
+                                "vmlinux files, too many to match by banner against its memory")
+        try:
+            with CorePhysicalMemory(dump) as memory:
+                for path in candidates:
+                    facts = self._candidate_facts(path)
+                    if facts is not None and kernel_load_address(memory.read, facts) is not None:
+                        return Lookup(path, None)
+        except (OSError, ValueError, ELFError) as error:
+            return Lookup(None, f"the dump has no VMCOREINFO and its memory cannot be read ({error})")
+        return Lookup(None, f"the dump has no VMCOREINFO naming its kernel, and the linux_banner of "
+                            f"none of the {len(candidates)} vmlinux files under --debuginfo-dir is "
+                            "in its memory")
 
 
 def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional[str]:

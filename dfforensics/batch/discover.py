@@ -70,7 +70,13 @@ def _walk(paths: Iterable[str]) -> Iterator[str]:
             yield path
 
 
-def _paired_log(path: str) -> Optional[str]:
+def _logs_beside(path: str) -> list[str]:
+    """The console logs that belong to the dump at ``path``, the one to analyse first.
+
+    A dump claims every one of them: kdump's own ``vmcore-dmesg.txt`` is the
+    one analysed, and a serial ``console.log`` beside it is the same crash,
+    not a log-only case of its own.
+    """
     directory, name = os.path.split(path)
     candidates = [os.path.join(directory, "vmcore-dmesg.txt")]
     # A serial console.log belongs to a dump only in a one-dump directory
@@ -80,7 +86,7 @@ def _paired_log(path: str) -> Optional[str]:
     match = re.match(r"^dump\.(\d+)", name)
     if match:
         candidates.insert(0, os.path.join(directory, f"dmesg.{match.group(1)}"))
-    return next((c for c in candidates if os.path.isfile(c)), None)
+    return [candidate for candidate in candidates if os.path.isfile(candidate)]
 
 
 def dump_identity(path: str) -> str:
@@ -124,7 +130,8 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
             if _looks_like_log(path):
                 logs.append(path)
             continue
-        item = Item(path, kind, compression, stat.st_size, stat.st_mtime, _paired_log(path))
+        beside = _logs_beside(path)
+        item = Item(path, kind, compression, stat.st_size, stat.st_mtime, beside[0] if beside else None)
         if kind != "incomplete":
             identity = dump_identity(path)
             first = identities.get(identity)
@@ -132,8 +139,7 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
                 identities[identity] = path
             else:
                 item.duplicate_of = first
-        if item.log:
-            paired.add(item.log)
+        paired.update(beside)
         yield item
     for path in logs:
         if path not in paired:

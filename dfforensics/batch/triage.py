@@ -52,28 +52,60 @@ def cpu_slots(jobs: int, cpus: Optional[Iterable[int]] = None) -> list[frozenset
     return [frozenset(allowed[i * per:(i + 1) * per]) for i in range(jobs)]
 
 
-def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
-    """The keys (path, size, mtime) of rows already in a JSONL output, for --resume."""
-    done: set[tuple[str, int, float]] = set()
+_CSV_INTEGERS: Final = ("size", "cpu", "pid", "frames")
+_CSV_FLOATS: Final = ("mtime", "seconds")
+
+
+def _row_from_csv(record: dict[str, str]) -> Row:
+    """A row of an earlier CSV output: "" is None, numbers are numbers again."""
+    values: dict[str, object] = {key: (value if value != "" else None) for key, value in record.items()
+                                 if key in ROW_FIELDS}
+    for name in _CSV_INTEGERS:
+        if values.get(name) is not None:
+            values[name] = int(str(values[name]))
+    for name in _CSV_FLOATS:
+        if values.get(name) is not None:
+            values[name] = float(str(values[name]))
+    return row_from_wire(values)
+
+
+def _complete(row: Row) -> bool:
+    return row.path is not None and row.size is not None and row.mtime is not None
+
+
+def load_rows(output: Optional[str]) -> list[Row]:
+    """The rows already in an output file (JSONL or CSV), for --resume; a line
+    cut by a crash is left out (its item is simply done again)."""
+    rows: list[Row] = []
     if not output or not os.path.exists(output):
-        return done
+        return rows
     with open(output, encoding="utf-8", errors="replace", newline="") as file:
         first = file.readline()
         file.seek(0)
         if first.startswith("path,"):
             for record in csv.DictReader(file):
                 try:
-                    done.add((record["path"], int(record["size"]), float(record["mtime"])))
-                except (KeyError, TypeError, ValueError):
+                    rows.append(_row_from_csv(record))
+                except (TypeError, ValueError):
                     continue
-            return done
-        for line in file:
-            try:
-                row = json.loads(line)
-                done.add((row["path"], row["size"], row["mtime"]))
-            except (ValueError, KeyError, TypeError):
-                continue  # a line cut by a crash is simply done again
-    return done
+        else:
+            for line in file:
+                try:
+                    rows.append(row_from_wire(json.loads(line)))
+                except (ValueError, TypeError, AttributeError):
+                    continue
+    return [row for row in rows if _complete(row)]
+
+
+def row_key(row: Row) -> tuple[str, int, float]:
+    """What --resume matches a row to an item on: path, size and mtime."""
+    assert row.path is not None and row.size is not None and row.mtime is not None
+    return (row.path, row.size, row.mtime)
+
+
+def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
+    """The keys (path, size, mtime) of rows already in an output, for --resume."""
+    return {row_key(row) for row in load_rows(output)}
 
 
 def plan_job(item: Item, finder: VmlinuxFinder) -> Job:
@@ -84,10 +116,10 @@ def plan_job(item: Item, finder: VmlinuxFinder) -> Job:
     try:
         plain = decompressed(item.path, "VMCORE") if item.compression else item.path
         identity = dump_kernel_identity(plain, item.kind)
-        found = finder.find(identity)
+        found = finder.lookup(identity, plain, item.kind)
     except InputError as error:
         return replace(job, plan_error=str(error), plan_error_kind=error.kind)
-    return replace(job, release=identity.release, vmlinux=found)
+    return replace(job, release=identity.release, vmlinux=found.vmlinux, vmlinux_note=found.why_none)
 
 
 def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str]) -> list[Job]:
@@ -308,33 +340,56 @@ def _dask_results(scheduler: str, planned: list[Job], timeout: float,
         client.close()
 
 
+class _Count:
+    """Done and found, for one kind of input."""
+
+    def __init__(self) -> None:
+        self.done = self.total = 0
+
+    def text(self, final: bool, noun: str) -> str:
+        return f"{self.done}/{self.total}{'' if final else '+'} {noun}"
+
+
 class _Progress:
     """A one-line progress bar on a terminal; silent otherwise.
 
-    Work starts while the archive is still being walked, so the total grows
-    until :meth:`all_found`; until then it is shown as ``N+`` and no ETA."""
+    It counts dumps, and console logs without a dump apart (they take no
+    worker's time to speak of). Work starts while the archive is still being
+    walked, so the totals grow until :meth:`all_found`; until then they are
+    shown as ``N+`` and no ETA."""
 
-    def __init__(self, stream: TextIO, total: int = 0):
-        self.total, self.done, self.stream = total, 0, stream
-        self.final = total > 0
+    def __init__(self, stream: TextIO, jobs: Iterable[Job] = ()):
+        self.dumps, self.logs, self.stream = _Count(), _Count(), stream
+        self.final = False
+        for job in jobs:
+            self.found(job.kind)
+        self.final = self.dumps.total + self.logs.total > 0
         self.start = time.monotonic()
         self.enabled = stream.isatty()
 
-    def found(self) -> None:
-        self.total += 1
+    def _count(self, kind: Optional[str]) -> _Count:
+        return self.logs if kind == "log" else self.dumps
+
+    def found(self, kind: str) -> None:
+        self._count(kind).total += 1
 
     def all_found(self) -> None:
         self.final = True
 
-    def step(self) -> None:
-        self.done += 1
+    def step(self, row: Row) -> None:
+        count = self._count(row.kind)
+        count.done += 1
         if not self.enabled:
             return
         elapsed = time.monotonic() - self.start
-        rate = self.done / elapsed if elapsed else 0.0
-        line = f"\r{self.done}/{self.total}{'' if self.final else '+'} dumps, {rate * 60:.1f}/min"
+        rate = self.dumps.done / elapsed if elapsed else 0.0
+        line = "\r" + self.dumps.text(self.final, "dumps")
+        if self.logs.total:
+            line += ", " + self.logs.text(self.final, "logs")
+        line += f", {rate * 60:.1f} dumps/min"
         if self.final:
-            eta = (self.total - self.done) / rate if rate else 0.0
+            left = self.dumps.total - self.dumps.done
+            eta = left / rate if rate else 0.0
             line += f", ETA {eta:.0f} s"
         self.stream.write(line + " ")
         self.stream.flush()
@@ -395,11 +450,11 @@ def run_triage(
         row = result.of_job(job)
         writer.write(row)
         rows.append(row)
-        progress.step()
+        progress.step(row)
 
     if scheduler:
         planned = plan_jobs(pending_items, debuginfo_dirs)
-        progress = _Progress(progress_stream, len(planned))
+        progress = _Progress(progress_stream, planned)
         try:
             for job, result in _dask_results(scheduler, planned, timeout, memory_bytes):
                 record(job, result, progress)
@@ -431,7 +486,7 @@ def run_triage(
         workers.start()
         for item in pending_items:
             running[executor.submit(plan_and_run, item)] = None
-            progress.found()
+            progress.found(item.kind)
             collect(block=False)
         progress.all_found()
         while running:
@@ -447,31 +502,60 @@ def run_triage(
     return rows
 
 
-def summary_text(rows: list[Row]) -> str:
-    """The end-of-run summary: counts per verdict, release and error kind, and the matches."""
+def _counts_table(counts: Counter, headers: list[str]) -> str:
+    from tabulate import tabulate
+
+    return tabulate(sorted(counts.items(), key=lambda item: str(item[0])), headers=headers)
+
+
+def _outcome(row: Row) -> str:
+    return row.verdict or (row.error_kind.value if row.error_kind else row.status)
+
+
+def summary_text(rows: list[Row], carried_over: int = 0) -> str:
+    """The end-of-run summary: counts of dumps per verdict, release and error kind,
+    the matches, and the console logs without a dump apart.
+
+    ``rows`` is the whole output, with the ``carried_over`` rows an earlier
+    run (--resume) had written."""
     # Imported at the end of a run, not while the workers start.
     from tabulate import tabulate
 
+    dumps = [row for row in rows if row.kind != "log"]
+    logs = [row for row in rows if row.kind == "log"]
     parts = []
-    verdicts = Counter(row.verdict or row.status for row in rows)
-    parts.append(tabulate(sorted(verdicts.items()), headers=["verdict / status", "dumps"]))
-    releases = Counter(row.kernel_release or "unknown" for row in rows if row.status == "ok")
+    if dumps:
+        parts.append(_counts_table(Counter(row.verdict or row.status for row in dumps),
+                                   ["verdict / status", "dumps"]))
+    releases = Counter(row.kernel_release or "unknown" for row in dumps if row.status == "ok")
     if releases:
-        parts.append(tabulate(sorted(releases.items()), headers=["kernel release", "dumps"]))
-    errors = Counter(row.error_kind.value if row.error_kind else None for row in rows if row.status != "ok")
+        parts.append(_counts_table(releases, ["kernel release", "dumps"]))
+    errors = Counter(row.error_kind.value if row.error_kind else "unknown"
+                     for row in dumps if row.status != "ok")
     if errors:
-        parts.append(tabulate(sorted(errors.items(), key=str), headers=["error kind", "dumps"]))
-    matches = [[row.path, row.cpu, row.pid, row.comm, row.frames] for row in rows if row.verdict == "match"]
+        parts.append(_counts_table(errors, ["error kind", "dumps"]))
+    if logs:
+        parts.append(_counts_table(Counter(_outcome(row) for row in logs),
+                                   ["console logs without a dump", "logs"]))
+    matches = [[row.path, row.cpu, row.pid, row.comm, row.frames] for row in dumps if row.verdict == "match"]
     if matches:
         parts.append("matching dumps:\n" + tabulate(matches, headers=["dump", "CPU", "PID", "comm", "frames"]))
+    if carried_over:
+        parts.append(f"{carried_over} of these {len(rows)} rows were carried over from the earlier "
+                     f"run (--resume); {len(rows) - carried_over} are new.")
     return "\n\n".join(parts) + "\n"
 
 
+def _detail(row: Row) -> str:
+    detail = row.error or row.summary or ""
+    return f"{detail} (note: {row.note})" if row.note else detail
+
+
 def rows_table(rows: list[Row]) -> str:
-    """All rows as a table, for --format table."""
+    """All rows as a table, for --format table; a row's note (why it fell back) shows in its detail."""
     from tabulate import tabulate
 
     table = [[row.path, row.verdict or row.status, row.df_class or "", row.kernel_release or "",
-              row.mode or "", row.error or row.summary or ""] for row in rows]
+              row.mode or "", _detail(row)] for row in rows]
     return tabulate(table, headers=["path", "verdict", "class", "release", "mode", "detail"],
                     maxcolwidths=[50, None, None, None, None, 70]) + "\n"

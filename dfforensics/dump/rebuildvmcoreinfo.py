@@ -8,42 +8,15 @@ from VMLINUX and the guest's physical memory: where the kernel was loaded,
 and its KASLR offset.
 """
 
-import os
 from typing import Callable, Final, Optional
 
 from elftools.common.exceptions import ELFError
-from elftools.elf.elffile import ELFFile
 
 from dfforensics.core import x86
-from dfforensics.inputs.elffacts import VmlinuxFacts
+from dfforensics.inputs.elffacts import CorePhysicalMemory, VmlinuxFacts, kernel_load_address
 from dfforensics.core.errors import DumpError, ErrorKind
 
 __all__ = ("rebuild_vmcoreinfo",)
-
-
-class _PhysicalMemory:
-    """Guest-physical memory of an ELF core, read through its PT_LOADs on one open file."""
-
-    def __init__(self, path: str):
-        self.file = open(path, "rb")
-        try:
-            self.loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"])
-                          for s in ELFFile(self.file).iter_segments("PT_LOAD")]
-        except BaseException:
-            self.file.close()
-            raise
-
-    def __enter__(self) -> "_PhysicalMemory":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.file.close()
-
-    def read(self, address: int, size: int) -> Optional[bytes]:
-        for start, length, offset in self.loads:
-            if start <= address and address + size <= start + length:
-                return os.pread(self.file.fileno(), size, offset + address - start)
-        return None
 
 
 _HUGE_2M: Final = 1 << 21
@@ -95,7 +68,7 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
         raise DumpError("the dump has no VMCOREINFO and VMLINUX has no init_top_pgt/_text",
                         ErrorKind.NO_VMCOREINFO)
     try:
-        memory = _PhysicalMemory(vmcore)
+        memory = CorePhysicalMemory(vmcore)
     except (ELFError, OSError) as error:
         raise DumpError(f"VMCORE {vmcore}: not an ELF core ({error})", ErrorKind.NOT_A_DUMP) from None
     with memory:
@@ -104,34 +77,28 @@ def rebuild_vmcoreinfo(vmcore: str, facts: VmlinuxFacts) -> tuple[bytes, str]:
 
 def _rebuild_from_memory(read: Callable[[int, int], Optional[bytes]], facts: VmlinuxFacts,
                          pgd: int, text: int) -> tuple[bytes, str]:
-    banner_from_text = facts.symbols["linux_banner"] - text
-    link_physical_text = text - x86.START_KERNEL_MAP
-    for load in range(0, 64 << 30, _HUGE_2M):
-        data = read(load + banner_from_text, len(facts.banner))
-        if data is None:
-            if load > link_physical_text + (4 << 30):
-                break
-            continue
-        if data != facts.banner:
-            continue
-        virtual_text = _kernel_text_virtual(read, load + (pgd - text), load)
-        if virtual_text is None:
-            raise DumpError("the dump has no VMCOREINFO; VMLINUX's banner is in guest memory at "
-                            f"physical {load + banner_from_text:#x}, but the kernel page tables "
-                            "there do not map it: cannot rebuild the KASLR layout",
-                            ErrorKind.NO_VMCOREINFO)
-        offset = virtual_text - text
-        phys_base = load - (virtual_text - x86.START_KERNEL_MAP)
-        note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n"
-                f"SYMBOL(swapper_pg_dir)={pgd + offset:x}\nNUMBER(phys_base)={phys_base}\n"
-                f"NUMBER(pgtable_l5_enabled)=0\n")
-        if facts.build_id:
-            note += f"BUILD-ID={facts.build_id}\n"
-        how = (f"the dump has no VMCOREINFO; rebuilt from VMLINUX and guest memory: its "
-               f"linux_banner is at physical {load + banner_from_text:#x} (kernel loaded at "
-               f"{load:#x}), and init_top_pgt maps the text at {virtual_text:#x} "
-               f"(KASLR offset {offset:#x}, phys_base {phys_base:#x})")
-        return note.encode(), how
-    raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is nowhere in guest "
-                    "memory at a 2 MiB-aligned load address: VMLINUX is not this kernel's",
-                    ErrorKind.NO_VMCOREINFO)
+    assert facts.banner is not None
+    load = kernel_load_address(read, facts)
+    if load is None:
+        raise DumpError("the dump has no VMCOREINFO, and VMLINUX's linux_banner is nowhere in guest "
+                        "memory at a 2 MiB-aligned load address: VMLINUX is not this kernel's",
+                        ErrorKind.NO_VMCOREINFO)
+    banner_physical = load + facts.symbols["linux_banner"] - text
+    virtual_text = _kernel_text_virtual(read, load + (pgd - text), load)
+    if virtual_text is None:
+        raise DumpError("the dump has no VMCOREINFO; VMLINUX's banner is in guest memory at "
+                        f"physical {banner_physical:#x}, but the kernel page tables "
+                        "there do not map it: cannot rebuild the KASLR layout",
+                        ErrorKind.NO_VMCOREINFO)
+    offset = virtual_text - text
+    phys_base = load - (virtual_text - x86.START_KERNEL_MAP)
+    note = (f"OSRELEASE={facts.release}\nPAGESIZE=4096\nKERNELOFFSET={offset:x}\n"
+            f"SYMBOL(swapper_pg_dir)={pgd + offset:x}\nNUMBER(phys_base)={phys_base}\n"
+            f"NUMBER(pgtable_l5_enabled)=0\n")
+    if facts.build_id:
+        note += f"BUILD-ID={facts.build_id}\n"
+    how = (f"the dump has no VMCOREINFO; rebuilt from VMLINUX and guest memory: its "
+           f"linux_banner is at physical {banner_physical:#x} (kernel loaded at "
+           f"{load:#x}), and init_top_pgt maps the text at {virtual_text:#x} "
+           f"(KASLR offset {offset:#x}, phys_base {phys_base:#x})")
+    return note.encode(), how

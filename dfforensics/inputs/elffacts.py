@@ -13,17 +13,20 @@ is used, so that a run that does not need it does not pay for importing
 pyelftools.
 """
 
+import os
 import struct
 from dataclasses import dataclass, field
-from typing import Final, Optional, Sequence
+from typing import Callable, Final, Optional, Sequence
 
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
+from dfforensics.core import x86
 from dfforensics.core.errors import DumpError, ErrorKind
 from dfforensics.inputs.formats import release_from_banner
 
-__all__ = ("VmlinuxFacts", "read_elf_vmcoreinfo", "vmlinux_facts")
+__all__ = ("CorePhysicalMemory", "VmlinuxFacts", "kernel_load_address", "read_elf_vmcoreinfo",
+           "vmlinux_facts")
 
 
 def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
@@ -140,3 +143,50 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
                         ErrorKind.DEBUGINFO) from None
     release = release_from_banner(banner) if banner else None
     return VmlinuxFacts(build_id, banner, release, symbols)
+
+
+class CorePhysicalMemory:
+    """Guest-physical memory of an ELF core, read through its PT_LOADs on one open file."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "rb")
+        try:
+            self.loads = [(s["p_paddr"], s["p_filesz"], s["p_offset"])
+                          for s in ELFFile(self.file).iter_segments("PT_LOAD")]
+        except BaseException:
+            self.file.close()
+            raise
+
+    def __enter__(self) -> "CorePhysicalMemory":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.file.close()
+
+    def read(self, address: int, size: int) -> Optional[bytes]:
+        for start, length, offset in self.loads:
+            if start <= address and address + size <= start + length:
+                return os.pread(self.file.fileno(), size, offset + address - start)
+        return None
+
+
+_KERNEL_ALIGN: Final = 1 << 21
+
+
+def kernel_load_address(read: Callable[[int, int], Optional[bytes]], facts: VmlinuxFacts) -> Optional[int]:
+    """The guest-physical address the kernel of ``facts`` was loaded at, or None if
+    its ``linux_banner`` is at no 2 MiB-aligned load address (randomized or not,
+    the kernel is loaded 2 MiB aligned): the same kernel, found in memory alone."""
+    if not facts.banner or "linux_banner" not in facts.symbols or "_text" not in facts.symbols:
+        return None
+    banner_from_text = facts.symbols["linux_banner"] - facts.symbols["_text"]
+    link_physical_text = facts.symbols["_text"] - x86.START_KERNEL_MAP
+    for load in range(0, 64 << 30, _KERNEL_ALIGN):
+        data = read(load + banner_from_text, len(facts.banner))
+        if data is None:
+            if load > link_physical_text + (4 << 30):
+                break
+            continue
+        if data == facts.banner:
+            return load
+    return None
