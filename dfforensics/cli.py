@@ -8,9 +8,10 @@ VMLINUX`` analyses a dump. Errors in the input end in one line
 """
 
 import argparse
+import math
 import os
 import sys
-from typing import NoReturn, Optional, Sequence
+from typing import NoReturn, Optional, Sequence, TextIO
 
 from dfforensics.core.errors import InputError
 from dfforensics.core.process import exit_without_teardown, skip_drgn_plugins
@@ -127,6 +128,27 @@ def _check_triage_arguments(args: argparse.Namespace) -> None:
     for path in args.paths + args.debuginfo_dir:
         if not os.path.exists(path):
             raise InputError(f"{path}: no such file or directory")
+    if not math.isfinite(args.timeout) or args.timeout <= 0:
+        raise InputError(f"--timeout must be a positive number of seconds, not {args.timeout:g}")
+    if args.memory_limit < 0:
+        raise InputError("--memory-limit must not be negative (0: no cap)")
+    cpus = len(os.sched_getaffinity(0))
+    if args.jobs > cpus:
+        # Not an error (the user may know the dumps wait on I/O), but each job is a
+        # drgn process of its own: more of them than CPUs only compete for them.
+        sys.stderr.write(f"dfforensics: warning: --jobs {args.jobs} is more than the {cpus} CPUs "
+                         "this process may use; at most one worker per dump is started\n")
+
+
+def _open_output(args: argparse.Namespace) -> TextIO:
+    if not args.output:
+        return sys.stdout
+    if os.path.isdir(args.output):
+        raise InputError(f"{args.output}: is a directory; -o takes the rows file")
+    try:
+        return open(args.output, "a" if args.resume else "w", newline="")
+    except OSError as error:
+        raise InputError(f"{args.output}: cannot write: {error.strerror or error}") from None
 
 
 def _run_triage(argv: Sequence[str]) -> int:
@@ -138,7 +160,7 @@ def _run_triage(argv: Sequence[str]) -> int:
     done = {triage.row_key(row) for row in carried}
     new_file = not (args.resume and args.output and os.path.exists(args.output)
                     and os.path.getsize(args.output))
-    stream = open(args.output, "a" if args.resume else "w", newline="") if args.output else sys.stdout
+    stream = _open_output(args)
     if args.resume and not new_file and not _ends_with_newline(args.output):
         stream.write("\n")  # an interrupted run may have left half a line
     try:
@@ -156,7 +178,10 @@ def _run_triage(argv: Sequence[str]) -> int:
     except OSError as error:
         raise InputError(f"{args.output or 'stdout'}: cannot write: {error.strerror or error}") from None
     summary = triage.summary_text(carried + rows, carried_over=len(carried))
-    (sys.stdout if args.output or args.format == "table" else sys.stderr).write("\n" + summary)
+    if args.output or args.format == "table":
+        _write_stdout("\n" + summary)
+    else:
+        sys.stderr.write("\n" + summary)
     return EXIT_OK
 
 
@@ -205,13 +230,25 @@ def _looks_binary(data: bytes) -> bool:
 
 def _write(text: str, output: Optional[str]) -> None:
     if output is None:
-        sys.stdout.write(text)
+        _write_stdout(text)
         return
     try:
         with open(output, "w") as file:
             file.write(text)
     except OSError as error:
         raise InputError(f"{output}: cannot write: {error.strerror or error}") from None
+
+
+def _write_stdout(text: str) -> None:
+    """Write and flush now: a full disk must be this command's error line, not a
+    traceback when the process ends and flushes."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise InputError(f"stdout: cannot write: {error.strerror or error}") from None
 
 
 def _render(reports: list, fmt: str) -> str:

@@ -10,17 +10,15 @@ loaded on first use (triage imports this module while its workers start).
 
 import itertools
 import os
-import re
-import shutil
-import tempfile
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, Iterable, Iterator, Optional
 
 from elftools.common.exceptions import ELFError
 
+from dfforensics.batch.debuginfod import fetch_from_debuginfod
 from dfforensics.core.errors import InputError
-from dfforensics.inputs.formats import DumpIdentity, cache_dir, decompressed
+from dfforensics.inputs.formats import DumpIdentity, decompressed
 
 if TYPE_CHECKING:
     from dfforensics.inputs.elffacts import VmlinuxFacts
@@ -172,36 +170,3 @@ class VmlinuxFinder:
         return Lookup(None, f"the dump has no VMCOREINFO naming its kernel, and the linux_banner of "
                             f"none of the {len(candidates)} vmlinux files under --debuginfo-dir is "
                             "in its memory")
-
-
-def fetch_from_debuginfod(build_id: str, urls: Optional[str] = None) -> Optional[str]:
-    """Fetch a debug file by build ID from the servers in ``$DEBUGINFOD_URLS``.
-
-    The debuginfod protocol: ``GET <url>/buildid/<id>/debuginfo``. Files are
-    kept in the dfforensics cache; ``$DEBUGINFOD_TIMEOUT`` (seconds, default
-    90) bounds each request. Returns ``None`` when no server has it.
-    """
-    urls = os.environ.get("DEBUGINFOD_URLS", "") if urls is None else urls
-    if not urls.strip() or not re.fullmatch(r"[0-9a-f]{8,}", build_id):
-        return None
-    import urllib.error
-    import urllib.request
-
-    target_dir = os.path.join(cache_dir(), "debuginfod", build_id)
-    target = os.path.join(target_dir, "debuginfo")
-    if os.path.exists(target):
-        return target
-    timeout = float(os.environ.get("DEBUGINFOD_TIMEOUT", "90"))
-    for url in urls.split():
-        request_url = f"{url.rstrip('/')}/buildid/{build_id}/debuginfo"
-        try:
-            with urllib.request.urlopen(request_url, timeout=timeout) as response:
-                os.makedirs(target_dir, exist_ok=True)
-                fd, partial = tempfile.mkstemp(dir=target_dir, prefix=".partial-")
-                with os.fdopen(fd, "wb") as out:
-                    shutil.copyfileobj(response, out)
-                os.replace(partial, target)
-                return target
-        except (urllib.error.URLError, OSError, ValueError):
-            continue
-    return None

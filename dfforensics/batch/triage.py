@@ -252,9 +252,12 @@ class _Workers:
         self.stopping = False
         pinned = list(slots)
         self.slots = [_Slot(pinned[i] if pinned else None) for i in range(max(1, jobs))]
-        self.free: "queue.SimpleQueue[_Slot]" = queue.SimpleQueue()
-        for slot in self.slots:
+        # Last in, first out: a job takes the slot freed last, whose server is up,
+        # so that servers start only as more dumps run at once (never more than dumps).
+        self.free: "queue.LifoQueue[_Slot]" = queue.LifoQueue()
+        for slot in reversed(self.slots):
             self.free.put(slot)
+        self.eager = min(len(self.slots), len(os.sched_getaffinity(0)))
         # --jobs N is a budget of N CPUs: each worker's drgn indexes DWARF with one
         # OpenMP thread unless the user chose OMP_NUM_THREADS. With two (idle ones
         # sleeping), --jobs 1 on two cores is ~1.3x faster, but it takes both cores,
@@ -262,10 +265,11 @@ class _Workers:
         self.env = None if "OMP_NUM_THREADS" in os.environ else dict(os.environ, OMP_NUM_THREADS="1")
 
     def start(self) -> None:
-        """Start every slot's server now, so that their imports overlap the archive walk."""
+        """Start the servers of the first slots now (one per CPU at most), so that
+        their imports overlap the archive walk; the others start when a dump needs them."""
         with self.lock:
             if not self.stopping:
-                for slot in self.slots:
+                for slot in self.slots[:self.eager]:
                     self._live_server(slot)
 
     def _live_server(self, slot: _Slot) -> _Server:

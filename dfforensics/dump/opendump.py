@@ -21,6 +21,7 @@ from dfforensics.core.errors import DumpError, ErrorKind
 from dfforensics.inputs.formats import (
     DUMP_LEVEL_USER_DATA,
     DUMP_LEVEL_ZERO_PAGES,
+    check_vmcoreinfo,
     decompressed,
     discard_cached,
     parse_vmcoreinfo,
@@ -127,6 +128,19 @@ def _load_vmlinux(prog: drgn.Program, vmlinux_path: str, facts: Optional["Vmlinu
         raise _rejected_vmlinux(kernel, vmlinux_path, vmcore, vmlinux)
     if facts is not None:
         _check_banner_match(prog, facts, vmcore, vmlinux)
+    _check_dwarf_readable(prog, vmlinux)
+
+
+def _check_dwarf_readable(prog: drgn.Program, vmlinux: str) -> None:
+    """drgn indexes DWARF on the first lookup: corrupt debug info would be a bare
+    libdw Exception in the middle of the analysis. The lookup is one the
+    analysis makes anyway, so the index is built here at no cost."""
+    try:
+        prog.type("struct pt_regs")
+    except LookupError:
+        pass  # readable DWARF without it: the analysis says what it misses
+    except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
+        raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})", ErrorKind.DEBUGINFO) from None
 
 
 def _check_kdump_header(path: str, vmcore: str) -> None:
@@ -181,6 +195,7 @@ def _open_core(vmcore_path: str, vmlinux_path: str, vmcore: str) -> _Core:
     except Exception as error:  # libdrgn reports libelf/libkdumpfile failures as bare Exception
         raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})", ErrorKind.CORRUPT_DUMP) from None
     _check_linux_x86_64(core.prog, vmcore)
+    check_vmcoreinfo(core.prog["VMCOREINFO"].string_(), vmcore)
     return core
 
 

@@ -25,7 +25,7 @@ from dfforensics.core import x86
 from dfforensics.core.errors import DumpError, ErrorKind
 from dfforensics.inputs.formats import release_from_banner
 
-__all__ = ("CorePhysicalMemory", "VmlinuxFacts", "kernel_load_address", "read_elf_vmcoreinfo",
+__all__ = ("CorePhysicalMemory", "VmlinuxFacts", "kernel_load_address", "read_build_id", "read_elf_vmcoreinfo",
            "vmlinux_facts")
 
 
@@ -42,6 +42,21 @@ def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
                         desc = note.n_desc
                         return desc.encode("latin-1") if isinstance(desc, str) else bytes(desc)
     except (ELFError, OSError, ValueError, KeyError, AssertionError):
+        return None
+    return None
+
+
+def read_build_id(path: str) -> Optional[str]:
+    """The GNU build ID (hex) of an ELF file, or ``None`` (also for non-ELF files)."""
+    try:
+        with open(path, "rb") as file:
+            elf = ELFFile(file)
+            for section in elf.iter_sections():
+                if section["sh_type"] == "SHT_NOTE":
+                    for note in section.iter_notes():
+                        if note.n_type == "NT_GNU_BUILD_ID":
+                            return str(note.n_desc).lower()
+    except (ELFError, OSError, ValueError, KeyError, AssertionError, struct.error):
         return None
     return None
 

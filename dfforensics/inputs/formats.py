@@ -33,7 +33,7 @@ from dfforensics.core.kernel_facts import Version, parse_release
 
 __all__ = (
     "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
-    "Vmcoreinfo", "cache_dir", "check_input_file", "compression_of", "decompressed",
+    "Vmcoreinfo", "cache_dir", "check_input_file", "check_vmcoreinfo", "compression_of", "decompressed",
     "dump_kernel_identity", "dump_kind", "parse_vmcoreinfo", "read_dump_format",
     "read_kdump_header", "reassembled", "release_from_banner", "sniff",
 )
@@ -466,7 +466,7 @@ def _checked_range(offset: int, size: int, file_size: int, name: str, what: str,
         return None
     if offset < 0 or size < 0 or offset + size > file_size:
         raise DumpError(f"{what} {path}: corrupt kdump header: its {name} (offset {offset}, "
-                        f"size {size}) lies outside the {file_size}-byte file", ErrorKind.CORRUPT_DUMP)
+                        f"size {size}) runs past the end of the {file_size}-byte file", ErrorKind.CORRUPT_DUMP)
     return offset, size
 
 
@@ -547,6 +547,36 @@ def parse_vmcoreinfo(data: bytes) -> Vmcoreinfo:
         if sep and key not in fields:
             fields[key] = value
     return Vmcoreinfo(fields)
+
+
+# x86_64 kernels are loaded CONFIG_PHYSICAL_ALIGN aligned, at least 2 MiB, and
+# KASLR moves them by multiples of it.
+_KERNEL_ALIGN: Final = 1 << 21
+
+
+def check_vmcoreinfo(data: bytes, vmcore: str) -> None:
+    """Refuse a VMCOREINFO drgn takes but the analysis cannot: a release that is
+    not text, a KASLR offset that is not one (drgn would read every kernel
+    object at a misaligned address)."""
+    def corrupt(detail: str) -> DumpError:
+        return DumpError(f"VMCORE {vmcore}: corrupt VMCOREINFO: {detail}", ErrorKind.CORRUPT_DUMP)
+
+    for line in data.splitlines():
+        key, _, value = line.partition(b"=")
+        if key == b"OSRELEASE":
+            try:
+                text = value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise corrupt(f"OSRELEASE {value!r} is not text") from None
+            if not text.isprintable():
+                raise corrupt(f"OSRELEASE {value!r} is not text")
+        elif key == b"KERNELOFFSET":
+            try:
+                offset = int(value, 16)
+            except ValueError:
+                raise corrupt(f"KERNELOFFSET={value.decode(errors='replace')} is not a number") from None
+            if offset % _KERNEL_ALIGN:
+                raise corrupt(f"KERNELOFFSET={offset:x} is not a KASLR offset (not 2 MiB-aligned)")
 
 
 def release_from_banner(banner: bytes) -> Optional[str]:
