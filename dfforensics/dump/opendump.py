@@ -55,6 +55,14 @@ class OpenedDump:
     dump_level: Optional[int] = None
 
 
+def _library_error(what: str, error: Exception, kind: ErrorKind) -> DumpError:
+    """A libelf/libdw/libkdumpfile failure, which libdrgn gives as a bare Exception with
+    only its text: their "out of memory" is the memory cap's doing, not the input's."""
+    if "out of memory" in str(error).lower():
+        kind = ErrorKind.MEMORY
+    return DumpError(f"{what} ({error})", kind)
+
+
 def _check_release_match(prog: drgn.Program, facts: "VmlinuxFacts", vmcore: str, vmlinux: str) -> None:
     release = parse_vmcoreinfo(prog["VMCOREINFO"].string_()).release
     if release and facts.release and release != facts.release:
@@ -123,7 +131,7 @@ def _load_vmlinux(prog: drgn.Program, vmlinux_path: str, facts: Optional["Vmlinu
     except OSError as error:
         raise DumpError(f"VMLINUX {vmlinux}: {error.strerror or error}", ErrorKind.DEBUGINFO) from None
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
-        raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})", ErrorKind.DEBUGINFO) from None
+        raise _library_error(f"VMLINUX {vmlinux}: unreadable debug info", error, ErrorKind.DEBUGINFO) from None
     if kernel.wants_debug_file():
         raise _rejected_vmlinux(kernel, vmlinux_path, vmcore, vmlinux)
     if facts is not None:
@@ -140,7 +148,7 @@ def _check_dwarf_readable(prog: drgn.Program, vmlinux: str) -> None:
     except LookupError:
         pass  # readable DWARF without it: the analysis says what it misses
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
-        raise DumpError(f"VMLINUX {vmlinux}: unreadable debug info ({error})", ErrorKind.DEBUGINFO) from None
+        raise _library_error(f"VMLINUX {vmlinux}: unreadable debug info", error, ErrorKind.DEBUGINFO) from None
 
 
 def _check_kdump_header(path: str, vmcore: str) -> None:
@@ -193,7 +201,7 @@ def _open_core(vmcore_path: str, vmlinux_path: str, vmcore: str) -> _Core:
     except drgn.FaultError as error:
         raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})", ErrorKind.CORRUPT_DUMP) from None
     except Exception as error:  # libdrgn reports libelf/libkdumpfile failures as bare Exception
-        raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})", ErrorKind.CORRUPT_DUMP) from None
+        raise _library_error(f"VMCORE {vmcore}: truncated or corrupt", error, ErrorKind.CORRUPT_DUMP) from None
     _check_linux_x86_64(core.prog, vmcore)
     check_vmcoreinfo(core.prog["VMCOREINFO"].string_(), vmcore)
     return core
@@ -219,7 +227,7 @@ def _load_modules(prog: drgn.Program, module_paths: Sequence[str]) -> None:
     except (OSError, ValueError) as error:
         raise DumpError(f"module debug info: {error}", ErrorKind.DEBUGINFO) from None
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
-        raise DumpError(f"module debug info: unreadable ({error})", ErrorKind.DEBUGINFO) from None
+        raise _library_error("module debug info: unreadable", error, ErrorKind.DEBUGINFO) from None
 
 
 class _Rejecting:

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Final, Mapping, Optional
 
 from dfforensics.core.errors import DumpError, ErrorKind
-from dfforensics.core.kernel_facts import Version, parse_release
 
 __all__ = (
     "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
@@ -594,10 +593,6 @@ class DumpIdentity:
     release: Optional[str]
     build_id: Optional[str]
     source: str = ""
-
-    @property
-    def version(self) -> Optional[Version]:
-        return parse_release(self.release) if self.release else None
 
     def __bool__(self) -> bool:
         return bool(self.release or self.build_id)
