@@ -3,7 +3,7 @@ Open the dump
 -------------
 
 Turn the user's VMCORE and VMLINUX paths into a drgn :class:`~drgn.Program`:
-decompress ``.gz``/``.xz``/``.zst`` inputs into a cache once, read VMCOREINFO,
+take their uncompressed copies (:mod:`dfforensics.inputs.formats`), read VMCOREINFO,
 rebuild it from VMLINUX when the dump has none (QEMU dumps of guests without
 ``-device vmcoreinfo``), and check that VMLINUX belongs to the dump.
 
@@ -11,9 +11,8 @@ Every failure is a :class:`DumpError` whose message is shown to the user as is.
 Input files are only ever opened for reading.
 """
 
-import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Final, Optional, Sequence
 
 import drgn
 
@@ -156,7 +155,7 @@ def _check_kdump_header(path: str, vmcore: str) -> None:
     would be SIGBUS in drgn, so the header is checked first."""
     dump_format, _ = read_dump_format(path)
     if dump_format == "kdump-compressed":
-        read_kdump_header(path)
+        read_kdump_header(path, shown=vmcore)
 
 
 def _program_from_vmcoreinfo(vmcore_path: str, vmlinux_path: str, vmcore: str
@@ -230,9 +229,14 @@ def _load_modules(prog: drgn.Program, module_paths: Sequence[str]) -> None:
         raise _library_error("module debug info: unreadable", error, ErrorKind.DEBUGINFO) from None
 
 
+# The errors that condemn the file itself; a vmlinux of another kernel, a
+# memory cap or a failed VMCOREINFO rebuild say nothing against it.
+_UNUSABLE: Final = frozenset({ErrorKind.NOT_A_DUMP, ErrorKind.CORRUPT_DUMP, ErrorKind.DEBUGINFO})
+
+
 class _Rejecting:
-    """Removes the cache copies of an input when a step rejects it: what the
-    cache keeps is only ever an input that could be used."""
+    """Removes the cache copies of an input when a step finds it unusable: what
+    the cache keeps is only ever an input that could be used."""
 
     def __init__(self, *paths: str) -> None:
         self.paths = paths
@@ -241,7 +245,7 @@ class _Rejecting:
         return None
 
     def __exit__(self, kind: Optional[type], error: Optional[BaseException], trace: object) -> None:
-        if isinstance(error, DumpError):
+        if isinstance(error, DumpError) and error.kind in _UNUSABLE:
             for path in self.paths:
                 discard_cached(path)
 

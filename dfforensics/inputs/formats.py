@@ -469,14 +469,17 @@ def _checked_range(offset: int, size: int, file_size: int, name: str, what: str,
     return offset, size
 
 
-def read_kdump_header(path: str, what: str = "VMCORE") -> KdumpHeader:
-    """Read and validate the headers of a kdump-compressed file.
+def read_kdump_header(path: str, what: str = "VMCORE", shown: Optional[str] = None) -> KdumpHeader:
+    """Read and validate the headers of a kdump-compressed file (``shown``: the
+    name the user gave it, when ``path`` is its copy in the cache).
 
     libkdumpfile maps what the header points at; a range past the end of the
     file becomes SIGBUS there, so it is an error here first.
     """
+    name = shown or path
+
     def corrupt(detail: str) -> DumpError:
-        return DumpError(f"{what} {path}: corrupt kdump header: {detail}", ErrorKind.CORRUPT_DUMP)
+        return DumpError(f"{what} {name}: corrupt kdump header: {detail}", ErrorKind.CORRUPT_DUMP)
 
     with open(path, "rb") as file:
         file_size = os.fstat(file.fileno()).st_size
@@ -498,11 +501,11 @@ def read_kdump_header(path: str, what: str = "VMCORE") -> KdumpHeader:
      erase_offset, erase_size) = _KDUMP_SUB.unpack(sub)
     vmcoreinfo = notes = None
     if version >= 3:
-        vmcoreinfo = _checked_range(info_offset, info_size, file_size, "VMCOREINFO", what, path)
+        vmcoreinfo = _checked_range(info_offset, info_size, file_size, "VMCOREINFO", what, name)
     if version >= 4:
-        notes = _checked_range(note_offset, note_size, file_size, "ELF notes", what, path)
+        notes = _checked_range(note_offset, note_size, file_size, "ELF notes", what, name)
     if version >= 5:
-        _checked_range(erase_offset, erase_size, file_size, "erase info", what, path)
+        _checked_range(erase_offset, erase_size, file_size, "erase info", what, name)
     return KdumpHeader(version, _utsname_release(head), block_size,
                        level if 0 <= level <= 31 else None, vmcoreinfo, notes)
 
