@@ -23,10 +23,9 @@ from elftools.elf.elffile import ELFFile
 
 from dfforensics.core import x86
 from dfforensics.core.errors import DumpError, ErrorKind
-from dfforensics.inputs.formats import release_from_banner
 
-__all__ = ("CorePhysicalMemory", "VmlinuxFacts", "kernel_load_address", "read_build_id", "read_elf_vmcoreinfo",
-           "vmlinux_facts")
+__all__ = ("CorePhysicalMemory", "VmlinuxFacts", "kernel_load_address", "read_build_id",
+           "read_elf_vmcoreinfo", "release_from_banner", "vmlinux_facts")
 
 
 def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
@@ -44,6 +43,12 @@ def read_elf_vmcoreinfo(path: str) -> Optional[bytes]:
     except (ELFError, OSError, ValueError, KeyError, AssertionError):
         return None
     return None
+
+
+def release_from_banner(banner: bytes) -> Optional[str]:
+    """The release in a ``linux_banner`` ("Linux version 6.1.0-13-amd64 (...) ...")."""
+    words = banner.split()
+    return words[2].decode("utf-8", errors="replace") if len(words) > 2 else None
 
 
 def read_build_id(path: str) -> Optional[str]:

@@ -34,7 +34,7 @@ __all__ = (
     "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
     "Vmcoreinfo", "cache_dir", "check_input_file", "check_vmcoreinfo", "compression_of", "decompressed",
     "dump_kernel_identity", "dump_kind", "parse_vmcoreinfo", "read_dump_format",
-    "read_kdump_header", "reassembled", "release_from_banner", "sniff",
+    "read_kdump_header", "reassembled", "sniff",
 )
 
 SNIFF_BYTES: Final = 4096
@@ -579,12 +579,6 @@ def check_vmcoreinfo(data: bytes, vmcore: str) -> None:
                 raise corrupt(f"KERNELOFFSET={value.decode(errors='replace')} is not a number") from None
             if offset % _KERNEL_ALIGN:
                 raise corrupt(f"KERNELOFFSET={offset:x} is not a KASLR offset (not 2 MiB-aligned)")
-
-
-def release_from_banner(banner: bytes) -> Optional[str]:
-    """The release in a ``linux_banner`` ("Linux version 6.1.0-13-amd64 (...) ...")."""
-    words = banner.split()
-    return words[2].decode("utf-8", errors="replace") if len(words) > 2 else None
 
 
 @dataclass(frozen=True)
