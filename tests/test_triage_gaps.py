@@ -68,7 +68,8 @@ def test_the_table_shows_the_note_of_a_fallback(archive):
 def test_an_empty_directory_is_one_error_line(tmp_path):
     result = run(tmp_path)
     assert result.returncode == 2
-    assert result.stderr.splitlines() == [f"dfforensics: error: no dump or console log found under {tmp_path}"]
+    assert result.stderr.splitlines() == [
+        f"dfforensics: error: no dump or console log found under {tmp_path}"]
 
 
 def test_the_summary_counts_dumps_and_lone_logs_apart(tmp_path):

@@ -543,7 +543,8 @@ def summary_text(rows: list[Row], carried_over: int = 0) -> str:
                                    ["console logs without a dump", "logs"]))
     matches = [[row.path, row.cpu, row.pid, row.comm, row.frames] for row in dumps if row.verdict == "match"]
     if matches:
-        parts.append("matching dumps:\n" + tabulate(matches, headers=["dump", "CPU", "PID", "comm", "frames"]))
+        parts.append("matching dumps:\n"
+                     + tabulate(matches, headers=["dump", "CPU", "PID", "comm", "frames"]))
     if carried_over:
         parts.append(f"{carried_over} of these {len(rows)} rows were carried over from the earlier "
                      f"run (--resume); {len(rows) - carried_over} are new.")

@@ -130,7 +130,8 @@ def _load_vmlinux(prog: drgn.Program, vmlinux_path: str, facts: Optional["Vmlinu
     except OSError as error:
         raise DumpError(f"VMLINUX {vmlinux}: {error.strerror or error}", ErrorKind.DEBUGINFO) from None
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
-        raise _library_error(f"VMLINUX {vmlinux}: unreadable debug info", error, ErrorKind.DEBUGINFO) from None
+        raise _library_error(f"VMLINUX {vmlinux}: unreadable debug info", error,
+                             ErrorKind.DEBUGINFO) from None
     if kernel.wants_debug_file():
         raise _rejected_vmlinux(kernel, vmlinux_path, vmcore, vmlinux)
     if facts is not None:
@@ -147,7 +148,8 @@ def _check_dwarf_readable(prog: drgn.Program, vmlinux: str) -> None:
     except LookupError:
         pass  # readable DWARF without it: the analysis says what it misses
     except Exception as error:  # libdrgn's bare Exception for libelf/libdw failures
-        raise _library_error(f"VMLINUX {vmlinux}: unreadable debug info", error, ErrorKind.DEBUGINFO) from None
+        raise _library_error(f"VMLINUX {vmlinux}: unreadable debug info", error,
+                             ErrorKind.DEBUGINFO) from None
 
 
 def _check_kdump_header(path: str, vmcore: str) -> None:
@@ -200,7 +202,8 @@ def _open_core(vmcore_path: str, vmlinux_path: str, vmcore: str) -> _Core:
     except drgn.FaultError as error:
         raise DumpError(f"VMCORE {vmcore}: truncated or corrupt ({error})", ErrorKind.CORRUPT_DUMP) from None
     except Exception as error:  # libdrgn reports libelf/libkdumpfile failures as bare Exception
-        raise _library_error(f"VMCORE {vmcore}: truncated or corrupt", error, ErrorKind.CORRUPT_DUMP) from None
+        raise _library_error(f"VMCORE {vmcore}: truncated or corrupt", error,
+                             ErrorKind.CORRUPT_DUMP) from None
     _check_linux_x86_64(core.prog, vmcore)
     check_vmcoreinfo(core.prog["VMCOREINFO"].string_(), vmcore)
     return core

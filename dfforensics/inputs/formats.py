@@ -465,7 +465,8 @@ def _checked_range(offset: int, size: int, file_size: int, name: str, what: str,
         return None
     if offset < 0 or size < 0 or offset + size > file_size:
         raise DumpError(f"{what} {path}: corrupt kdump header: its {name} (offset {offset}, "
-                        f"size {size}) runs past the end of the {file_size}-byte file", ErrorKind.CORRUPT_DUMP)
+                        f"size {size}) runs past the end of the {file_size}-byte file",
+                        ErrorKind.CORRUPT_DUMP)
     return offset, size
 
 
