@@ -9,7 +9,7 @@ dfforensics: double-fault forensics for Linux x86_64 guest crash dumps.
 from typing import Any
 
 __all__ = ("analyze", "render", "scan_frames")
-__version__ = "0.1.0"
+from dfforensics.core.version import __version__
 
 
 def __getattr__(name: str) -> Any:

@@ -20,6 +20,17 @@ __all__ = ("main",)
 
 EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
+#: With --exit-code, the status says the verdict (0 for no-match and no-double-fault).
+EXIT_POSSIBLE = 3
+EXIT_MATCH = 4
+
+USAGE = """usage: dfforensics VMCORE VMLINUX [options]   is this crash the hypervisor's CPL corruption?
+       dfforensics sweep VMCORE VMLINUX [options]   CPU-pushed frames on every user stack
+       dfforensics log FILE... [options]            the same questions of console logs
+       dfforensics triage PATH... [options]         whole archives, in parallel
+       dfforensics --version
+'dfforensics COMMAND --help' says more.
+"""
 # Console logs larger than this are not console logs.
 MAX_LOG_BYTES = 256 * 1024 * 1024
 
@@ -37,6 +48,11 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=sorted(FORMATS), default="table",
                         help="output format (default: table)")
     parser.add_argument("-o", "--output", metavar="FILE", help="write the report to FILE")
+    parser.add_argument("-q", "--brief", action="store_true",
+                        help="print the verdict line only (with --format table)")
+    parser.add_argument("--exit-code", action="store_true",
+                        help=f"exit with the verdict for scripts: {EXIT_MATCH} match, {EXIT_POSSIBLE} "
+                             f"possible, 0 no-match or no-double-fault ({EXIT_INPUT_ERROR}: bad input)")
 
 
 def _log_parser() -> argparse.ArgumentParser:
@@ -86,13 +102,45 @@ def _sweep_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_dump_arguments(args: argparse.Namespace) -> None:
+    """Catch the argument mistakes people make before any file is read for real."""
+    from dfforensics.inputs.formats import elf_type
+
+    vmcore_type, vmlinux_type = elf_type(args.vmcore), elf_type(args.vmlinux)
+    if vmcore_type == "executable" and vmlinux_type == "core":
+        raise InputError(f"VMCORE {args.vmcore} is a kernel image and VMLINUX {args.vmlinux} a core "
+                         "dump: the dump comes first (dfforensics VMCORE VMLINUX, unlike crash's "
+                         "'crash vmlinux vmcore')")
+    for path in args.module_debuginfo:
+        kind = {"executable": "a kernel image (ELF executable)", "core": "a core dump"}.get(elf_type(path))
+        if kind is None and os.path.exists(path) and os.path.exists(args.vmlinux) \
+                and os.path.samefile(path, args.vmlinux):
+            kind = "VMLINUX itself"
+        if kind is not None:
+            raise InputError(f"--module-debuginfo {path}: {kind}, not a module's debug info (a .ko "
+                             "or .ko.debug); VMLINUX is the second argument")
+
+
+def _finish(reports: list, args: argparse.Namespace) -> int:
+    """Print the reports as asked, and return the exit status."""
+    if args.brief and args.format == "table":
+        text = "".join(report.headline + "\n" for report in reports)
+    else:
+        text = _render(reports, args.format)
+    _write(text, args.output)
+    if not args.exit_code:
+        return EXIT_OK
+    verdicts = {report.verdict.value for report in reports}
+    return EXIT_MATCH if "match" in verdicts else EXIT_POSSIBLE if "possible" in verdicts else EXIT_OK
+
+
 def _run_sweep(argv: Sequence[str]) -> int:
     from dfforensics.dump.analysis import analyze_vmcore_files
 
     args = _sweep_parser().parse_args(argv)
+    _check_dump_arguments(args)
     report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, sweep=True)
-    _write(_render([report], args.format), args.output)
-    return EXIT_OK
+    return _finish([report], args)
 
 
 def _triage_parser() -> argparse.ArgumentParser:
@@ -270,8 +318,7 @@ def _run_log(argv: Sequence[str]) -> int:
 
     args = _log_parser().parse_args(argv)
     reports = [analyze_log_text(_read_text(path), path, args.environment) for path in args.files]
-    _write(_render(reports, args.format), args.output)
-    return EXIT_OK
+    return _finish(reports, args)
 
 
 def _run_vmcore(argv: Sequence[str]) -> int:
@@ -280,14 +327,25 @@ def _run_vmcore(argv: Sequence[str]) -> int:
         from dfforensics.dump.analysis import analyze_vmcore_files
     except ImportError as error:  # pragma: no cover - only without drgn
         raise InputError(f"the dump analysis needs drgn: {error}") from None
+    _check_dump_arguments(args)
     report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo)
-    _write(_render([report], args.format), args.output)
-    return EXIT_OK
+    return _finish([report], args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        sys.stderr.write(USAGE)
+        return EXIT_INPUT_ERROR
+    if argv[0] in ("--version", "-V"):
+        from dfforensics.core.version import __version__
+
+        _write_stdout(f"dfforensics {__version__}\n")
+        return EXIT_OK
+    if argv[0] in ("-h", "--help") and len(argv) == 1:
+        _write_stdout(USAGE)
+        return EXIT_OK
     try:
         if argv and argv[0] == "log":
             return _run_log(argv[1:])

@@ -57,6 +57,7 @@ def rows(archive, tmp_path_factory) -> dict[str, dict]:
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     # The summary follows on stdout when rows go to a file.
     assert "verdict / status" in result.stdout and "matching dumps:" in result.stdout
+    assert "events by title" in result.stdout
     return {Path(row["path"]).relative_to(archive).as_posix(): row for row in rows}
 
 
@@ -74,6 +75,15 @@ def test_dumps_recognised_by_content_and_analysed(rows):
     assert match["frames"] >= 1 and match["log"].endswith("vmcore-dmesg.txt")
     assert match["vmlinux"].endswith("vmlinux.xz")
     assert rows["loose/virsh-dump-guest7.xz"]["df_class"] == "wild-rsp"
+
+
+def test_rows_carry_a_title_and_a_dedup_key_that_groups_the_same_event(rows):
+    match = rows["guest1-2026-11-20-10:00/vmcore"]
+    assert match["title"].startswith("cpl-corruption: CPL-0 event delivered onto a user stack (victim+")
+    assert rows["loose/a.xz"]["title"].startswith("no-double-fault: BUG: kernel NULL pointer dereference")
+    keys = {row["dedup_key"] for row in rows.values() if row["status"] == "ok"}
+    assert len(keys) == len({row["title"] for row in rows.values() if row["status"] == "ok"})
+    assert rows["loose/virsh-dump-guest7.xz"]["dedup_key"] != match["dedup_key"]
 
 
 def test_errors_are_rows_with_reasons(rows):

@@ -12,7 +12,7 @@ def test_row_fields_are_the_readme_fields_in_order():
     assert tuple(f.name for f in dataclasses.fields(Row)) == ROW_FIELDS
     assert ROW_FIELDS == ("path", "size", "mtime", "kind", "status", "mode", "verdict", "df_class",
                           "kernel_release", "cpu", "pid", "comm", "frames", "error_kind", "error",
-                          "summary", "note", "log", "vmlinux", "seconds")
+                          "summary", "note", "log", "vmlinux", "seconds", "title", "dedup_key")
 
 
 def test_a_row_crosses_the_boundary_unchanged():

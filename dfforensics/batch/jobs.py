@@ -20,7 +20,7 @@ __all__ = ("Job", "ROW_FIELDS", "Row", "error_row", "job_from_wire", "job_to_wir
 ROW_FIELDS: Final = (
     "path", "size", "mtime", "kind", "status", "mode", "verdict", "df_class", "kernel_release",
     "cpu", "pid", "comm", "frames", "error_kind", "error", "summary", "note", "log", "vmlinux",
-    "seconds",
+    "seconds", "title", "dedup_key",
 )
 
 
@@ -68,6 +68,9 @@ class Row:
     log: Optional[str] = None
     vmlinux: Optional[str] = None
     seconds: Optional[float] = None
+    #: The answer's stable title and the key grouping the same event across dumps.
+    title: Optional[str] = None
+    dedup_key: Optional[str] = None
 
     def of_job(self, job: Job) -> "Row":
         """This result as the row of ``job``: the item's own fields filled in."""

@@ -541,6 +541,11 @@ def summary_text(rows: list[Row], carried_over: int = 0) -> str:
     if logs:
         parts.append(_counts_table(Counter(_outcome(row) for row in logs),
                                    ["console logs without a dump", "logs"]))
+    groups = _title_groups(rows)
+    if groups:
+        parts.append("events by title (the same dedup key groups the same event across dumps):\n"
+                     + tabulate(groups, headers=["title", "inputs", "first seen", "last seen", "dedup key"],
+                                maxcolwidths=[70, None, None, None, None], disable_numparse=True))
     matches = [[row.path, row.cpu, row.pid, row.comm, row.frames] for row in dumps if row.verdict == "match"]
     if matches:
         parts.append("matching dumps:\n"
@@ -549,6 +554,27 @@ def summary_text(rows: list[Row], carried_over: int = 0) -> str:
         parts.append(f"{carried_over} of these {len(rows)} rows were carried over from the earlier "
                      f"run (--resume); {len(rows) - carried_over} are new.")
     return "\n\n".join(parts) + "\n"
+
+
+def _title_groups(rows: list[Row]) -> list[list]:
+    """One line per dedup key: its title, how many inputs, and when the first and last were
+    written (file mtimes), most frequent first."""
+    import time
+
+    groups: dict[str, list[Row]] = {}
+    for row in rows:
+        if row.status == "ok" and row.dedup_key:
+            groups.setdefault(row.dedup_key, []).append(row)
+
+    def when(mtime: Optional[float]) -> str:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(mtime)) if mtime is not None else "-"
+
+    lines = []
+    for key, members in sorted(groups.items(), key=lambda item: (-len(item[1]), item[1][0].title or "")):
+        mtimes = [row.mtime for row in members if row.mtime is not None]
+        lines.append([members[0].title, len(members), when(min(mtimes) if mtimes else None),
+                      when(max(mtimes) if mtimes else None), key])
+    return lines
 
 
 def _detail(row: Row) -> str:

@@ -45,6 +45,8 @@ def row_from_report(report: Any, mode: str) -> Row:
         comm=df.comm if df else None,
         frames=len(report.frames),
         summary=report.summary,
+        title=report.title or None,
+        dedup_key=report.dedup_key or None,
     )
 
 

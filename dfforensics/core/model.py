@@ -14,6 +14,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any, Final, Optional
 
+from dfforensics.core.version import __version__
+
 __all__ = (
     "SCHEMA_VERSION",
     "OUTPUT_FORMATS",
@@ -343,6 +345,8 @@ class Report:
     #: (dfforensics.core.titles).
     title: str = ""
     dedup_key: str = ""
+    #: The dfforensics version that made the report.
+    tool_version: str = __version__
     schema_version: int = SCHEMA_VERSION
 
     @property

@@ -87,7 +87,7 @@ def _rejected_vmlinux(kernel: drgn.Module, vmlinux_path: str, vmcore: str, vmlin
     """Say why drgn did not take VMLINUX as the kernel's debug info (pyelftools reads why)."""
     from dfforensics.inputs.elffacts import vmlinux_facts
 
-    facts = vmlinux_facts(vmlinux_path)  # raises for non-ELF, foreign, stripped or DWARF-less files
+    facts = vmlinux_facts(vmlinux_path, vmlinux)  # raises for non-ELF, foreign, stripped or DWARF-less files
     if kernel.build_id is not None and facts.build_id and facts.build_id.lower() != kernel.build_id.hex():
         return DumpError(f"VMLINUX {vmlinux} does not belong to VMCORE {vmcore}: build ID "
                          f"{facts.build_id} != the dump's {kernel.build_id.hex()}", ErrorKind.MISMATCH)
@@ -121,7 +121,7 @@ def _load_vmlinux(prog: drgn.Program, vmlinux_path: str, facts: Optional["Vmlinu
     if kernel.build_id is None and facts is None:
         from dfforensics.inputs.elffacts import vmlinux_facts
 
-        facts = vmlinux_facts(vmlinux_path)
+        facts = vmlinux_facts(vmlinux_path, vmlinux)
     if facts is not None:
         # Before loading, so that drgn never gets (and warns about) a foreign vmlinux.
         _check_release_match(prog, facts, vmcore, vmlinux)
@@ -160,13 +160,13 @@ def _check_kdump_header(path: str, vmcore: str) -> None:
         read_kdump_header(path, shown=vmcore)
 
 
-def _program_from_vmcoreinfo(vmcore_path: str, vmlinux_path: str, vmcore: str
+def _program_from_vmcoreinfo(vmcore_path: str, vmlinux_path: str, vmcore: str, vmlinux: str
                              ) -> tuple[drgn.Program, "VmlinuxFacts", str]:
     """A program for a dump without VMCOREINFO, with the note rebuilt from VMLINUX."""
     from dfforensics.dump.rebuildvmcoreinfo import rebuild_vmcoreinfo
     from dfforensics.inputs.elffacts import vmlinux_facts
 
-    facts = vmlinux_facts(vmlinux_path)
+    facts = vmlinux_facts(vmlinux_path, vmlinux)
     vmcoreinfo, how = rebuild_vmcoreinfo(vmcore_path, facts)
     prog = drgn.Program(vmcoreinfo=vmcoreinfo)
     try:
@@ -185,7 +185,7 @@ class _Core:
     rebuilt_how: Optional[str] = None
 
 
-def _open_core(vmcore_path: str, vmlinux_path: str, vmcore: str) -> _Core:
+def _open_core(vmcore_path: str, vmlinux_path: str, vmcore: str, vmlinux: str) -> _Core:
     """Open the dump itself; identified before VMLINUX is read, so that a bad dump
     is the error the user sees."""
     _check_kdump_header(vmcore_path, vmcore)
@@ -196,7 +196,7 @@ def _open_core(vmcore_path: str, vmlinux_path: str, vmcore: str) -> _Core:
     except ValueError as error:
         if "vmcoreinfo" not in str(error).lower() and "QEMU" not in str(error):
             raise DumpError(f"VMCORE {vmcore}: {error}", ErrorKind.NOT_A_DUMP) from None
-        core = _Core(*_program_from_vmcoreinfo(vmcore_path, vmlinux_path, vmcore))
+        core = _Core(*_program_from_vmcoreinfo(vmcore_path, vmlinux_path, vmcore, vmlinux))
     except OSError as error:
         raise DumpError(f"VMCORE {vmcore}: {error.strerror or error}") from None
     except drgn.FaultError as error:
@@ -264,7 +264,7 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
     vmlinux_path = decompressed(vmlinux, "VMLINUX")
     module_paths = [decompressed(path, "module debug info") for path in module_debuginfo]
     with _Rejecting(plain_path, vmcore_path):
-        core = _open_core(vmcore_path, vmlinux_path, vmcore)
+        core = _open_core(vmcore_path, vmlinux_path, vmcore, vmlinux)
     with _Rejecting(vmlinux_path):
         _load_vmlinux(core.prog, vmlinux_path, core.facts, vmcore, vmlinux)
     with _Rejecting(*module_paths):

@@ -126,16 +126,19 @@ def _symbol_values(elf: ELFFile, symtab, names: Sequence[str]) -> dict[str, int]
     return {name: _ELF64_SYM.unpack_from(table, index * _ELF64_SYM.size)[4] for name, index in first.items()}
 
 
-def vmlinux_facts(path: str) -> VmlinuxFacts:
+def vmlinux_facts(path: str, shown: Optional[str] = None) -> VmlinuxFacts:
     """Read the build ID, ``linux_banner`` and a few symbols from a vmlinux with pyelftools.
 
+    :param shown: the path to name in errors (the user's file, when ``path`` is its
+        decompressed copy in the cache).
     :raises DumpError: if it is not an ELF kernel image with a symbol table.
     """
+    name = shown or path
     try:
         with open(path, "rb") as file:
             elf = ELFFile(file)
             if elf.header.e_type != "ET_EXEC" or elf.header.e_machine != "EM_X86_64":
-                raise DumpError(f"VMLINUX {path}: not an x86_64 kernel image "
+                raise DumpError(f"VMLINUX {name}: not an x86_64 kernel image "
                                 f"({elf.header.e_type}, {elf.header.e_machine})", ErrorKind.DEBUGINFO)
             build_id = None
             for section in elf.iter_sections():
@@ -145,7 +148,7 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
                             build_id = note.n_desc
             symtab = elf.get_section_by_name(".symtab")
             if symtab is None:
-                raise DumpError(f"VMLINUX {path}: stripped (no symbol table); give the debug vmlinux",
+                raise DumpError(f"VMLINUX {name}: stripped (no symbol table); give the debug vmlinux",
                                 ErrorKind.DEBUGINFO)
             symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"))
             banner = None
@@ -153,13 +156,13 @@ def vmlinux_facts(path: str) -> VmlinuxFacts:
                 raw = _read_symbol_bytes(elf, symbols["linux_banner"], 512)
                 banner = raw.split(b"\0", 1)[0] if raw else None
             if elf.get_section_by_name(".debug_info") is None:
-                raise DumpError(f"VMLINUX {path}: has no DWARF debug info (.debug_info); "
+                raise DumpError(f"VMLINUX {name}: has no DWARF debug info (.debug_info); "
                                 "give the debug vmlinux (e.g. from the dbgsym/debuginfo package)",
                                 ErrorKind.DEBUGINFO)
     except ELFError as error:
-        raise DumpError(f"VMLINUX {path}: not an ELF file ({error})", ErrorKind.DEBUGINFO) from None
+        raise DumpError(f"VMLINUX {name}: not an ELF file ({error})", ErrorKind.DEBUGINFO) from None
     except OSError as error:
-        raise DumpError(f"VMLINUX {path}: cannot read: {error.strerror or error}",
+        raise DumpError(f"VMLINUX {name}: cannot read: {error.strerror or error}",
                         ErrorKind.DEBUGINFO) from None
     release = release_from_banner(banner) if banner else None
     return VmlinuxFacts(build_id, banner, release, symbols)

@@ -119,6 +119,24 @@ def _decompressed_head(path: str, opener: Callable[[str], BinaryIO]) -> bytes:
         return b""
 
 
+_ELF_TYPES: Final = {1: "relocatable", 2: "executable", 3: "shared object", 4: "core"}
+
+
+def elf_type(path: str) -> Optional[str]:
+    """What kind of ELF file ``path`` holds once decompressed (``core``, ``executable``,
+    ``relocatable``, ``shared object``), or None when it is not ELF or cannot be read."""
+    try:
+        head = _read_head(path)
+    except OSError:
+        return None
+    compression = _compression(head)
+    if compression is not None:
+        head = _decompressed_head(path, compression[1])
+    if head[:4] != _ELF_MAGIC or len(head) < 18:
+        return None
+    return _ELF_TYPES.get(struct.unpack_from("<H", head, 16)[0])
+
+
 def sniff(path: str) -> tuple[Optional[str], Optional[str]]:
     """Return (kind, compression) of a file by its content, or (None, None).
 
