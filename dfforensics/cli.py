@@ -28,6 +28,7 @@ USAGE = """usage: dfforensics VMCORE VMLINUX [options]   is this crash the hyper
        dfforensics sweep VMCORE VMLINUX [options]   CPU-pushed frames on every user stack
        dfforensics log FILE... [options]            the same questions of console logs
        dfforensics triage PATH... [options]         whole archives, in parallel
+       dfforensics cache [clear]                    where decompressed inputs are kept
        dfforensics --version
 'dfforensics COMMAND --help' says more.
 """
@@ -313,6 +314,27 @@ def _quiet_drgn_logging() -> None:
     logging.getLogger("drgn").setLevel(logging.CRITICAL)
 
 
+def _run_cache(argv: Sequence[str]) -> int:
+    from dfforensics.inputs import formats
+
+    parser = _Parser(prog="dfforensics cache",
+                     description="The cache of decompressed and reassembled inputs "
+                                 "($DFFORENSICS_CACHE, else ~/.cache/dfforensics), kept to "
+                                 "$DFFORENSICS_CACHE_MAX bytes on disk (default 20G), the entries "
+                                 "used longest ago removed first.")
+    parser.add_argument("action", nargs="?", choices=("show", "clear"), default="show")
+    args = parser.parse_args(argv)
+    directory = formats.cache_dir()
+    if args.action == "clear":
+        count, size = formats.clear_cache(directory)
+        _write_stdout(f"{directory}: removed {count} entries, {size >> 20} MiB\n")
+    else:
+        entries = formats.cache_entries(directory)
+        _write_stdout(f"{directory}: {len(entries)} entries, "
+                      f"{sum(e.disk_bytes for e in entries) >> 20} MiB on disk\n")
+    return EXIT_OK
+
+
 def _run_log(argv: Sequence[str]) -> int:
     from dfforensics.logs.analysis import analyze_log_text
 
@@ -349,6 +371,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if argv and argv[0] == "log":
             return _run_log(argv[1:])
+        if argv[0] == "cache":
+            return _run_cache(argv[1:])
         skip_drgn_plugins()
         if argv and argv[0] == "triage":
             return _run_triage(argv[1:])

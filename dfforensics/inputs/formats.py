@@ -24,7 +24,9 @@ import os
 import re
 import stat as stat_mode
 import struct
+import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Final, Mapping, Optional
 
@@ -126,6 +128,8 @@ def elf_type(path: str) -> Optional[str]:
     """What kind of ELF file ``path`` holds once decompressed (``core``, ``executable``,
     ``relocatable``, ``shared object``), or None when it is not ELF or cannot be read."""
     try:
+        if not stat_mode.S_ISREG(os.stat(path).st_mode):
+            return None  # opening a FIFO would block until a writer comes
         head = _read_head(path)
     except OSError:
         return None
@@ -189,6 +193,31 @@ def _cache_error(directory: str, error: OSError) -> DumpError:
                      "decompressed dump", ErrorKind.CACHE)
 
 
+def _size_setting(name: str, default: int) -> int:
+    """A byte count from the environment: plain bytes or with a K/M/G/T suffix."""
+    text = os.environ.get(name, "").strip().upper()
+    if not text:
+        return default
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit():
+        raise DumpError(f"{name}={os.environ[name]}: not a size (e.g. 20G)", ErrorKind.CACHE)
+    return int(digits) * scale
+
+
+#: The cache keeps at most this much (bytes on disk: copies of dumps are sparse);
+#: the entries used longest ago go first.
+DEFAULT_CACHE_MAX: Final = 20 << 30
+#: Decompression stops, naming the cache, rather than fill its disk below this.
+MIN_FREE_BYTES: Final = 512 << 20
+# How often (bytes written) a decompression looks at the disk's free space.
+_FREE_CHECK_EVERY: Final = 64 << 20
+# An entry used this recently may be open in this process or another (a triage
+# worker, the dump this run decompressed a moment ago): never evicted, even if the
+# cache stays over its cap until it ages.
+_IN_USE_SECONDS: Final = 900
+
+
 def cache_dir() -> str:
     """The cache directory (``$DFFORENSICS_CACHE``, else ``~/.cache/dfforensics``), created."""
     base = os.environ.get("DFFORENSICS_CACHE") or os.path.join(
@@ -206,6 +235,7 @@ class _CacheFile:
 
     def __init__(self, file: BinaryIO, directory: str) -> None:
         self.file, self.directory = file, directory
+        self._unchecked = 0
 
     def _do(self, operation: Callable[[], object]) -> None:
         try:
@@ -214,6 +244,10 @@ class _CacheFile:
             raise _cache_error(self.directory, error) from None
 
     def write(self, data: bytes) -> None:
+        self._unchecked += len(data)
+        if self._unchecked >= _FREE_CHECK_EVERY:
+            self._unchecked = 0
+            check_free_space(self.directory)
         self._do(lambda: self.file.write(data))
 
     def seek(self, offset: int, whence: int = os.SEEK_SET) -> None:
@@ -228,6 +262,76 @@ class _CacheFile:
             self.seek(len(chunk), os.SEEK_CUR)
         else:
             self.write(chunk)
+
+
+def check_free_space(directory: str) -> None:
+    """Refuse to write into a cache whose disk has less than :data:`MIN_FREE_BYTES` free."""
+    try:
+        info = os.statvfs(directory)
+    except OSError:
+        return  # the write itself will say what is wrong
+    free = info.f_bavail * info.f_frsize
+    needed = _size_setting("DFFORENSICS_CACHE_MIN_FREE", MIN_FREE_BYTES)
+    if free < needed:
+        raise DumpError(f"cache {directory}: only {free >> 20} MiB free on its disk (at least "
+                        f"{needed >> 20} MiB needed); free room, run 'dfforensics cache "
+                        "clear', or set DFFORENSICS_CACHE to a directory with room", ErrorKind.CACHE)
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    path: str
+    #: Bytes on disk (a sparse copy of a dump takes far less than its size).
+    disk_bytes: int
+    last_used: float
+
+
+def cache_entries(directory: Optional[str] = None) -> list[CacheEntry]:
+    """The whole entries in the cache, used longest ago first."""
+    directory = directory or cache_dir()
+    entries = []
+    for name in os.listdir(directory):
+        target = os.path.join(directory, name)
+        if name.endswith(".size") or name.startswith(".partial-") or not _valid_entry(target):
+            continue
+        try:
+            info = os.lstat(target)
+        except OSError:
+            continue
+        entries.append(CacheEntry(target, info.st_blocks * 512, info.st_mtime))
+    return sorted(entries, key=lambda entry: entry.last_used)
+
+
+def evict(directory: str, keep: str, limit: Optional[int] = None) -> list[str]:
+    """Remove the entries used longest ago until the cache holds at most ``limit``
+    bytes on disk (``$DFFORENSICS_CACHE_MAX``, default 20 GiB); ``keep`` and entries
+    used in the last quarter hour stay. Returns the paths removed."""
+    limit = _size_setting("DFFORENSICS_CACHE_MAX", DEFAULT_CACHE_MAX) if limit is None else limit
+    entries = cache_entries(directory)
+    total = sum(entry.disk_bytes for entry in entries)
+    recent = time.time() - _IN_USE_SECONDS
+    removed = []
+    for entry in entries:
+        if total <= limit:
+            break
+        if entry.path == keep or entry.last_used > recent:
+            continue
+        _discard(entry.path)
+        total -= entry.disk_bytes
+        removed.append(entry.path)
+    return removed
+
+
+def clear_cache(directory: Optional[str] = None) -> tuple[int, int]:
+    """Remove every entry (and any partial file) from the cache: (entries, bytes on disk)."""
+    directory = directory or cache_dir()
+    entries = cache_entries(directory)
+    for entry in entries:
+        _discard(entry.path)
+    for name in os.listdir(directory):
+        if name.startswith(".partial-"):
+            _discard(os.path.join(directory, name))
+    return len(entries), sum(entry.disk_bytes for entry in entries)
 
 
 def _size_record(target: str) -> str:
@@ -287,8 +391,14 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     directory = cache_dir()
     target = os.path.join(directory, f"{key}-{name}")
     if _valid_entry(target):
+        try:
+            os.utime(target)  # used now: the last to be evicted
+        except OSError:
+            pass
         return target
     _discard(target)
+    limit = _size_setting("DFFORENSICS_CACHE_MAX", DEFAULT_CACHE_MAX)  # a bad setting: before any write
+    check_free_space(directory)
     try:
         fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
     except OSError as error:
@@ -309,6 +419,7 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     finally:
         if os.path.lexists(partial):
             os.unlink(partial)
+    evict(directory, keep=target, limit=limit)
     return target
 
 
@@ -319,6 +430,32 @@ def discard_cached(path: str) -> None:
 
 
 # --- decompression and reassembly ------------------------------------------
+
+
+class _Progress:
+    """A one-line count of what a long decompression has written, on a terminal's stderr
+    only (files, pipes and triage workers see nothing), after the first second."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.start = self.shown = time.monotonic()
+        self.active = False
+        try:
+            self.enabled = sys.stderr.isatty()
+        except (AttributeError, ValueError):
+            self.enabled = False
+
+    def update(self, written: int) -> None:
+        now = time.monotonic()
+        if self.enabled and now - self.start >= 1 and now - self.shown >= 0.5:
+            self.shown, self.active = now, True
+            sys.stderr.write(f"\rdfforensics: {self.label}: {written >> 20} MiB")
+            sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.active:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
 
 
 def _content_check(what: str, path: str) -> Callable[[bytes], None]:
@@ -358,16 +495,19 @@ def decompressed(path: str, what: str) -> str:
 
     def produce(out: _CacheFile) -> None:
         written = 0
+        progress = _Progress(f"decompressing {what} {path}")
         with opener(path) as source:
             while chunk := source.read(_CHUNK):
                 if not written:
                     check(chunk)
                 written += len(chunk)
+                progress.update(written)
                 if written > _MAX_DECOMPRESSED:
                     raise DumpError(f"{what} {path}: decompresses to more than "
                                     f"{_MAX_DECOMPRESSED >> 30} GiB (DFFORENSICS_MAX_DECOMPRESSED)",
                                     _corrupt_kind(what))
                 out.sparse_write(chunk)
+        progress.done()
         if not written:
             raise DumpError(f"{what} {path}: {name} data that decompresses to nothing",
                             _corrupt_kind(what))
