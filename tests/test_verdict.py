@@ -103,3 +103,11 @@ def test_a_dump_without_user_pages_is_never_better_than_possible():
                           user_pages_excluded=True))
     assert (decision.verdict, decision.df_class) == (Verdict.POSSIBLE, DfClass.CPL_CORRUPTION)
     assert any(e.check == "user-pages-in-dump" for e in decision.evidence)
+
+
+def test_a_guard_page_header_without_registers_is_still_a_stack_overflow():
+    # "BUG: stack guard page was hit at ..." and the log cut right after: the kernel's own
+    # words argue against the signature, so this look-alike must not read as possible.
+    decision = decide(obs(source="log", guard_page_hit=True, registers_missing="the log ends there"))
+    assert (decision.verdict, decision.df_class) == (Verdict.NO_MATCH, DfClass.KERNEL_STACK_OVERFLOW)
+    assert {e.check for e in decision.evidence} >= {"not-a-kernel-stack-overflow", "registers-in-log"}

@@ -474,10 +474,16 @@ def _fragment(obs: Observation) -> Optional[_Ruling]:
     """
     if obs.registers_missing is None or obs.regs.rsp is not None:
         return None
+    missing = Evidence("registers-in-log", Status.UNKNOWN, obs.registers_missing)
+    if obs.guard_page_hit:
+        # The header itself argues: the kernel said its stack overflowed into the guard page.
+        reason = "the kernel reported a stack guard page hit"
+        return _Ruling(Verdict.NO_MATCH, DfClass.KERNEL_STACK_OVERFLOW,
+                       f"a kernel stack overflow: {reason} (the log shows no registers)",
+                       (Evidence("not-a-kernel-stack-overflow", Status.FAIL, reason), missing))
     return _Ruling(Verdict.POSSIBLE, None,
                    f"a #DF whose interrupted state the log does not show ({obs.registers_missing}): "
-                   "it can be the signature or not; find a fuller log or the dump",
-                   (Evidence("registers-in-log", Status.UNKNOWN, obs.registers_missing),))
+                   "it can be the signature or not; find a fuller log or the dump", (missing,))
 
 
 def _rop_pivot_caveat(obs: Observation, ruling: _Ruling) -> _Ruling:
