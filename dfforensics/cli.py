@@ -358,7 +358,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line; return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
-        sys.stderr.write(USAGE)
+        # The usage, then the one error line every usage error ends in.
+        sys.stderr.write(USAGE + "dfforensics: error: give a dump and its vmlinux, or a command\n")
         return EXIT_INPUT_ERROR
     if argv[0] in ("--version", "-V"):
         from dfforensics.core.version import __version__

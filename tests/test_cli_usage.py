@@ -37,6 +37,7 @@ def test_no_arguments_prints_a_short_usage_naming_every_command():
     for command in ("dfforensics VMCORE VMLINUX", "sweep", "log", "triage"):
         assert command in result.stderr
     assert len(result.stderr.splitlines()) < 10
+    assert result.stderr.splitlines()[-1].startswith("dfforensics: error: ")
 
 
 def test_brief_prints_the_verdict_line_only_and_exit_code_says_the_verdict():

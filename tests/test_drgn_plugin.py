@@ -125,7 +125,8 @@ def test_loading_the_plugin_does_not_import_the_analysis():
     probe = ("import sys, dfforensics.drgn_commands; "
              "print(sorted(m for m in sys.modules if m.startswith(('dfforensics.', 'tabulate', 'elftools'))))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert eval(loaded.stdout) == ["dfforensics.core", "dfforensics.core.model", "dfforensics.drgn_commands"]
+    assert eval(loaded.stdout) == ["dfforensics.core", "dfforensics.core.model", "dfforensics.core.version",
+                                   "dfforensics.drgn_commands"]
 
 
 @pytest.mark.parametrize("preset, expected", [
