@@ -222,3 +222,39 @@ def test_more_jobs_than_cpus_is_a_warning_and_the_run_goes_on(tmp_path):
     result = run("triage", LOG, "--jobs", str(jobs), "--format", "jsonl")
     assert result.returncode == 0, result.stderr
     assert f"warning: --jobs {jobs} is more than" in result.stderr
+
+
+def _elf_core_with_note(path, note_size: int, note: bytes = b"") -> None:
+    """An x86_64 ELF core whose one PT_NOTE claims ``note_size`` bytes (sparse beyond ``note``)."""
+    import struct
+
+    header = struct.pack("<16sHHIQQQIHHHHHH", b"\x7fELF\x02\x01\x01" + b"\0" * 9, 4, 62, 1, 0, 64, 0, 0,
+                         64, 56, 1, 0, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 4, 0, 120, 0, 0, note_size, note_size, 4)
+    with open(path, "wb") as out:
+        out.write(header + phdr + note)
+        out.truncate(120 + note_size)
+
+
+def test_a_note_bomb_costs_nothing_to_read(tmp_path):
+    # A corrupt first note size made pyelftools walk 16 GiB of a sparse file 12 bytes at a
+    # time in triage's parent, for hours (issue 22 item 1).
+    from dfforensics.inputs.elffacts import read_elf_vmcoreinfo
+
+    bomb = tmp_path / "vmcore"
+    _elf_core_with_note(bomb, 16 << 30)
+    assert read_elf_vmcoreinfo(str(bomb)) is None
+
+
+def test_a_note_whose_size_runs_past_its_segment_ends_the_walk(tmp_path):
+    import struct
+
+    from dfforensics.inputs.elffacts import read_elf_vmcoreinfo
+
+    good = struct.pack("<III", 11, 18, 0) + b"VMCOREINFO\0\0" + b"OSRELEASE=6.1.192\n\0\0"
+    bad = struct.pack("<III", 4, 0xFFFFFFF0, 0) + b"BAD\0"
+    path = tmp_path / "vmcore"
+    _elf_core_with_note(path, len(bad + good), bad + good)
+    assert read_elf_vmcoreinfo(str(path)) is None
+    _elf_core_with_note(path, len(good + bad), good + bad)
+    assert read_elf_vmcoreinfo(str(path)) == b"OSRELEASE=6.1.192\n"

@@ -486,6 +486,7 @@ def run_triage(
             record(*future.result(), progress)
 
     executor = ThreadPoolExecutor(max_workers=max(1, jobs))
+    interrupted = False
     try:
         workers.start()
         for item in pending_items:
@@ -496,11 +497,14 @@ def run_triage(
         while running:
             collect(block=True)
     except BaseException:
-        # Ctrl-C or a failed write: stop every worker; finished rows are on disk.
+        # Ctrl-C or a failed write: stop every worker; finished rows are on disk. A
+        # planning thread still reading an input is not waited for: the command ends
+        # without interpreter teardown, so it cannot hold the exit up.
+        interrupted = True
         workers.stop_all()
         raise
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=not interrupted, cancel_futures=True)
         workers.close()
         progress.close()
     return rows
