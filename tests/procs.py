@@ -27,6 +27,17 @@ def children_of(pid: int) -> list[int]:
     return [child for child in _all_pids() if parent_pid(child) == pid]
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` now (children, their children, ...)."""
+    parents = {child: parent_pid(child) for child in _all_pids()}
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
 def pids_running(command_part: bytes) -> list[int]:
     """The processes whose command line contains ``command_part``."""
     found = []

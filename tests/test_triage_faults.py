@@ -10,10 +10,11 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
-from procs import parent_pid, pids_running, wait_for
+from procs import descendants, parent_pid, pids_running, wait_for
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 KERNELS = FIXTURES / "kernels"
@@ -52,13 +53,19 @@ def resume_and_check(archive: Path, out: Path) -> None:
     assert all(r["status"] == "ok" for r in rows if r.get("error_kind") != "worker-crash")
 
 
-def _worker_pids() -> list[int]:
-    return pids_running(b"dfforensics.batch.worker")
+def _worker_pids(under: Optional[int] = None) -> list[int]:
+    """Triage worker processes; with ``under``, only those of that run (other runs, such as
+    another checkout's test suite on the same machine, are not this test's)."""
+    workers = pids_running(b"dfforensics.batch.worker")
+    if under is None:
+        return workers
+    mine = descendants(under)
+    return [pid for pid in workers if pid in mine]
 
 
-def _analysing_pids() -> list[int]:
+def _analysing_pids(under: int) -> list[int]:
     """Workers analysing a dump now: the children a triage fork server made for a job."""
-    workers = set(_worker_pids())
+    workers = set(_worker_pids(under))
     found = []
     for pid in workers:
         if parent_pid(pid) in workers:
@@ -70,8 +77,8 @@ def test_worker_killed_with_sigkill_becomes_an_error_row(archive, tmp_path):
     out = tmp_path / "rows.jsonl"
     process = subprocess.Popen(command(archive, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    assert wait_for(lambda: _analysing_pids(), seconds=300.0)
-    os.kill(_analysing_pids()[0], signal.SIGKILL)
+    assert wait_for(lambda: _analysing_pids(process.pid), seconds=300.0)
+    os.kill(_analysing_pids(process.pid)[0], signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=600)
     assert process.returncode == 0, stderr
     rows = complete_rows(out)
@@ -103,10 +110,12 @@ def test_ctrl_c_keeps_finished_rows_and_resume_completes(archive, tmp_path):
     process = subprocess.Popen(command(archive, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     assert wait_for(lambda: out.exists() and out.read_text().count("\n") >= 1)
+    ours = set(_worker_pids(process.pid))
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130
     assert stderr.strip().splitlines()[-1] == "dfforensics: error: interrupted"
-    assert not wait_for(lambda: _worker_pids(), seconds=1.0), "workers left running"
+    assert ours, "the run had workers"
+    assert not wait_for(lambda: ours & set(_worker_pids()), seconds=1.0), "workers left running"
     assert 1 <= len(complete_rows(out)) < len(DUMPS)
     resume_and_check(archive, out)
