@@ -142,3 +142,31 @@ def test_fixture_logs_give_the_fixtures_verdict_class(path: Path):
     else:
         assert (report.verdict.value, report.df_class.value if report.df_class else None) == (
             expected["verdict"], expected["df_class"]), report.summary
+
+
+# CONSTRUCTED: a divide error (no #DF) and a capture kernel that printed a WARNING while booting.
+DIVIDE_ERROR = """\
+[   63.550339] divide_error: 0000 [#1] PREEMPT SMP KASAN
+[   63.556240] CPU: 1 PID: 6855 Comm: repro Not tainted 5.9.0-rc8 #0
+[   63.575262] RIP: 0010:tabledist.part.0+0x22a/0x2a0
+[   63.600477] RSP: 0018:ffffc90000da86d8 EFLAGS: 00010246
+"""
+CAPTURE_KERNEL_WITH_WARNING = """\
+[    0.000000] Command line: BOOT_IMAGE=/vmlinuz ro irqpoll nr_cpus=1 elfcorehdr=867700K
+[    1.100000] WARNING: CPU: 0 PID: 1 at drivers/firmware/dmi.c:10 dmi_check+0x1/0x2
+"""
+
+
+def test_a_divide_error_is_named_not_called_no_crash():
+    report = analyze_log_text(DIVIDE_ERROR)
+    assert report.verdict is Verdict.NO_DOUBLE_FAULT
+    assert "divide_error: 0000 [#1]" in report.summary
+    # The release comes from the look-alike's own task line.
+    assert report.kernel.release == "5.9.0-rc8"
+
+
+def test_a_warning_names_a_log_but_never_hides_an_unprinted_crash():
+    assert "WARNING: inconsistent lock state" in analyze_log_text(
+        "[   28.150] WARNING: inconsistent lock state\n").summary
+    # The capture kernel's boot WARNING is not the crash: still "possible".
+    assert analyze_log_text(CAPTURE_KERNEL_WITH_WARNING).verdict is Verdict.POSSIBLE

@@ -34,6 +34,7 @@ __all__ = (
     "LogFacts",
     "DF_HEADERS",
     "OTHER_CRASH_HEADERS",
+    "NON_FATAL_REPORTS",
     "LINE_PREFIXES",
     "normalize_lines",
     "parse_log",
@@ -85,11 +86,29 @@ OTHER_CRASH_HEADERS: Final = (
     _h("page-fault-oops", r"BUG: (?:unable to handle (?:kernel )?(?:paging request|NULL pointer "
        r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "all"),
     _h("vc-panic", r"(?:#VC|VMM communication exception).*", "oops", "SEV-ES guests"),
+    # die() titles of the other exceptions: without this row a divide error's
+    # no-double-fault answer said the log showed "no crash".
+    _h("die-other", r"(?:Oops: )?(?:divide[_ ]error|invalid opcode|stack segment|segment not present"
+       r"|invalid TSS|alignment check|bounds|overflow|int3): [0-9a-f]{4} \[#\d+\]", "oops", "all"),
     _h("kernel-bug", r"[Kk]ernel BUG at .*", "oops", "all"),
     _h("oops", r"Oops: .*", "oops", "all"),
     _h("panic", r"Kernel panic - .*", "oops", "all"),
     _h("user-trap", r"traps: \S+\[\d+\] general protection fault ip:\S+ sp:\S+ error:\S+",
        "user", "a user process's #GP, logged and survived by the kernel"),
+)
+
+# Reports the kernel survives (warnings, lockdep, stalls, KASAN without
+# panic_on_warn). They only name what a log without a #DF shows, and only
+# when no crash above is found: they never stand in for a crash, so a kdump
+# capture kernel's log that prints a boot-time WARNING still says that the
+# crash itself was not printed.
+NON_FATAL_REPORTS: Final = (
+    _h("warning", r"WARNING: (?:CPU: \d+ PID: \d+ at \S+ \S+|inconsistent lock state"
+       r"|possible circular locking dependency detected|.{1,80})", "warning", "all"),
+    _h("kasan", r"BUG: KASAN: \S+ in \S+", "warning", "KASAN kernels"),
+    _h("soft-lockup", r"BUG: soft lockup - CPU#\d+ stuck for \d+s!.*", "warning", "all"),
+    _h("rcu-stall", r"(?:rcu: )?INFO: rcu_\w+ (?:self-)?detected stalls?\b.*", "warning", "all"),
+    _h("hung-task", r"INFO: task \S+ blocked for more than \d+ seconds\.", "warning", "all"),
 )
 
 # Lines just before a #DF report that say it happened inside firmware, whose
@@ -347,8 +366,9 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
     return None
 
 
-def _find_other_crash(line: str) -> Optional[re.Match[str]]:
-    for header in OTHER_CRASH_HEADERS:
+def _find_other_crash(line: str, headers: tuple[Header, ...] = OTHER_CRASH_HEADERS
+                      ) -> Optional[re.Match[str]]:
+    for header in headers:
         match = header.pattern.search(line)
         if match:
             return match
@@ -679,6 +699,12 @@ def parse_log(text: str) -> LogFacts:
                               "on its command line) after a crash"
                               for index, line in enumerate(lines) if _CAPTURE_KERNEL_RE.match(line)),
                              None)
+        if other is None:
+            for index, line in enumerate(lines):
+                report = _find_other_crash(line, NON_FATAL_REPORTS)
+                if report:
+                    other = (index + 1, line[report.start():])
+                    break
 
     hardware = next((r.hardware_name for r in unique if r.hardware_name), None)
     if hardware is None:
@@ -698,6 +724,12 @@ def parse_log(text: str) -> LogFacts:
             if environment != "unknown":
                 break
     release = next((r.release for r in unique if r.release), None)
+    if release is None and not unique:
+        # A log without a #DF still says which kernel printed its look-alike
+        # (the KERNEL a triager files it under). A #DF report without its own
+        # task line keeps None: a line of another report may be another boot.
+        release = next((match.group("release") for line in lines for regex in _TASK_LINE_RES
+                        if (match := regex.search(line))), None)
     return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted)
 
 
