@@ -170,3 +170,14 @@ def test_a_warning_names_a_log_but_never_hides_an_unprinted_crash():
         "[   28.150] WARNING: inconsistent lock state\n").summary
     # The capture kernel's boot WARNING is not the crash: still "possible".
     assert analyze_log_text(CAPTURE_KERNEL_WITH_WARNING).verdict is Verdict.POSSIBLE
+
+
+def test_a_task_line_wrapped_before_tainted_still_gives_the_release():
+    # CONSTRUCTED after a pstore paste whose mail client wrapped the task line.
+    text = ("[33685.629] traps: PANIC: double fault, error_code: 0x0\n"
+            "[33685.629] CPU: 10 PID: 2118287 Comm: kworker/10:0\n"
+            "Tainted: P           OE     5.11.8-051108-generic #202103200636\n"
+            "[33685.629] RIP: 0010:__slab_free+0x1/0x2\n"
+            "[33685.629] RSP: 0018:ffffc90000cd4000 EFLAGS: 00010046\n")
+    report = parse_log(text).reports[0]
+    assert (report.release, report.pid, report.comm) == ("5.11.8-051108-generic", 2118287, "kworker/10:0")

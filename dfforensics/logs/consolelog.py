@@ -567,8 +567,16 @@ def _parse_call_trace(lines: list[str]) -> list[str]:
     return trace
 
 
+# A task line a mail client wrapped before "Tainted:": "CPU: 10 PID: 2118287 Comm: kworker/10:0"
+# then "Tainted: P           OE     5.11.8-051108-generic #202103200636".
+_TASK_LINE_CUT_RE: Final = re.compile(r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: \S+$")
+
+
 def _parse_task_lines(lines: list[str], report: DfReport) -> None:
-    for line in lines:
+    for index, line in enumerate(lines):
+        if _TASK_LINE_CUT_RE.search(line) and index + 1 < len(lines):
+            # Joined with its continuation only: one extra line, so still linear.
+            line = f"{line} {lines[index + 1]}"
         for regex in _TASK_LINE_RES:
             match = regex.search(line)
             if match and report.pid is None:
