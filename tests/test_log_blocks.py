@@ -181,3 +181,17 @@ def test_a_task_line_wrapped_before_tainted_still_gives_the_release():
             "[33685.629] RSP: 0018:ffffc90000cd4000 EFLAGS: 00010046\n")
     report = parse_log(text).reports[0]
     assert (report.release, report.pid, report.comm) == ("5.11.8-051108-generic", 2118287, "kworker/10:0")
+
+
+def test_a_wrapped_code_line_and_task_line_do_not_end_the_register_dump():
+    # CONSTRUCTED after a linux-raid mail whose client wrapped every long line.
+    text = ("<0>[ 2086.596361] traps: PANIC: double fault, error_code: 0x0\n"
+            "<4>[ 2086.596365] CPU: 40 PID: 0 Comm: swapper/40 Tainted: G\n"
+            "OE     5.12.0-rc3-md #1\n"
+            "<4>[ 2086.596366] RIP: 0010:__slab_free+0x26/0x380\n"
+            "<4>[ 2086.596367] Code: 1f 44 00 00 0f 1f 44 00 00 55 49 89 ca 45 89\n"
+            "49 8b 5c\n"
+            "<4>[ 2086.596368] RSP: 0018:ffff96fa4d1c8f90 EFLAGS: 00010086\n")
+    report = parse_log(text).reports[0]
+    assert report.regs.rsp == 0xFFFF96FA4D1C8F90 and report.missing is None
+    assert report.release == "5.12.0-rc3-md"

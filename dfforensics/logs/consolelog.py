@@ -437,10 +437,11 @@ def _parse_i386_registers(block: str, regs: Registers) -> bool:
 # A block starts at the line naming the interrupted instruction pointer.
 _BLOCK_START_RE: Final = re.compile(r"^(?:RIP|EIP):\s|^eip = ")
 # Lines a register dump is made of: "RSP: ...", "eax: ...", "eip = ...",
-# "EIP is at ...", and the pieces of a register line a mail client wrapped.
+# "EIP is at ...", and the pieces of a register line a mail client wrapped (a
+# "Code:" line wrapped to its last two or three bytes, "49 8b 5c", included).
 _REGISTER_LINE_RE: Final = re.compile(
     r"^(?:[A-Za-z][A-Za-z0-9_]{0,7}:|[a-z]{2,3} = |EIP is at |\[<[0-9a-f]|[0-9a-f]{8,16}(?:\s|$)"
-    r"|[A-Za-z_][\w.]*\+0x[0-9a-f]+/0x|<?[0-9a-f]{2}>?(?: <?[0-9a-f]{2}>?){3,}\s*$)")
+    r"|[A-Za-z_][\w.]*\+0x[0-9a-f]+/0x|<?[0-9a-f]{2}>?(?: <?[0-9a-f]{2}>?)+\s*$)")
 # Lines that end a register dump even though they look like "WORD:".
 _BLOCK_STOP_RE: Final = re.compile(
     r"^(?:Call Trace:|Stack:|Process |Kernel panic|Modules linked in|---\[|Kernel Offset:"
@@ -567,9 +568,11 @@ def _parse_call_trace(lines: list[str]) -> list[str]:
     return trace
 
 
-# A task line a mail client wrapped before "Tainted:": "CPU: 10 PID: 2118287 Comm: kworker/10:0"
-# then "Tainted: P           OE     5.11.8-051108-generic #202103200636".
-_TASK_LINE_CUT_RE: Final = re.compile(r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: \S+$")
+# A task line a mail client wrapped before its release: "CPU: 10 PID: 2118287 Comm: kworker/10:0"
+# then "Tainted: P           OE     5.11.8-051108-generic #202103200636", or
+# "CPU: 40 PID: 0 Comm: swapper/40 Tainted: G" then "OE     5.12.0-rc3-md-next-pw-fix2 #1".
+_TASK_LINE_CUT_RE: Final = re.compile(
+    r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: \S+(?: Tainted: [A-Z ]*)?$")
 
 
 def _parse_task_lines(lines: list[str], report: DfReport) -> None:
