@@ -62,7 +62,8 @@ def _load(path: Path) -> tuple[dict[str, str], str]:
     if meta["DF_CLASS"] not in DF_CLASSES:
         raise CorpusFormatError(f"{path.name}: DF_CLASS {meta['DF_CLASS']!r} is not a class")
     if not SOURCE_RE.fullmatch(meta["SOURCE"]):
-        raise CorpusFormatError(f"{path.name}: SOURCE {meta['SOURCE']!r} is neither a URL nor github:owner/repo path")
+        raise CorpusFormatError(
+            f"{path.name}: SOURCE {meta['SOURCE']!r} is neither a URL nor github:owner/repo path")
     return meta, body
 
 
