@@ -389,6 +389,24 @@ def load_kallsyms(prog: Program) -> None:
     prog.register_symbol_finder("vmlinux-kallsyms", index, enable_index=0)
 
 
+def set_kernel_image_range(prog: Program) -> None:
+    """Give drgn's kernel module the image's extent, _text.._end from kallsyms.
+
+    It is the range drgn takes from a vmlinux's loaded segments; with it drgn finds
+    the kernel's own ORC tables in memory (``__start_orc_unwind_ip`` ..., "built-in
+    ORC", CONFIG_UNWINDER_ORC, 4.14+) and unwinds stacks as it does with the vmlinux.
+
+    :raises DumpError: if kallsyms has no ``_text`` or ``_end``.
+    """
+    try:
+        start, end = prog.symbol("_text").address, prog.symbol("_end").address
+    except LookupError:
+        raise DumpError("kallsyms has no _text/_end: the kernel image's extent is unknown") from None
+    module = prog.main_module("kernel", create=True)
+    if module.address_range is None:
+        module.address_range = (start, end)
+
+
 def _read_kernel_image(prog: Program, address: int, size: int) -> bytes:
     """Read from the kernel image, in one physical read where phys_base is known.
 
@@ -452,6 +470,7 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump")
     load_kallsyms(prog)
+    set_kernel_image_range(prog)
     if btf_path is None:
         btf, how = btf_from_memory(prog), DEBUG_INFO_SOURCE
     else:
