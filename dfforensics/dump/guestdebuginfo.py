@@ -59,7 +59,8 @@ UNTYPED_GLOBALS: Final[dict[str, str]] = {
     "init_pid_ns": "struct pid_namespace",
     # kernel/printk/printk.c (5.10+, the lockless ring buffer): get_dmesg().
     "prb": "struct printk_ringbuffer *",
-    # arch/x86/kernel/setup_percpu.c, NR_CPUS entries: per_cpu().
+    # arch/x86/kernel/setup_percpu.c, NR_CPUS entries: per_cpu(). (The arrays here have no
+    # length: NR_CPUS and IDT_ENTRIES are not in BTF, and indexing needs none.)
     "__per_cpu_offset": "unsigned long []",
     # kernel/cpu.c: for_each_possible_cpu(), for_each_online_cpu(), ...
     "__cpu_possible_mask": "struct cpumask",
@@ -68,6 +69,9 @@ UNTYPED_GLOBALS: Final[dict[str, str]] = {
     "__cpu_active_mask": "struct cpumask",
     # kernel/smp.c: the CPU count drgn's cpumask helpers stop at.
     "nr_cpu_ids": "unsigned int",
+    # kernel/module/main.c (kernel/module.c before 5.19): drgn's loaded_modules() and
+    # for_each_module() walk it; the analysis names the module a RIP is in.
+    "modules": "struct list_head",
     # mm/init-mm.c: the kernel's page tables.
     "init_mm": "struct mm_struct",
     # arch/x86/kernel/idt.c, IDT_ENTRIES gates: the #DF gate's IST index.
@@ -82,7 +86,7 @@ UNTYPED_GLOBALS: Final[dict[str, str]] = {
     "panic_cpu": "atomic_t",
     # kernel/time/jiffies.c.
     "jiffies_64": "u64",
-    "jiffies": "unsigned long",
+    "jiffies": "volatile unsigned long",  # include/linux/jiffies.h
     # mm/sparse.c (CONFIG_SPARSEMEM_EXTREME): pfn_to_section().
     "mem_section": "struct mem_section **",
     # arch/x86/kernel/e820.c / mm: the highest page frame.
@@ -171,7 +175,10 @@ class GuestDebugInfo:
         if kind == Kind.TYPEDEF:
             return prog.typedef_type(found.name, self._type_at(found.type, depth))
         if kind == Kind.ARRAY:
-            return prog.array_type(self._type_at(found.elem_type, depth), found.nelems)
+            # BTF writes both a flexible array member (x[]) and GNU's x[0] as 0 elements;
+            # DWARF (and so drgn with a vmlinux) has no length for the first, which is what
+            # the kernel uses since its flexible-array conversions (5.x-6.x).
+            return prog.array_type(self._type_at(found.elem_type, depth), found.nelems or None)
         if kind == Kind.INT:
             return self._int(found)
         if kind == Kind.FLOAT:
