@@ -59,3 +59,24 @@ def make_fixture_btf(kernel: str, directory: Path) -> FixtureBtf:
 def fixture_btf(request, tmp_path_factory) -> FixtureBtf:
     os.environ.setdefault("DRGN_DISABLE_PLUGINS", "*")
     return make_fixture_btf(request.param, tmp_path_factory.mktemp(f"btf-{request.param}"))
+
+
+@pytest.fixture(scope="session")
+def detached_btf(tmp_path_factory):
+    """A function: kernel ("6.1", "6.12") -> (vmlinux path, detached BTF path), made once."""
+    made: dict[str, tuple[str, str]] = {}
+
+    def get(kernel: str) -> tuple[str, str]:
+        if kernel not in made:
+            if not shutil.which("pahole"):
+                pytest.skip("pahole (dwarves) is needed to encode BTF from the fixture vmlinux")
+            directory = tmp_path_factory.mktemp(f"detached-{kernel}")
+            vmlinux = directory / "vmlinux"
+            _decompress(FIXTURES / f"kernels/linux-{kernel}/vmlinux.xz", vmlinux)
+            btf_path = directory / "vmlinux.btf"
+            subprocess.run(["pahole", "--btf_gen_all", f"--btf_encode_detached={btf_path}", str(vmlinux)],
+                           check=True, capture_output=True, timeout=300)
+            made[kernel] = (str(vmlinux), str(btf_path))
+        return made[kernel]
+
+    return get
