@@ -160,3 +160,40 @@ def test_a_dump_without_vmcoreinfo_has_no_kallsyms(tmp_path):
         shutil.copyfileobj(src, out, 1 << 20)
     with pytest.raises(DumpError, match="VMCORE"):
         open_dump_without_vmlinux(str(vmcore))
+
+
+def _crafted_program():
+    from btfbytes import every_kind
+
+    blob, ids = every_kind()
+    prog = drgn.Program(drgn.Platform(drgn.Architecture.X86_64, drgn.PlatformFlags.IS_64_BIT
+                                      | drgn.PlatformFlags.IS_LITTLE_ENDIAN))
+    use_guest_debug_info(prog, parse_btf(blob))
+    return prog, ids
+
+
+def test_crafted_kinds_as_drgn_types():
+    prog, _ = _crafted_program()
+    s = prog.type("struct s")
+    assert [(m.name, m.bit_offset, m.bit_field_size) for m in s.members] == [
+        ("a", 0, None), ("b", 32, 3), ("c", 35, 5), ("p", 64, None)]
+    assert s.member("p").type.type_name() == "int *"
+    assert prog.type("s_t").type.tag == "s"
+    assert prog.type("union later").is_complete() is False
+    assert [(e.name, e.value) for e in prog.type("enum e").enumerators] == [("E_NEG", -1), ("E_ONE", 1)]
+    assert prog.type("enum e64").enumerators[0].value == 0x0123456789ABCDEF
+    assert prog.type("double").kind == drgn.TypeKind.FLOAT
+
+
+def test_a_type_loop_is_one_clear_error():
+    from btfbytes import BtfWriter
+    from dfforensics.inputs.btf import BtfError, Kind
+
+    w = BtfWriter()
+    w.add(Kind.TYPEDEF, "a", 2)
+    w.add(Kind.CONST, "", 1)
+    prog = drgn.Program(drgn.Platform(drgn.Architecture.X86_64, drgn.PlatformFlags.IS_64_BIT
+                                      | drgn.PlatformFlags.IS_LITTLE_ENDIAN))
+    use_guest_debug_info(prog, parse_btf(w.blob()))
+    with pytest.raises(BtfError, match="loop"):
+        prog.type("a")
