@@ -133,7 +133,6 @@ def test_a_global_btf_does_not_type_is_not_guessed(both):
 
 
 def test_types_are_made_only_when_asked(fixture_btf):
-    prog, _ = open_dump_without_vmlinux(fixture_btf.vmcore, fixture_btf.btf_path)
     btf = parse_btf(fixture_btf.btf_bytes)
     info = use_guest_debug_info(drgn.Program(), btf)
     assert not info._types

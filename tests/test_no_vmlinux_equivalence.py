@@ -20,7 +20,8 @@ from btffixtures import FIXTURES, detached_btf  # noqa: F401 (a pytest fixture)
 from dfforensics.core.render import render
 from dfforensics.dump.analysis import analyze
 from dfforensics.dump.guestdebuginfo import open_dump_without_vmlinux
-from dfforensics.dump.opendump import decompressed, open_dump, reassembled
+from dfforensics.dump.opendump import open_dump
+from dfforensics.inputs.formats import decompressed, reassembled
 
 SCENARIOS = ["cpl0-irq-df", "cpl0-irq-df-6.12", "cpl0-irq-df-ss18", "cpl0-thread-stack-df",
              "kernel-on-user-stack-df", "kernel-stack-overflow-df", "wild-rsp-df", "oops-not-df",

@@ -26,7 +26,6 @@ table do not type is not found (drgn raises LookupError), never guessed.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Final, Optional
 
@@ -34,7 +33,7 @@ import drgn
 from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, TypeKindSet
 
 from dfforensics.core.errors import DumpError
-from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_header, parse_btf
+from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, parse_btf
 
 __all__ = (
     "DEBUG_INFO_SOURCE",

@@ -250,9 +250,6 @@ class Btf:
             raise BtfError(f"BTF {self.where}: the string at {offset} has no terminating NUL")
         return self._strings[offset:end].decode("utf-8", errors="replace")
 
-    def _name_offset(self, type_id: int) -> int:
-        return self._words[self._offsets[type_id]]
-
     def _check_id(self, type_id: int, referrer: int) -> int:
         if not 0 <= type_id <= self.count:
             raise BtfError(f"BTF {self.where}: type {referrer} refers to type {type_id}, "
