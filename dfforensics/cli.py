@@ -24,8 +24,8 @@ EXIT_INPUT_ERROR = 2
 EXIT_POSSIBLE = 3
 EXIT_MATCH = 4
 
-USAGE = """usage: dfforensics VMCORE VMLINUX [options]   is this crash the hypervisor's CPL corruption?
-       dfforensics sweep VMCORE VMLINUX [options]   CPU-pushed frames on every user stack
+USAGE = """usage: dfforensics VMCORE [VMLINUX] [options]   is this crash the hypervisor's CPL corruption?
+       dfforensics sweep VMCORE [VMLINUX] [options] CPU-pushed frames on every user stack
        dfforensics log FILE... [options]            the same questions of console logs
        dfforensics triage PATH... [options]         whole archives, in parallel
        dfforensics cache [clear]                    where decompressed inputs are kept
@@ -87,7 +87,12 @@ def _vmcore_parser() -> argparse.ArgumentParser:
 def _add_dump_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("vmcore", metavar="VMCORE",
                         help="the crash dump (ELF, kdump-compressed or flattened; .gz/.xz/.zst)")
-    parser.add_argument("vmlinux", metavar="VMLINUX", help="the kernel's debug-info vmlinux (.gz/.xz/.zst)")
+    parser.add_argument("vmlinux", metavar="VMLINUX", nargs="?",
+                        help="the kernel's debug-info vmlinux (.gz/.xz/.zst); without it, types come "
+                             "from the guest's BTF and symbols from its kallsyms (Linux 6.0+)")
+    parser.add_argument("--btf", metavar="FILE",
+                        help="without VMLINUX: a detached BTF file of the dump's kernel build "
+                             "(pahole --btf_encode_detached), for kernels without CONFIG_DEBUG_INFO_BTF")
     parser.add_argument("--module-debuginfo", action="append", default=[], metavar="PATH",
                         help="debug info of a module (repeatable)")
     _add_output_options(parser)
@@ -107,6 +112,13 @@ def _check_dump_arguments(args: argparse.Namespace) -> None:
     """Catch the argument mistakes people make before any file is read for real."""
     from dfforensics.inputs.formats import elf_type
 
+    if args.vmlinux is None:
+        if args.module_debuginfo:
+            raise InputError("--module-debuginfo needs VMLINUX: module debug info is DWARF, read "
+                             "with the kernel's")
+        return
+    if args.btf is not None:
+        raise InputError("--btf is for dumps without VMLINUX: with VMLINUX, its DWARF gives the types")
     vmcore_type, vmlinux_type = elf_type(args.vmcore), elf_type(args.vmlinux)
     if vmcore_type == "executable" and vmlinux_type == "core":
         raise InputError(f"VMCORE {args.vmcore} is a kernel image and VMLINUX {args.vmlinux} a core "
@@ -140,7 +152,7 @@ def _run_sweep(argv: Sequence[str]) -> int:
 
     args = _sweep_parser().parse_args(argv)
     _check_dump_arguments(args)
-    report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, sweep=True)
+    report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, sweep=True, btf=args.btf)
     return _finish([report], args)
 
 
@@ -350,7 +362,7 @@ def _run_vmcore(argv: Sequence[str]) -> int:
     except ImportError as error:  # pragma: no cover - only without drgn
         raise InputError(f"the dump analysis needs drgn: {error}") from None
     _check_dump_arguments(args)
-    report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo)
+    report = analyze_vmcore_files(args.vmcore, args.vmlinux, args.module_debuginfo, btf=args.btf)
     return _finish([report], args)
 
 

@@ -34,7 +34,7 @@ def test_version_is_the_package_s():
 def test_no_arguments_prints_a_short_usage_naming_every_command():
     result = run()
     assert result.returncode == 2 and result.stdout == ""
-    for command in ("dfforensics VMCORE VMLINUX", "sweep", "log", "triage"):
+    for command in ("dfforensics VMCORE [VMLINUX]", "sweep", "log", "triage", "cache"):
         assert command in result.stderr
     assert len(result.stderr.splitlines()) < 10
     assert result.stderr.splitlines()[-1].startswith("dfforensics: error: ")

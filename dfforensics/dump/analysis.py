@@ -31,7 +31,7 @@ from dfforensics.core.titles import title_and_key
 from dfforensics.core.verdict import decide, decide_report, judge_sweep, strongest
 from dfforensics.dump.context import guest_context, kernel_version
 from dfforensics.dump.finddf import FoundDf, find_double_faults
-from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump
+from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump, open_dump_from_guest
 from dfforensics.dump.rspregion import kernel_stacks, rsp_region, thread_user_stack_pointers
 from dfforensics.dump.stackscan import (
     StackRead, bounded_window, page_residency, scan_kernel_range, scan_user_range, symbolizer,
@@ -350,15 +350,23 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
                   title=title, dedup_key=key)
 
 
-def analyze_vmcore_files(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = (),
-                         sweep: Optional[bool] = None) -> Report:
+def analyze_vmcore_files(vmcore: str, vmlinux: Optional[str] = None, module_debuginfo: Sequence[str] = (),
+                         sweep: Optional[bool] = None, btf: Optional[str] = None) -> Report:
     """Open a dump with its debug info and analyse it.
 
+    :param vmlinux: the debug vmlinux; None reads types from the guest's BTF (or
+        ``btf``, a detached BTF file) and symbols from its kallsyms.
     :raises InputError: on unusable inputs (one line for the user).
     """
-    opened = open_dump(vmcore, vmlinux, module_debuginfo)
+    if vmlinux is None:
+        if module_debuginfo:
+            raise InputError("--module-debuginfo needs VMLINUX: module debug info is DWARF")
+        opened = open_dump_from_guest(vmcore, btf)
+    else:
+        opened = open_dump(vmcore, vmlinux, module_debuginfo)
     source = {"kind": "vmcore", "path": vmcore, "vmlinux": vmlinux, "format": opened.format,
-              "dump_level": opened.dump_level, "vmcoreinfo": opened.vmcoreinfo_source}
+              "dump_level": opened.dump_level, "vmcoreinfo": opened.vmcoreinfo_source,
+              "debug_info": opened.debug_info}
     try:
         return analyze(opened.prog, source, sweep, opened.notes)
     except drgn.FaultError as error:

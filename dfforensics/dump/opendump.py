@@ -20,6 +20,7 @@ from dfforensics.core.errors import DumpError, ErrorKind
 from dfforensics.inputs.formats import (
     DUMP_LEVEL_USER_DATA,
     DUMP_LEVEL_ZERO_PAGES,
+    check_input_file,
     check_vmcoreinfo,
     decompressed,
     discard_cached,
@@ -47,11 +48,14 @@ class OpenedDump:
 
     prog: drgn.Program
     vmcore: str
-    vmlinux: str
+    #: The debug vmlinux's path, or None when types and symbols come from the guest.
+    vmlinux: Optional[str]
     vmcoreinfo_source: str
     notes: list[str] = field(default_factory=list)
     format: str = "elf"
     dump_level: Optional[int] = None
+    #: Where the types and symbols come from, as the report says it.
+    debug_info: str = "DWARF from VMLINUX"
 
 
 def _library_error(what: str, error: Exception, kind: ErrorKind) -> DumpError:
@@ -271,9 +275,40 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
         _load_modules(core.prog, module_paths)
     notes = [core.rebuilt_how] if core.rebuilt_how else []
     source = "rebuilt from VMLINUX" if core.rebuilt_how else "the dump's VMCOREINFO note"
+    dump_format, dump_level, format_notes = _dump_format(plain_path, vmcore_path)
+    return OpenedDump(core.prog, vmcore_path, vmlinux_path, source, notes + format_notes, dump_format,
+                      dump_level)
+
+
+def _dump_format(plain_path: str, vmcore_path: str) -> tuple[str, Optional[int], list[str]]:
     dump_format, dump_level = read_dump_format(vmcore_path)
-    if vmcore_path != plain_path:
-        dump_format = "flattened"
-        notes.append("the dump is makedumpfile's flattened format; it was reassembled into the "
-                     "cache (what 'makedumpfile -R' does)")
-    return OpenedDump(core.prog, vmcore_path, vmlinux_path, source, notes, dump_format, dump_level)
+    if vmcore_path == plain_path:
+        return dump_format, dump_level, []
+    return "flattened", dump_level, ["the dump is makedumpfile's flattened format; it was reassembled "
+                                     "into the cache (what 'makedumpfile -R' does)"]
+
+
+def open_dump_from_guest(vmcore: str, btf: Optional[str] = None) -> OpenedDump:
+    """Open a guest crash dump with no vmlinux: symbols from its kallsyms, types from its
+    BTF (or ``btf``, a detached BTF file of the same build). Linux 6.0+ (VMCOREINFO names
+    the kallsyms tables); the kernel needs CONFIG_DEBUG_INFO_BTF unless ``btf`` is given.
+
+    :raises DumpError: when the dump, its kallsyms or its BTF cannot be used.
+    """
+    from dfforensics.dump.guestdebuginfo import open_dump_without_vmlinux
+
+    plain_path = decompressed(vmcore, "VMCORE")
+    with _Rejecting(plain_path):
+        vmcore_path = reassembled(plain_path)
+    if btf is not None:
+        check_input_file(btf, "BTF")
+    with _Rejecting(plain_path, vmcore_path):
+        _check_kdump_header(vmcore_path, vmcore)
+        try:
+            prog, how = open_dump_without_vmlinux(vmcore_path, btf)
+        except DumpError as error:
+            # Name the user's file, not its decompressed copy in the cache.
+            raise DumpError(str(error).replace(vmcore_path, vmcore), error.kind) from None
+    dump_format, dump_level, notes = _dump_format(plain_path, vmcore_path)
+    return OpenedDump(prog, vmcore_path, None, "the dump's VMCOREINFO note", notes, dump_format,
+                      dump_level, debug_info=how)

@@ -1,0 +1,47 @@
+"""The command without VMLINUX: types from BTF, symbols from the guest's kallsyms; and one
+clear line when neither a vmlinux nor BTF can be had (issue 19)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from btffixtures import FIXTURES, detached_btf  # noqa: F401 (a pytest fixture)
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "dfforensics.cli", *map(str, args)],
+                          capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+def test_the_shipped_example_gives_match_with_its_frames_without_its_vmlinux(detached_btf):
+    _, btf = detached_btf("6.1")
+    result = run(FIXTURES / "cpl0-irq-df" / "vmcore.xz", "--btf", btf, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    expected = json.loads((FIXTURES / "cpl0-irq-df" / "expected.json").read_text())
+    assert (report["verdict"], report["df_class"]) == ("match", "cpl-corruption")
+    assert report["source"]["vmlinux"] is None
+    assert report["source"]["debug_info"] == f"BTF from {btf} and kallsyms from guest memory"
+    assert {f["address"] for f in report["frames"]} >= {int(f["address"], 16) for f in expected["frames"]}
+
+
+def test_the_sweep_without_vmlinux(detached_btf):
+    _, btf = detached_btf("6.1")
+    result = run("sweep", FIXTURES / "sweep-survived" / "vmcore.xz", "--btf", btf, "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sweep"]["verdict"] == "cpl0-frames-found"
+
+
+def test_a_kernel_without_btf_and_no_vmlinux_is_one_clear_line():
+    result = run(FIXTURES / "cpl0-irq-df" / "vmcore.xz")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.startswith("dfforensics: error: ") and result.stderr.count("\n") == 1
+    assert "no BTF in memory" in result.stderr and "vmlinux" in result.stderr
+
+
+def test_module_debug_info_and_btf_are_refused_where_they_cannot_apply():
+    no_vmlinux = run(FIXTURES / "cpl0-irq-df" / "vmcore.xz", "--module-debuginfo", "x.ko")
+    assert no_vmlinux.returncode == 2 and "needs VMLINUX" in no_vmlinux.stderr
+    both = run(FIXTURES / "cpl0-irq-df" / "vmcore.xz", FIXTURES / "kernels/linux-6.1/vmlinux.xz", "--btf", "x")
+    assert both.returncode == 2 and "--btf is for dumps without VMLINUX" in both.stderr
