@@ -57,7 +57,6 @@ def make_fixture_btf(kernel: str, directory: Path) -> FixtureBtf:
 
 @pytest.fixture(scope="session", params=sorted(KERNELS))
 def fixture_btf(request, tmp_path_factory) -> FixtureBtf:
-    os.environ.setdefault("DRGN_DISABLE_PLUGINS", "*")
     return make_fixture_btf(request.param, tmp_path_factory.mktemp(f"btf-{request.param}"))
 
 
