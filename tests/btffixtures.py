@@ -8,7 +8,6 @@ test module to use it.
 """
 
 import lzma
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
