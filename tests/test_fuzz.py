@@ -114,3 +114,17 @@ def test_mutated_vmcore_headers_and_notes_end_cleanly(tmp_path):
             assert len(lines) == 1 and lines[0].startswith("dfforensics: error: "), result.stderr
     print(f"mutation fuzzer: {runs} mutants, {outcomes_ok} analysed, {runs - outcomes_ok} clean errors")
     assert runs >= 5
+
+
+@pytest.mark.parametrize("text", [
+    "[    1.0] CPU: 0 PID: 1 Comm: x Tainted: " + " " * 200_000 + "x\n",
+    "BUG: stack guard page was hit at 0000 (stack is " + "." * 200_000 + "\n",
+    "Call Trace:" + " " * 200_000 + "x\n",
+    "RIP: 0010:" + "0" * 200_000 + "\n",
+    "> " * 100_000 + "PANIC: double fault, error_code: 0x0\n",
+], ids=["tainted-spaces", "guard-page-dots", "call-trace-spaces", "rip-digits", "deep-quotes"])
+def test_pathological_lines_end_in_a_report(text):
+    # Once quadratic (issue 22 item 7: 20-40 s at 50 kB); bench/log_scaling.py measures that
+    # doubling these inputs at most doubles the work. Here: they end, with an answer.
+    report = analyze_log_text(text)
+    assert report.summary and report.verdict.value in ("possible", "no-match", "no-double-fault")
