@@ -20,13 +20,6 @@ CONSOLES = sorted(p.parent for p in FIXTURES.glob("*/expected.json") if (p.paren
 # the dump's own dmesg (vmcore-dmesg.txt), which is what a log reader must be given.
 CUT_BY_KEXEC = {"cpl0-irq-df-kdump", "cpl0-irq-df-kdump-d31", "cpl0-irq-df-flattened"}
 
-# Known false answer of the console-log reader (dfforensics/logs/, not this branch's): the
-# stack-overflow oops prints the user registers of the syscall below the kernel frame, and
-# the #DF report is assembled from both (RIP/CS of one, RSP/SS of the other), which reads as
-# user CS with kernel SS. Reported to the lead; strict, so the fix turns these into passes.
-LOG_READER_MIXES_REGISTERS = {"kernel-stack-overflow-df", "kernel-stack-overflow-df-5.10",
-                              "kernel-stack-overflow-df-7.2"}
-
 
 def _log_answer(directory: Path) -> tuple[str, str]:
     expected = json.loads((directory / "expected.json").read_text())
@@ -36,9 +29,7 @@ def _log_answer(directory: Path) -> tuple[str, str]:
 
 
 @pytest.mark.parametrize("directory", CONSOLES, ids=[p.name for p in CONSOLES])
-def test_the_console_log_gives_the_fixture_s_answer(directory, request):
-    if directory.name in LOG_READER_MIXES_REGISTERS:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="log reader mixes the oops' two register sets"))
+def test_the_console_log_gives_the_fixture_s_answer(directory):
     source = directory / "console.log"
     if directory.name in CUT_BY_KEXEC:
         source = directory / "vmcore-dmesg.txt"
