@@ -1,5 +1,7 @@
 """Kernel facts: each table gives the right row for each version, with no gap or overlap."""
 
+import re
+
 import pytest
 
 from dfforensics.core import kernel_facts
@@ -42,6 +44,42 @@ def test_rows_follow_each_other_without_gap_or_overlap_and_the_last_is_open(name
     ("DF_CR2_LOCAL", "6.1.0", "address"),
     ("SYSRET_SS_WORKAROUND", "3.16.39kmemleak", False),
     ("SYSRET_SS_WORKAROUND", "4.1.52", True),
+    # Issue 20: the generations a cloud still runs (5.10, 6.1, 6.6, 6.12, 7.x), each boundary.
+    ("TOP_OF_KERNEL_STACK_PADDING_FRED", "5.10.0-32-cloud-amd64", 0),
+    ("TOP_OF_KERNEL_STACK_PADDING_FRED", "6.8.12", 0),
+    ("TOP_OF_KERNEL_STACK_PADDING_FRED", "6.9.0", 16),
+    ("TOP_OF_KERNEL_STACK_PADDING_FRED", "7.2.13+deb14-cloud-amd64", 16),
+    ("TOP_OF_STACK_PERCPU", "5.10.223", ("cpu_tss_rw", "x86_tss.sp1")),
+    ("TOP_OF_STACK_PERCPU", "5.13.0", ("cpu_current_top_of_stack", "")),
+    ("TOP_OF_STACK_PERCPU", "6.1.192", ("cpu_current_top_of_stack", "")),
+    ("TOP_OF_STACK_PERCPU", "6.2.0", ("pcpu_hot", "top_of_stack")),
+    ("TOP_OF_STACK_PERCPU", "6.12.117", ("pcpu_hot", "top_of_stack")),
+    ("TOP_OF_STACK_PERCPU", "6.15.0", ("cpu_current_top_of_stack", "")),
+    ("TOP_OF_STACK_PERCPU", "7.2.13", ("cpu_current_top_of_stack", "")),
+    ("CURRENT_TASK_PERCPU", "5.10.223", ("current_task", "")),
+    ("CURRENT_TASK_PERCPU", "6.1.192", ("current_task", "")),
+    ("CURRENT_TASK_PERCPU", "6.6.0", ("pcpu_hot", "current_task")),
+    ("CURRENT_TASK_PERCPU", "6.14.11", ("pcpu_hot", "current_task")),
+    ("CURRENT_TASK_PERCPU", "6.15.0", ("current_task", "")),
+    ("CEA_RANDOMIZED", "6.1.192", False),
+    ("CEA_RANDOMIZED", "6.2.0", True),
+    ("CEA_RANDOMIZED", "7.2.13", True),
+    ("FRED_DEFAULT", "6.8.0", "absent"),
+    ("FRED_DEFAULT", "6.9.0", "opt-in"),
+    ("FRED_DEFAULT", "6.12.117", "opt-in"),
+    ("FRED_DEFAULT", "7.1.0", "default-on"),
+    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.7.19", None),
+    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.10.223", 1),
+    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.18.19", 1),
+    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.19.0", 2),
+    ("ERROR_ENTRY_RETURN_ADDRESSES", "6.1.192", 2),
+    ("VMCOREINFO_KALLSYMS", "5.10.223", False),
+    ("VMCOREINFO_KALLSYMS", "6.0.0", True),
+    ("ORC_REG_PREV_SP", "6.12.117", 1),
+    ("ORC_REG_PREV_SP", "7.0.9", 1),
+    ("ORC_REG_PREV_SP", "7.1.0", 8),
+    ("DF_HANDLER", "7.2.13", "exc_double_fault"),
+    ("ORIG_AX_ENCODING", "7.2.13", "byte"),
 ])
 def test_value_for_gives_the_row_of_that_version(table, release, expected):
     assert value_for(TABLES[table], parse_release(release)) == expected
@@ -62,3 +100,23 @@ def test_candidates_put_the_version_s_own_row_first_and_keep_the_others_for_back
 ])
 def test_parse_release(release, version):
     assert parse_release(release) == version
+
+
+def test_the_pcpu_hot_era_is_6_2_to_6_14_for_both_per_cpu_facts():
+    # The two per-CPU facts changed together (6.2 in, 6.15 out): one era, both tables.
+    for table in (kernel_facts.TOP_OF_STACK_PERCPU, kernel_facts.CURRENT_TASK_PERCPU):
+        hot = [row for row in table if row.value[0] == "pcpu_hot"]
+        assert [(row.since, row.until) for row in hot] == [((6, 2), (6, 15))]
+
+
+def test_candidates_for_an_unknown_version_still_try_every_era_s_top_of_stack():
+    assert set(candidates(kernel_facts.TOP_OF_STACK_PERCPU, None)) == {
+        ("cpu_current_top_of_stack", ""), ("pcpu_hot", "top_of_stack"), ("cpu_tss_rw", "x86_tss.sp1")}
+
+
+def test_every_new_row_cites_a_commit_or_the_source_it_was_checked_in():
+    for name in ("TOP_OF_KERNEL_STACK_PADDING_FRED", "TOP_OF_STACK_PERCPU", "CURRENT_TASK_PERCPU",
+                 "CEA_RANDOMIZED", "FRED_DEFAULT", "ERROR_ENTRY_RETURN_ADDRESSES",
+                 "VMCOREINFO_KALLSYMS", "ORC_REG_PREV_SP"):
+        for row in TABLES[name]:
+            assert re.search(r"\b[0-9a-f]{12}\b|checked in|no |before|x86_64", row.source), (name, row)

@@ -52,6 +52,8 @@ def _hex(value):
 # unmapped address 0x1000 the wild-rsp module loaded.
 RSP_REGION_KIND = {
     "kernel-stack-overflow-df": "kernel-guard-page",
+    "kernel-stack-overflow-df-5.10": "kernel-guard-page",
+    "kernel-stack-overflow-df-7.2": "kernel-guard-page",
     "cpl0-thread-stack-df": "user-thread-stack",
     "wild-rsp-df": "near-null",
 }

@@ -36,6 +36,15 @@ __all__ = (
     "X86_64_EARLY_DIRECT_MAP",
     "X86_64_EARLY_LAYOUT_UNTIL",
     "HYPERVISOR_FIXES",
+    "TOP_OF_KERNEL_STACK_PADDING_FRED",
+    "FRED_ENTRY_SYMBOL",
+    "TOP_OF_STACK_PERCPU",
+    "CURRENT_TASK_PERCPU",
+    "CEA_RANDOMIZED",
+    "FRED_DEFAULT",
+    "ERROR_ENTRY_RETURN_ADDRESSES",
+    "VMCOREINFO_KALLSYMS",
+    "ORC_REG_PREV_SP",
 )
 
 Version = Tuple[int, ...]
@@ -211,4 +220,101 @@ HYPERVISOR_FIXES: Final = (
     "(Roman Pen, 2017; stable backports e.g. 4.4.132)",
     "QEMU: 'i386/kvm: do not zero out segment flags if segment is unusable or not present' "
     "(Roman Pen, 2017; title unverified, the fix is in current QEMU's get_seg())",
+)
+
+
+# --- Issue 20: kernel generations 5.10 to 7.2, and FRED -------------------------------
+
+# TOP_OF_KERNEL_STACK_PADDING of an x86_64 kernel built with CONFIG_X86_FRED=y: the bytes
+# reserved above the user-entry pt_regs at the top of every task stack, so that
+# task_pt_regs() = stack + THREAD_SIZE - padding - sizeof(struct pt_regs). Without
+# CONFIG_X86_FRED it stays 0 in every version (arch/x86/include/asm/thread_info.h); whether a
+# kernel has FRED built in is read from its symbols (FRED_ENTRY_SYMBOL), and the drgn layer
+# first measures the padding from the per-CPU top of stack (TOP_OF_STACK_PERCPU).
+TOP_OF_KERNEL_STACK_PADDING_FRED: Final[Sequence[Fact[int]]] = (
+    Fact(0, (2, 6, 0), (6, 9), "x86_64 'define TOP_OF_KERNEL_STACK_PADDING 0' (no FRED before 6.9)"),
+    Fact(16, (6, 9), None,
+         "65c9cc9e2c14 'x86/fred: Reserve space for the FRED stack frame' (6.9): "
+         "'ifdef CONFIG_X86_FRED / define TOP_OF_KERNEL_STACK_PADDING (2 * 8)'; checked in 7.2.13's "
+         "arch/x86/include/asm/thread_info.h"),
+)
+
+# A symbol only a CONFIG_X86_FRED=y kernel has (arch/x86/entry/Makefile:
+# obj-$(CONFIG_X86_FRED) += entry_64_fred.o entry_fred.o).
+FRED_ENTRY_SYMBOL: Final = "asm_fred_entrypoint_user"
+
+# Where the scheduler keeps the running task's top of stack (task_top_of_stack(), i.e.
+# task_pt_regs() + 1) on x86_64: (per-CPU symbol, member path or "" for the variable itself).
+TOP_OF_STACK_PERCPU: Final[Sequence[Fact[tuple[str, str]]]] = (
+    Fact(("cpu_tss_rw", "x86_tss.sp1"), (4, 15), (5, 13),
+         "'define cpu_current_top_of_stack cpu_tss_rw.x86_tss.sp1' (checked in 5.10.223's "
+         "arch/x86/include/asm/processor.h)"),
+    Fact(("cpu_current_top_of_stack", ""), (5, 13), (6, 2),
+         "1591584e2e76 'x86/process/64: Move cpu_current_top_of_stack out of TSS' (5.13); seen in "
+         "the 6.1 fixture's symbols"),
+    Fact(("pcpu_hot", "top_of_stack"), (6, 2), (6, 15),
+         "e57ef2ed97c1 'x86: Put hot per CPU variables into a struct' and c063a217bc07 "
+         "'x86/percpu: Move current_top_of_stack next to current_task' (6.2); seen in the 6.12 fixture"),
+    Fact(("cpu_current_top_of_stack", ""), (6, 15), None,
+         "648e4e21fa7e 'x86/percpu: Move top_of_stack to percpu hot section' (6.15, pcpu_hot "
+         "removed); checked in 7.2.13's arch/x86/kernel/cpu/common.c"),
+)
+
+# Where the running task pointer lives per CPU: (per-CPU symbol, member or "").
+CURRENT_TASK_PERCPU: Final[Sequence[Fact[tuple[str, str]]]] = (
+    Fact(("current_task", ""), (2, 6, 20), (6, 2), "DEFINE_PER_CPU(struct task_struct *, current_task) "
+         "(checked in 5.10.223; seen in the 6.1 fixture's symbols)"),
+    Fact(("pcpu_hot", "current_task"), (6, 2), (6, 15), "e57ef2ed97c1 'x86: Put hot per CPU variables into a struct' (6.2)"),
+    Fact(("current_task", ""), (6, 15), None,
+         "f19a605f4334 'x86/percpu: Move current_task to percpu hot section' (6.15, pcpu_hot "
+         "removed); checked in 7.2.13: DEFINE_PER_CPU_CACHE_HOT(struct task_struct *, current_task)"),
+)
+
+# Whether each CPU's cpu_entry_area (its #DF IST stack among them) lies at a randomised
+# per-boot slot (_cea_offset) rather than at CPU_ENTRY_AREA_BASE + cpu * its size: the #DF
+# stack top must be read from the TSS, never computed from the CPU number.
+CEA_RANDOMIZED: Final[Sequence[Fact[bool]]] = (
+    Fact(False, (4, 15), (6, 2), "get_cpu_entry_area(): CPU_ENTRY_AREA_PER_CPU + cpu * CPU_ENTRY_AREA_SIZE "
+         "(4.15 PTI rework; checked in 5.10.223's arch/x86/mm/cpu_entry_area.c)"),
+    Fact(True, (6, 2), None, "97e3d26b5e5f 'x86/mm: Randomize per-cpu entry area' (6.2; CVE-2023-0597): "
+         "per-CPU _cea_offset, checked in 7.2.13's arch/x86/mm/cpu_entry_area.c"),
+)
+
+# FRED event delivery: absent, built but opt-in (fred=on), or on where the CPU has it.
+FRED_DEFAULT: Final[Sequence[Fact[str]]] = (
+    Fact("absent", (2, 6, 0), (6, 9), "no CONFIG_X86_FRED before 6.9"),
+    Fact("opt-in", (6, 9), (7, 1), "the FRED series of 6.9 (65c9cc9e2c14 and others): 'Do not enable FRED by "
+         "default yet', fred=on needed"),
+    Fact("default-on", (7, 1), None,
+         "ac66a73be03a 'x86/fred: Enable FRED by default' (7.1 per issue 20); checked in 7.2.13's "
+         "arch/x86/kernel/cpu/common.c: only 'fred=off' is parsed"),
+)
+
+# How many kernel return addresses the IDT entry code leaves on the stack below a frame
+# the CPU pushed (between the pt_regs it built and the frame's RIP slot): with CPL-0 delivery
+# onto a user stack they stay in user memory, frame-0x88 and frame-0x80 on 6.1.
+ERROR_ENTRY_RETURN_ADDRESSES: Final[Sequence[Fact[int]]] = (
+    Fact(1, (5, 8), (5, 19),
+         "error_entry pops its own return address before 'call sync_regs' and pushes it on the new "
+         "stack (checked in 5.10.223's arch/x86/entry/entry_64.S; 'error_entry+0x92' on Debian 5.10)"),
+    Fact(2, (5, 19), None,
+         "520a7e80c96d 'x86/entry: Switch the stack after error_entry() returns' (5.19): error_entry "
+         "returns, then the idtentry macro calls sync_regs (seen on 6.1: error_entry and "
+         "asm_sysvec_* return addresses)"),
+)
+
+# VMCOREINFO names the kallsyms tables (SYMBOL(kallsyms_names) and others), so symbols can
+# be had from the dump alone.
+VMCOREINFO_KALLSYMS: Final[Sequence[Fact[bool]]] = (
+    Fact(False, (2, 6, 0), (6, 0), "no kallsyms symbols in VMCOREINFO (checked in 5.10.223's kernel/crash_core.c)"),
+    Fact(True, (6, 0), None, "5fd8fea935a1 'vmcoreinfo: include kallsyms symbols' (6.0); checked in "
+         "7.2.13's kernel/vmcore_info.c"),
+)
+
+# ORC_REG_PREV_SP in arch/x86/include/asm/orc_types.h: the ORC register numbering an
+# unwinder must use (drgn reads the kernel's ORC to unwind the #DF handler's stack).
+ORC_REG_PREV_SP: Final[Sequence[Fact[int]]] = (
+    Fact(1, (4, 14), (7, 1), "ORC_REG_PREV_SP 1 (checked in 5.10.223's orc_types.h; 4.14 introduced ORC)"),
+    Fact(8, (7, 1), None, "ORC registers renumbered in 7.1 (per issue 20): ORC_REG_AX 1 ... ORC_REG_PREV_SP 8 "
+         "(checked in 7.2.13's orc_types.h; the commit was not found in the sources at hand)"),
 )

@@ -81,6 +81,9 @@ class Observation:
     #: Log only: what the report does not show of the #DF's state and why (a
     #: fragment: cut by a reboot, elided by the reporter), or None.
     registers_missing: Optional[str] = None
+    #: Memory only: the confidential-VM kind the guest ran as (AMD SEV-ES/SNP, Intel TDX),
+    #: whose register state the hypervisor cannot write; None when the dump shows none.
+    confidential_guest: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -626,7 +626,8 @@ def _sweep_proof(sweep: SweepResult) -> str:
 
 def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_crash: str,
                   sweep: Optional[SweepResult], release: Optional[str], version: Optional[Version],
-                  cpu_vendor: Optional[str], sweep_requested: bool = False) -> ReportDecision:
+                  cpu_vendor: Optional[str], sweep_requested: bool = False,
+                  confidential_guest: Optional[str] = None) -> ReportDecision:
     """Decide a whole input from its #DFs (already decided) and the sweep, if it ran.
 
     The top-level verdict answers the user's question, "did the hypervisor corrupt
@@ -635,10 +636,11 @@ def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_cr
 
     :param other_crash: what the input shows when it holds no #DF.
     :param sweep_requested: the user asked for the sweep: its answer leads the summary.
+    :param confidential_guest: the confidential-VM kind the dump shows, for :func:`explain`.
     """
     sweep_evidence = [_sweep_evidence(sweep)] if sweep is not None else []
     proven_by_sweep = sweep is not None and sweep.verdict is SweepVerdict.CPL0_FRAMES_FOUND
-    explain_cpl = explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor)
+    explain_cpl = explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor, confidential_guest)
     if not double_faults:
         decision = decide_no_double_fault(medium, other_crash)
         if proven_by_sweep:
@@ -660,14 +662,32 @@ def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_cr
     if sweep_requested and sweep is not None and not proven_by_sweep:
         summary = f"{summary}; sweep {sweep.verdict.value}: {sweep.summary}"
     return ReportDecision(chosen.verdict, chosen.df_class, summary, chosen.evidence + sweep_evidence,
-                          explain(chosen.df_class, release, version, cpu_vendor))
+                          explain(chosen.df_class, release, version, cpu_vendor, confidential_guest))
 
 
 def explain(df_class: Optional[DfClass], release: Optional[str], version: Optional[Version],
-            cpu_vendor: Optional[str]) -> list[str]:
-    """What a CPL-corruption verdict means, for the report's reader."""
+            cpu_vendor: Optional[str], confidential_guest: Optional[str] = None) -> list[str]:
+    """What a CPL-corruption verdict means, for the report's reader.
+
+    :param confidential_guest: the confidential-VM kind the dump shows (SEV-ES/SNP, TDX),
+        whose register state the hypervisor cannot write.
+    """
     if df_class is not DfClass.CPL_CORRUPTION:
         return []
+    if confidential_guest:
+        return [
+            "The CPU delivered an interrupt or exception while the guest's CPL was 0 but its "
+            "segment state (and often its code) was the user's: no stack switch happened, so the "
+            "CPU pushed its frame onto the user stack.",
+            f"This guest is a confidential VM ({confidential_guest}): its register state is "
+            "encrypted or owned by the firmware (SEV-ES/SNP VMSA, TDX module) and KVM reads CPL "
+            "from what the guest reports (the GHCB for SEV-ES), so the classic hypervisor cause "
+            "(KVM/QEMU rewriting SS and CPL) is unlikely.",
+            "What remains: the guest's own #VC/#VE handling (an instruction emulated or a GHCB "
+            "state written back with a wrong CS/SS), the firmware or security module (SEV "
+            "firmware, TDX module) restoring state, or a CPU erratum; compare with the host's "
+            "firmware and microcode versions.",
+        ]
     lines = [
         "The CPU delivered an interrupt or exception while the guest's CPL was 0 but its "
         "segment state (and often its code) was the user's: no stack switch happened, so the "

@@ -29,7 +29,7 @@ from dfforensics.core.model import (
 from dfforensics.core.observation import Medium, Observation, PushSlot, Residency
 from dfforensics.core.titles import title_and_key
 from dfforensics.core.verdict import decide, decide_report, judge_sweep, strongest
-from dfforensics.dump.context import guest_context, kernel_version
+from dfforensics.dump.context import confidential_guest, guest_context, kernel_version
 from dfforensics.dump.finddf import FoundDf, find_double_faults
 from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump, open_dump_from_guest
 from dfforensics.dump.rspregion import kernel_stacks, rsp_region, thread_user_stack_pointers
@@ -216,7 +216,8 @@ class _ObservedDf:
 
 
 def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, version: Optional[Version],
-                          encoding: Optional[str], user_pages_excluded: bool) -> _ObservedDf:
+                          encoding: Optional[str], user_pages_excluded: bool,
+                          confidential: Optional[str] = None) -> _ObservedDf:
     regs = found.regs
     identity = _task_identity(found)
     task = identity.task
@@ -237,6 +238,7 @@ def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, ver
         user_stack_read=any(read.pages_present for read in user_reads),
         user_stack_problem=_user_stack_problem(user_reads), user_pages_excluded=user_pages_excluded,
         push_slot=_push_slot(task, regs.rsp), cr2_source=found.cr2_source,
+        confidential_guest=confidential,
     )
     warnings = [identity.warning] if identity.warning else []
     warnings += [f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} page(s) could not be "
@@ -326,7 +328,8 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
     if search.found and user_pages_excluded:
         warnings.append(f"dump level {dump_level} excludes user pages (makedumpfile -d bit 8): user "
                         "stacks, where frames pushed at CPL 0 would be, are not in this dump")
-    observed = [_observe_double_fault(prog, found, kernel, version, encoding, user_pages_excluded)
+    confidential = confidential_guest(prog)
+    observed = [_observe_double_fault(prog, found, kernel, version, encoding, user_pages_excluded, confidential)
                 for found in search.found]
     double_faults = [_double_fault(df) for df in observed]
     warnings += [warning for df in observed for warning in df.warnings]
@@ -338,7 +341,8 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
     # The log parser looks for every panic drgn's panic_message() knows, and more.
     other_crash = log.other_crash[1] if log.other_crash else "no panic message"
     decision = decide_report(Medium.MEMORY, double_faults, other_crash, sweep_result, kernel.release,
-                             version, kernel.cpu_vendor, sweep_requested=sweep is True)
+                             version, kernel.cpu_vendor, confidential_guest=confidential,
+                             sweep_requested=sweep is True)
     words = next((df.annotated_words for df in observed if df.annotated_words), [])
     if not words and swept is not None and swept.observation.frames:
         words = _annotated(swept.reads_with_frames, swept.observation.frames, symbolizer(prog, None))

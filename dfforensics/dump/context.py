@@ -18,7 +18,7 @@ from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import KernelInfo
 from dfforensics.logs.consolelog import LogFacts
 
-__all__ = ("kernel_release", "kernel_version", "guest_context", "hypervisor_seen")
+__all__ = ("kernel_release", "kernel_version", "guest_context", "hypervisor_seen", "confidential_guest")
 
 # X86_FEATURE_HYPERVISOR: CPUID.1:ECX bit 31, word 4 of x86_capability (all eras).
 _HYPERVISOR_WORD, _HYPERVISOR_BIT = 4, 31
@@ -45,6 +45,40 @@ def hypervisor_seen(prog: Program) -> tuple[str, Optional[str]]:
         return "bare-metal", "none, no CPUID hypervisor bit"
     except (LookupError, drgn.FaultError):
         return "unknown", None
+
+
+# MSR_AMD64_SEV (0xc0010131) bits the kernel keeps in sev_status: SEV, SEV-ES, SEV-SNP
+# (arch/x86/include/asm/msr-index.h MSR_AMD64_SEV_*_ENABLED_BIT 0/1/2; AMD APM vol. 2 15.34.10).
+_SEV_BITS = ((2, "SEV-SNP"), (1, "SEV-ES"), (0, "SEV"))
+
+
+def confidential_guest(prog: Program) -> Optional[str]:
+    """Say whether the dumped guest ran as a confidential VM whose CPU state the hypervisor
+    cannot write (AMD SEV-ES/SNP: the VMSA is encrypted, KVM takes CPL from the GHCB; Intel
+    TDX: the TDX module owns it), or ``None`` when the dump shows no such guest.
+
+    Read from the kernel's own state: ``sev_status`` (the SEV MSR as the guest read it;
+    CONFIG_AMD_MEM_ENCRYPT, 5.10+) and ``cc_vendor`` (arch/x86/coco/core.c, named through
+    its DWARF enum). Plain SEV encrypts memory only: the hypervisor still writes the
+    register state, so it is reported but is not such a guest.
+    """
+    try:
+        status = int(prog["sev_status"])
+    except (LookupError, drgn.FaultError, TypeError):
+        status = 0
+    for bit, name in _SEV_BITS:
+        if status >> bit & 1:
+            return f"AMD {name} (sev_status {status:#x})" if bit else None
+    try:
+        vendor = prog["cc_vendor"]
+        names = {value: name for name, value in vendor.type_.type.enumerators} \
+            if vendor.type_.kind == drgn.TypeKind.TYPEDEF else \
+            {value: name for name, value in vendor.type_.enumerators}
+        if names.get(int(vendor)) == "CC_VENDOR_INTEL":
+            return "Intel TDX (cc_vendor CC_VENDOR_INTEL)"
+    except (LookupError, drgn.FaultError, TypeError, AttributeError):
+        pass
+    return None
 
 
 def kernel_release(prog: Program) -> Optional[str]:

@@ -20,7 +20,7 @@ from drgn.helpers.linux.pid import find_task
 from drgn.helpers.linux.sched import cpu_curr, task_cpu
 
 from dfforensics.core import kernel_facts, x86
-from dfforensics.core.frames import frame_problems
+from dfforensics.core.frames import decode_fred, frame_problems
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import DfSource, Registers
 from dfforensics.dump.stackscan import kernel_symbol_name
@@ -109,6 +109,19 @@ def df_stack_top(prog: Program, cpu: int, version: Optional[Version] = None) -> 
     return int(_tss(prog, cpu, version).x86_tss.ist[df_ist_index(prog, version)])
 
 
+def _df_pt_regs_candidates(prog: Program, top: int, pt_regs_size: int) -> list[tuple[int, bool]]:
+    """Where the #DF entry's pt_regs may lie below the #DF stack top: IDT delivery builds
+    them right at the top; FRED delivery (6.9+, FRED_RSP3 = the same DF stack top) pushes a
+    struct fred_frame, pt_regs then 16 bytes of struct fred_info, so they start
+    sizeof(struct fred_frame) below the top. Sizes from the kernel's own debug info."""
+    candidates = [(top - pt_regs_size, False)]
+    try:
+        candidates.append((top - prog.type("struct fred_frame").size, True))
+    except LookupError:
+        pass  # a kernel without FRED (before 6.9, or built without CONFIG_X86_FRED types)
+    return candidates
+
+
 def saved_df_regs(prog: Program, cpu: int, version: Optional[Version] = None) -> Optional[IstRegs]:
     """Return the state a #DF saved on a CPU, or ``None`` if that CPU took none.
 
@@ -125,11 +138,19 @@ def saved_df_regs(prog: Program, cpu: int, version: Optional[Version] = None) ->
     if not top:
         return None
     pt_regs_type = prog.type("struct pt_regs")
-    address = top - pt_regs_type.size
-    regs = Object(prog, pt_regs_type, address=address).read_()
-    rip, cs, flags = int(regs.ip), int(regs.cs) & 0xFFFF, int(regs.flags)
-    sp, ss, orig_ax = int(regs.sp), int(regs.ss) & 0xFFFF, int(regs.orig_ax) & (2**64 - 1)
-    if frame_problems(rip, cs, flags, sp, ss):
+    for address, fred in _df_pt_regs_candidates(prog, top, pt_regs_type.size):
+        regs = Object(prog, pt_regs_type, address=address).read_()
+        rip, cs, flags = int(regs.ip), int(regs.cs) & 0xFFFF, int(regs.flags)
+        sp, ss, orig_ax = int(regs.sp), int(regs.ss) & 0xFFFF, int(regs.orig_ax) & (2**64 - 1)
+        if frame_problems(rip, cs, flags, sp, ss):
+            continue
+        if fred:
+            # Under FRED the #DF frame says what it is: a hardware exception, vector 8.
+            event = decode_fred(int(regs.csx), int(regs.ssx))
+            if event is None or (event.event_type, event.vector) != (3, 8):
+                continue
+        break
+    else:
         return None
     others = {("r" + name if name[0] != "r" else name): int(getattr(regs, name))
               for name in ("ax", "bx", "cx", "dx", "si", "di", "bp", "r8", "r9", "r10", "r11",

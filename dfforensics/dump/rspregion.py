@@ -9,33 +9,96 @@ the exception stacks). The pure :func:`dfforensics.core.regions.classify_rsp`
 says which it is.
 """
 
+import itertools
 from typing import Optional
 
 import drgn
 from drgn import Object, Program
+from drgn.helpers.linux.cpumask import for_each_possible_cpu
 from drgn.helpers.linux.mm import vma_find, vma_name
+from drgn.helpers.linux.percpu import per_cpu
 from drgn.helpers.linux.pid import for_each_task
 
-from dfforensics.core import x86
+from dfforensics.core import kernel_facts, x86
+from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import RegionKind, RspRegion
 from dfforensics.core.regions import KernelStack, MappingView, UserView, classify_rsp
+from dfforensics.dump.context import kernel_version
 
-__all__ = ("user_stack_pointer", "thread_user_stack_pointers", "kernel_stacks", "rsp_region")
+__all__ = ("task_stack_padding", "task_pt_regs_address", "user_stack_pointer", "thread_user_stack_pointers", "kernel_stacks", "rsp_region")
 
 # VM_GROWSDOWN, the same in every kernel (include/linux/mm.h).
 _VM_GROWSDOWN = 0x00000100
 
 
-def user_stack_pointer(task: Object) -> Optional[int]:
-    """Return the user RSP a task saved when it last entered the kernel.
+def _percpu_word(prog: Program, cpu: int, symbol: str, member: str) -> int:
+    value = per_cpu(prog[symbol], cpu)
+    for name in filter(None, member.split(".")):
+        value = getattr(value, name)
+    return int(value)
 
-    The kernel's task_pt_regs(): the pt_regs at the top of the task stack
-    (x86_64, TOP_OF_KERNEL_STACK_PADDING 0 without FRED).
-    """
+
+def _measured_padding(prog: Program, version: Optional[Version]) -> Optional[int]:
+    """TOP_OF_KERNEL_STACK_PADDING as the kernel applied it: on each CPU the scheduler
+    stores task_top_of_stack(current) (= task_pt_regs() + 1) per CPU, so
+    ``current->stack + THREAD_SIZE - that`` is the padding. The CPUs must agree; a CPU
+    caught between the two per-CPU writes of __switch_to() is outvoted."""
+    thread_size = int(prog["THREAD_SIZE"])
+    seen: dict[int, int] = {}
+    tops = kernel_facts.candidates(kernel_facts.TOP_OF_STACK_PERCPU, version)
+    currents = kernel_facts.candidates(kernel_facts.CURRENT_TASK_PERCPU, version)
+    for cpu in for_each_possible_cpu(prog):
+        for (top_symbol, top_member), (cur_symbol, cur_member) in itertools.product(tops, currents):
+            try:
+                top = _percpu_word(prog, cpu, top_symbol, top_member)
+                task = Object(prog, "struct task_struct *", _percpu_word(prog, cpu, cur_symbol, cur_member))
+                padding = int(task.stack) + thread_size - top
+            except (LookupError, AttributeError, drgn.FaultError):
+                continue
+            # x86 pads by whole words and never by more than a FRED frame's extra 64 bytes;
+            # anything else is another era's variable read on this kernel: try the next.
+            if 0 <= padding <= 64 and padding % 8 == 0:
+                seen[padding] = seen.get(padding, 0) + 1
+                break
+    return max(seen, key=lambda padding: seen[padding]) if seen else None
+
+
+def task_stack_padding(prog: Program, version: Optional[Version] = None) -> int:
+    """TOP_OF_KERNEL_STACK_PADDING of the dumped kernel: measured from its per-CPU top of
+    stack, else (per-CPU data missing from the dump) the kernel fact of its version for a
+    kernel with FRED built in (it has :data:`~kernel_facts.FRED_ENTRY_SYMBOL`), else 0.
+    Cached per program: one kernel, one padding."""
+    cached = prog.cache.get("dfforensics_stack_padding")
+    if cached is not None:
+        return cached
+    if version is None:
+        version = kernel_version(prog)
+    padding = _measured_padding(prog, version)
+    if padding is None:
+        try:
+            prog.symbol(kernel_facts.FRED_ENTRY_SYMBOL)
+            fred = True
+        except LookupError:
+            fred = False
+        rows = kernel_facts.candidates(kernel_facts.TOP_OF_KERNEL_STACK_PADDING_FRED, version)
+        padding = rows[0] if fred else 0
+    prog.cache["dfforensics_stack_padding"] = padding
+    return padding
+
+
+def task_pt_regs_address(task: Object) -> int:
+    """The kernel's task_pt_regs(): the user-entry pt_regs at the top of the task stack,
+    below TOP_OF_KERNEL_STACK_PADDING (16 bytes on CONFIG_X86_FRED=y kernels, 6.9+)."""
+    prog = task.prog_
+    top = int(task.stack) + int(prog["THREAD_SIZE"]) - task_stack_padding(prog)
+    return top - prog.type("struct pt_regs").size
+
+
+def user_stack_pointer(task: Object) -> Optional[int]:
+    """Return the user RSP a task saved when it last entered the kernel (task_pt_regs()->sp)."""
     prog = task.prog_
     try:
-        top = int(task.stack) + int(prog["THREAD_SIZE"])
-        regs = Object(prog, "struct pt_regs", address=top - prog.type("struct pt_regs").size)
+        regs = Object(prog, "struct pt_regs", address=task_pt_regs_address(task))
         return int(regs.sp)
     except (drgn.FaultError, LookupError, AttributeError):
         return None
