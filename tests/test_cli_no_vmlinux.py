@@ -45,3 +45,39 @@ def test_module_debug_info_and_btf_are_refused_where_they_cannot_apply():
     assert no_vmlinux.returncode == 2 and "needs VMLINUX" in no_vmlinux.stderr
     both = run(FIXTURES / "cpl0-irq-df" / "vmcore.xz", FIXTURES / "kernels/linux-6.1/vmlinux.xz", "--btf", "x")
     assert both.returncode == 2 and "--btf is for dumps without VMLINUX" in both.stderr
+
+
+def _vmlinux_of(scenario: str) -> Path:
+    expected = json.loads((FIXTURES / scenario / "expected.json").read_text())
+    return FIXTURES / scenario / expected["vmlinux"]
+
+
+def test_a_kernel_with_btf_in_memory_needs_nothing_but_its_dump():
+    # The 7.2 fixture kernel is built with CONFIG_DEBUG_INFO_BTF: types from guest memory.
+    scenario = "cpl0-irq-df-7.2"
+    alone = run(FIXTURES / scenario / "vmcore.xz", "--format", "json")
+    assert alone.returncode == 0, alone.stderr
+    guest = json.loads(alone.stdout)
+    dwarf = json.loads(run(FIXTURES / scenario / "vmcore.xz", _vmlinux_of(scenario), "--format", "json").stdout)
+    assert guest["source"]["debug_info"] == "BTF and kallsyms from guest memory"
+    for field in ("verdict", "df_class", "frames", "title"):
+        assert guest[field] == dwarf[field], field
+    ours, theirs = guest["double_faults"][0], dwarf["double_faults"][0]
+    for field in ("cpu", "pid", "tid", "comm", "rsp_region", "sources"):
+        assert ours[field] == theirs[field], field
+    # Only DWARF knows the #DF handler's local holding CR2 (README: what differs).
+    assert {k: v for k, v in ours["regs"].items() if k != "cr2"} == \
+        {k: v for k, v in theirs["regs"].items() if k != "cr2"}
+
+
+def test_the_7_2_sweep_from_guest_memory_alone():
+    result = run("sweep", FIXTURES / "sweep-survived-7.2" / "vmcore.xz", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sweep"]["verdict"] == "cpl0-frames-found"
+
+
+def test_a_kernel_before_6_0_without_vmlinux_is_one_clear_line():
+    # 5.10's VMCOREINFO names no kallsyms tables, and symbols are never guessed.
+    result = run(FIXTURES / "cpl0-irq-df-5.10" / "vmcore.xz")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "does not name the kallsyms tables" in result.stderr
