@@ -176,6 +176,9 @@ def _triage_parser() -> argparse.ArgumentParser:
                         help="per-dump time limit (default 600)")
     parser.add_argument("--memory-limit", type=int, default=8192, metavar="MIB",
                         help="per-dump address-space cap in MiB (default 8192)")
+    parser.add_argument("--require-debuginfo", action="store_true",
+                        help="without a debug vmlinux, analyse the console log rather than the "
+                             "guest's own BTF and kallsyms")
     parser.add_argument("--scheduler", metavar="tcp://HOST:PORT",
                         help="run the per-dump jobs on an existing Dask cluster (dfforensics[cluster])")
     return parser
@@ -228,7 +231,8 @@ def _run_triage(argv: Sequence[str]) -> int:
         try:
             rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
                                      args.timeout, args.memory_limit << 20, done, new_file,
-                                     scheduler=args.scheduler)
+                                     scheduler=args.scheduler,
+                                     require_debuginfo=args.require_debuginfo)
             if not rows and not carried:
                 raise InputError("no dump or console log found under " + ", ".join(args.paths))
             if args.format == "table":

@@ -103,3 +103,20 @@ def test_a_small_memory_limit_is_a_memory_row(tmp_path):
     assert result.returncode == 0, result.stderr
     (row,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert (row["status"], row["error_kind"]) == ("error", "memory"), row
+
+
+def test_a_dump_without_debug_info_is_analysed_from_its_own_btf(tmp_path):
+    # The 7.2 fixture kernel carries BTF in memory and names its kallsyms in VMCOREINFO.
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    shutil.copy(FIXTURES / "cpl0-irq-df-7.2" / "vmcore.xz", archive / "vmcore.xz")
+    out = tmp_path / "rows.jsonl"
+    result = run(archive, "--format", "jsonl", "-o", out)
+    assert result.returncode == 0, result.stderr
+    (row,) = [json.loads(line) for line in out.read_text().splitlines()]
+    assert (row["status"], row["mode"], row["verdict"]) == ("ok", "btf", "match"), row
+    assert "guest's BTF" in row["note"]
+    strict = run(archive, "--format", "jsonl", "-o", tmp_path / "strict.jsonl", "--require-debuginfo")
+    assert strict.returncode == 0, strict.stderr
+    (row,) = [json.loads(line) for line in (tmp_path / "strict.jsonl").read_text().splitlines()]
+    assert row["error_kind"] == "no-debuginfo" and row["mode"] is None

@@ -42,6 +42,9 @@ class Job:
     plan_error: Optional[str] = None
     plan_error_kind: Optional[ErrorKind] = None
     duplicate_of: Optional[str] = None
+    #: Without a debug vmlinux, fall back to the console log rather than read the
+    #: guest's BTF and kallsyms (--require-debuginfo).
+    require_debuginfo: bool = False
 
 
 @dataclass(frozen=True)

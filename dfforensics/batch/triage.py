@@ -108,9 +108,10 @@ def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
     return {row_key(row) for row in load_rows(output)}
 
 
-def plan_job(item: Item, finder: VmlinuxFinder) -> Job:
+def plan_job(item: Item, finder: VmlinuxFinder, require_debuginfo: bool = False) -> Job:
     """Turn one discovered item into a worker job, finding its dump's vmlinux."""
-    job = Job(item.path, item.size, item.mtime, item.kind, item.log, duplicate_of=item.duplicate_of)
+    job = Job(item.path, item.size, item.mtime, item.kind, item.log, duplicate_of=item.duplicate_of,
+              require_debuginfo=require_debuginfo)
     if item.kind not in DUMP_KINDS or item.duplicate_of:
         return job
     try:
@@ -122,10 +123,10 @@ def plan_job(item: Item, finder: VmlinuxFinder) -> Job:
     return replace(job, release=identity.release, vmlinux=found.vmlinux, vmlinux_note=found.why_none)
 
 
-def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str]) -> list[Job]:
+def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str], require_debuginfo: bool = False) -> list[Job]:
     """Turn discovered items into worker jobs (one vmlinux lookup per kernel)."""
     finder = VmlinuxFinder(debuginfo_dirs)
-    return [plan_job(item, finder) for item in items]
+    return [plan_job(item, finder, require_debuginfo) for item in items]
 
 
 def _immediate_row(job: Job) -> Optional[Row]:
@@ -440,6 +441,7 @@ def run_triage(
     new_file: bool = True,
     progress_stream: TextIO = sys.stderr,
     scheduler: Optional[str] = None,
+    require_debuginfo: bool = False,
 ) -> list[Row]:
     """Analyse every item under ``paths``; return all rows (written as they finish).
 
@@ -457,7 +459,7 @@ def run_triage(
         progress.step(row)
 
     if scheduler:
-        planned = plan_jobs(pending_items, debuginfo_dirs)
+        planned = plan_jobs(pending_items, debuginfo_dirs, require_debuginfo)
         progress = _Progress(progress_stream, planned)
         try:
             for job, result in _dask_results(scheduler, planned, timeout, memory_bytes):
@@ -474,7 +476,7 @@ def run_triage(
     running: dict[Future, None] = {}
 
     def plan_and_run(item: Item) -> tuple[Job, Row]:
-        job = plan_job(item, finder)
+        job = plan_job(item, finder, require_debuginfo)
         return job, workers.run(job, timeout, memory_bytes)
 
     def collect(block: bool) -> None:

@@ -80,14 +80,45 @@ def _vmcore_row(job: Job) -> Row:
                    vmlinux=job.vmlinux)
 
 
+def _guest_debuginfo_row(job: Job) -> tuple[Optional[Row], Optional[str]]:
+    """The dump analysed with types from its BTF and symbols from its kallsyms, or why not."""
+    from dfforensics.dump.analysis import analyze_vmcore_files
+
+    try:
+        report = analyze_vmcore_files(job.path, None)
+    except InputError as error:
+        if error.kind in (ErrorKind.MEMORY, ErrorKind.CACHE):
+            raise
+        return None, str(error)
+    why = f" ({job.vmlinux_note})" if job.vmlinux_note else ""
+    return replace(row_from_report(report, "btf"),
+                   note=f"no debug vmlinux for {job.release or 'this kernel'}{why}: types from the "
+                        "guest's BTF, symbols from its kallsyms"), None
+
+
+def _without_vmlinux_row(job: Job) -> Row:
+    """A dump with no debug vmlinux: from its own BTF, else its console log, else an error row."""
+    guest_problem = None
+    if not job.require_debuginfo:
+        row, guest_problem = _guest_debuginfo_row(job)
+        if row is not None:
+            return row
+    row = _log_row(job) if job.log else _no_debuginfo_row(job)
+    if guest_problem is None:
+        return row
+    if row.status == "ok":
+        return replace(row, note=f"{row.note}; no BTF either: {guest_problem}")
+    return replace(row, error=f"{row.error}; no BTF either: {guest_problem}")
+
+
 def run_job(job: Job) -> Row:
     """Analyse one item; never raises for bad input (it becomes an error row)."""
     start = time.monotonic()
     try:
-        if job.kind == "log" or (job.vmlinux is None and job.log):
+        if job.kind == "log":
             row = _log_row(job)
         elif job.vmlinux is None:
-            row = _no_debuginfo_row(job)
+            row = _without_vmlinux_row(job)
         else:
             row = _vmcore_row(job)
     except InputError as error:
