@@ -21,12 +21,26 @@ KERNELS = FIXTURES / "kernels"
 DUMPS = ["cpl0-irq-df", "wild-rsp-df", "oops-not-df", "kernel-stack-overflow-df"]
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("archive")
-    for name in DUMPS:
+# Enough distinct dumps that a run is still going when the test interrupts it after its
+# first row (with only DUMPS a loaded machine sometimes finished first).
+MANY_DUMPS = DUMPS + ["cpl0-irq-df-6.12", "cpl0-irq-df-ss18", "cpl0-thread-stack-df", "sweep-survived",
+                      "sweep-busy-clean", "kernel-on-user-stack-df", "cpl0-irq-df-5.10", "cpl0-irq-df-7.2"]
+
+
+def _archive(root: Path, names: list[str]) -> Path:
+    for name in names:
         shutil.copy(FIXTURES / name / "vmcore.xz", root / f"{name}.xz")
     return root
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    return _archive(tmp_path_factory.mktemp("archive"), DUMPS)
+
+
+@pytest.fixture(scope="module")
+def big_archive(tmp_path_factory) -> Path:
+    return _archive(tmp_path_factory.mktemp("big-archive"), MANY_DUMPS)
 
 
 def command(archive: Path, out: Path, *extra: str) -> list[str]:
@@ -44,12 +58,12 @@ def complete_rows(out: Path) -> list[dict]:
     return rows
 
 
-def resume_and_check(archive: Path, out: Path) -> None:
+def resume_and_check(archive: Path, out: Path, names: list[str] = DUMPS) -> None:
     result = subprocess.run(command(archive, out, "--resume"), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr
     rows = complete_rows(out)
-    assert sorted(Path(r["path"]).name for r in rows) == sorted(f"{n}.xz" for n in DUMPS)
+    assert sorted(Path(r["path"]).name for r in rows) == sorted(f"{n}.xz" for n in names)
     assert all(r["status"] == "ok" for r in rows if r.get("error_kind") != "worker-crash")
 
 
@@ -105,7 +119,8 @@ def test_output_disk_full_keeps_finished_rows_and_resume_completes(archive, tmp_
     resume_and_check(archive, out)
 
 
-def test_ctrl_c_keeps_finished_rows_and_resume_completes(archive, tmp_path):
+def test_ctrl_c_keeps_finished_rows_and_resume_completes(big_archive, tmp_path):
+    archive = big_archive
     out = tmp_path / "rows.jsonl"
     process = subprocess.Popen(command(archive, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
@@ -117,5 +132,5 @@ def test_ctrl_c_keeps_finished_rows_and_resume_completes(archive, tmp_path):
     assert stderr.strip().splitlines()[-1] == "dfforensics: error: interrupted"
     assert ours, "the run had workers"
     assert not wait_for(lambda: ours & set(_worker_pids()), seconds=1.0), "workers left running"
-    assert 1 <= len(complete_rows(out)) < len(DUMPS)
-    resume_and_check(archive, out)
+    assert 1 <= len(complete_rows(out)) < len(MANY_DUMPS)
+    resume_and_check(archive, out, MANY_DUMPS)
