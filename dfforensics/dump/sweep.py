@@ -26,6 +26,9 @@ from dfforensics.core.model import Frame, SweptStack
 from dfforensics.core.observation import SweepObservation
 from dfforensics.core.signature import proves_cpl0_delivery
 from dfforensics.dump.rspregion import user_stack_pointer
+from dfforensics.dump.stackcoverage import (
+    BOUND_PAGES_PER_PROCESS, ProcessStacks, confirm_frame, read_left_stacks, sigaltstack_of,
+)
 from dfforensics.dump.stackscan import StackRead, bounded_window, scan_user_range, symbolizer
 
 __all__ = ("SweptUserStacks", "sweep_user_stacks")
@@ -58,13 +61,16 @@ def _stack_of(task) -> tuple[Optional[tuple[int, int, str, int]], Optional[str]]
     return (start, end, name or "thread stack", sp), None
 
 
-def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> SweptUserStacks:
+def sweep_user_stacks(prog: Program, version: Optional[Version] = None,
+                      bound: int = BOUND_PAGES_PER_PROCESS) -> SweptUserStacks:
     """Read every thread's user stack mapping and find the frames pushed at CPL 0.
 
     Supports x86_64 kernels whose task, mm and VMA layouts drgn's helpers
     know (3.x–6.x). Each mapping is read once, at most
     :data:`~dfforensics.dump.stackscan.USER_SCAN_LIMIT` around the saved RSP,
-    through the owning task's page tables.
+    through the owning task's page tables; then the stacks threads may have
+    left (:mod:`dfforensics.dump.stackcoverage`), at most ``bound`` resident
+    pages per process. On a running guest each frame is read twice.
     """
     encoding = kernel_facts.value_for(kernel_facts.ORIG_AX_ENCODING, version)
     tasks_scanned = tasks_unreadable = 0
@@ -73,8 +79,13 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
     problems: list[str] = []
     unlocated: list[str] = []
     reads: list[StackRead] = []
+    frames_unconfirmed = 0
     scanned: set[tuple[int, int]] = set()
-    for task in for_each_task(prog):
+    processes: dict[int, ProcessStacks] = {}
+    live = bool(prog.flags & drgn.ProgramFlags.IS_LIVE)
+    tasks, walk_broken = _tasks(prog, problems)
+    tasks_unreadable += walk_broken  # the tasks after the break were not read: never clean
+    for task in tasks:
         try:
             mm = task.mm
             if not mm:
@@ -82,6 +93,11 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
             pid, tid = int(task.tgid), int(task.pid)
             comm = task.comm.string_().decode(errors="replace")
             found, why_not = _stack_of(task)
+            process = processes.setdefault(mm.value_(), ProcessStacks(mm, task, pid, comm))
+            process.threads.append(tid)
+            altstack = sigaltstack_of(task)
+            if altstack is not None:
+                process.sigaltstacks[tid] = altstack
         except drgn.FaultError as error:
             tasks_unreadable += 1
             problems.append(f"a task could not be read ({error})")
@@ -95,8 +111,12 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
             continue
         scanned.add((mm.value_(), start))
         low, high = bounded_window(start, end, sp)
+        process.windows_read.append((low, high))
         read = scan_user_range(task, low, high, name, encoding)
         proving = [f for f in read.frames if proves_cpl0_delivery(f)]
+        if live:
+            proving, unconfirmed = _confirmed(prog, mm, proving)
+            frames_unconfirmed += unconfirmed
         namer = symbolizer(prog, task) if proving else None
         proving = [dataclasses.replace(f, rip_symbol=namer(f.rip), pid=pid, tid=tid) for f in proving]
         stacks.append(SweptStack(pid, tid, comm, name, low, high, read.pages_present, read.pages_missing,
@@ -104,6 +124,55 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None) -> Swept
         frames.extend(proving)
         if proving:
             reads.append(read)
+    # The stacks the threads may have left: sigaltstacks and anonymous mappings.
+    left = read_left_stacks(prog, processes.values(), encoding, lambda task: symbolizer(prog, task), bound)
+    left_frames = left.frames
+    if live:
+        owners = {p.pid: p.mm for p in processes.values()}
+        left_frames, unconfirmed = _confirmed_by_owner(prog, owners, left_frames)
+        frames_unconfirmed += unconfirmed
+    left.coverage.frames_unconfirmed, left.coverage.live = frames_unconfirmed, live
+    stacks += left.stacks
+    frames += left_frames
+    for low, high, pages in left.reads_with_frames:
+        read = StackRead(low, high, "left stack", pages_present=len(pages), pages=pages)
+        read.frames = [f for f in left_frames if low <= f.address < high]
+        reads.append(read)
     observation = SweepObservation(tasks_scanned, tasks_unreadable, tuple(stacks), tuple(frames),
-                                   tuple(problems), tuple(unlocated))
+                                   tuple(problems), tuple(unlocated), left.coverage)
     return SweptUserStacks(observation, tuple(reads))
+
+
+# PID_MAX_LIMIT on 64-bit kernels: more tasks than this means the list changed under us.
+_MAX_TASKS = 4 * 1024 * 1024
+
+
+def _tasks(prog: Program, problems: list[str]) -> tuple[list, int]:
+    """Every task once, and 1 when the walk broke off. On a running guest the task
+    list changes under the walk: a task seen twice is skipped, and a walk that runs
+    away (a freed task's pointers) or faults stops, with the reason among the problems."""
+    seen: set[int] = set()
+    tasks = []
+    try:
+        for task in for_each_task(prog):
+            if task.value_() in seen:
+                continue
+            seen.add(task.value_())
+            if len(seen) > _MAX_TASKS:
+                problems.append(f"the task list did not end after {_MAX_TASKS} tasks")
+                return tasks, 1
+            tasks.append(task)
+    except drgn.FaultError as error:
+        problems.append(f"the task list could not be walked to its end ({error})")
+        return tasks, 1
+    return tasks, 0
+
+
+def _confirmed(prog: Program, mm, frames: list[Frame]) -> tuple[list[Frame], int]:
+    kept = [f for f in frames if confirm_frame(prog, mm, f)]
+    return kept, len(frames) - len(kept)
+
+
+def _confirmed_by_owner(prog: Program, owners: dict, frames: list[Frame]) -> tuple[list[Frame], int]:
+    kept = [f for f in frames if confirm_frame(prog, owners[f.pid], f)]
+    return kept, len(frames) - len(kept)
