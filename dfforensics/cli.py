@@ -152,7 +152,7 @@ def _run_sweep(argv: Sequence[str]) -> int:
     from dfforensics.livecli import run_live_sweep, wants_live_sweep
 
     if wants_live_sweep(argv):  # running guests over QMP: dfforensics/livecli.py
-        return run_live_sweep(argv)
+        return run_live_sweep(argv, sys.modules[__name__])
     from dfforensics.dump.analysis import analyze_vmcore_files
 
     args = _sweep_parser().parse_args(argv)

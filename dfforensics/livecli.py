@@ -16,6 +16,7 @@ event per new finding until interrupted (Ctrl-C, SIGTERM: exit 0).
 
 import argparse
 import json
+import types
 import math
 import signal
 import sys
@@ -33,9 +34,7 @@ def wants_live_sweep(argv: Sequence[str]) -> bool:
     return any(arg == "--qemu" or arg.startswith("--qemu=") for arg in argv)
 
 
-def _parser() -> argparse.ArgumentParser:
-    from dfforensics import cli
-
+def _parser(cli: types.ModuleType) -> argparse.ArgumentParser:
     parser = cli._Parser(
         prog="dfforensics sweep --qemu",
         description="Sweep running QEMU guests, read-only, over their QMP sockets: every thread's "
@@ -82,11 +81,13 @@ def _sweep(path: str, args: argparse.Namespace):
     return sweep_qemu(path, args.vmlinux, args.btf, args.greeting_timeout or GREETING_TIMEOUT)
 
 
-def run_live_sweep(argv: Sequence[str]) -> int:
-    """``dfforensics sweep --qemu SOCKET... [VMLINUX]``: the exit status."""
-    from dfforensics import cli
+def run_live_sweep(argv: Sequence[str], cli: types.ModuleType) -> int:
+    """``dfforensics sweep --qemu SOCKET... [VMLINUX]``: the exit status.
 
-    args = _parser().parse_args(argv)
+    :param cli: :mod:`dfforensics.cli`, handed over by it (its parser, output options
+        and exit statuses, shared with the dump commands; not imported: no cycle).
+    """
+    args = _parser(cli).parse_args(argv)
     _check(args, argv)
     if args.every is not None:
         return _watch(args)
