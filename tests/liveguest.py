@@ -88,7 +88,7 @@ class Guest:
     """One running guest: ``qmp`` is the socket the sweep uses, ``qmp2`` the test's own."""
 
     def __init__(self, directory: Path, name: str, threads: int = 4, bug: bool = False,
-                 memory: str = "128M") -> None:
+                 memory: str = "128M", churn: bool = False) -> None:
         self.dir = directory / name
         self.dir.mkdir(parents=True)
         self.qmp, self.qmp2 = self.dir / "qmp.sock", self.dir / "qmp2.sock"
@@ -97,7 +97,7 @@ class Guest:
         paths = unpack(directory)
         self.vmlinux = paths["vmlinux"]
         self.port = free_port() if bug else None
-        append = f"{LIVE['append']} lvthreads={threads}"
+        append = f"{LIVE['append']} lvthreads={threads}" + (" lvchurn=1" if churn else "")
         command = [QEMU, "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", memory, "-smp", "1",
                    "-display", "none", "-monitor", "none", "-serial", f"file:{self.console}", "-no-reboot",
                    "-device", "vmcoreinfo", "-kernel", str(paths["bzImage"]), "-initrd", str(paths["initramfs"]),

@@ -175,3 +175,27 @@ def test_dump_with_frames_on_a_stack_the_thread_has_left(guests):
     finally:
         os.unlink(vmcore)
     assert bug.status() == "running"
+
+
+def test_tasks_and_page_tables_changing_under_the_sweep_never_make_a_frame(tmp_path):
+    """A guest whose lv-churn forks, maps, threads and exits without end: each live sweep
+    reads tasks and page tables as they change. Never a frame; clean, or incomplete with
+    the reason; tasks that exited mid-sweep counted."""
+    guest = liveguest.Guest(tmp_path, "churn", churn=True)
+    try:
+        guest.wait_console(r"lvinit: lv-churn pid \d+ forking")
+        guest.wait_console(r"lvinit: lv-threads pid \d+ started")
+        verdicts = []
+        for _ in range(6):
+            result = sweep("--qemu", str(guest.qmp), str(guest.vmlinux), "--format", "json")
+            assert result.returncode == 0, result.stderr
+            report = json.loads(result.stdout)
+            assert report["frames"] == [] and report["verdict"] == "no-double-fault"
+            verdicts.append(report["sweep"]["verdict"])
+            if verdicts[-1] == "incomplete":
+                assert report["sweep"]["summary"].startswith("no frame found, but ")
+            assert report["sweep"]["coverage"]["live"]
+        assert set(verdicts) <= {"clean", "incomplete"} and "clean" in verdicts, verdicts
+        assert guest.status() == "running"
+    finally:
+        guest.close()

@@ -332,6 +332,9 @@ class SweepCoverage:
     frames_unconfirmed: int = 0
     #: Whether guest memory was read while the guest ran (a live sweep).
     live: bool = False
+    #: A running guest: tasks that exited between the walk of the task list and the
+    #: read of their stack (no stack left to hold a frame).
+    tasks_gone: int = 0
 
 
 @dataclass

@@ -203,7 +203,8 @@ def _coverage_line(coverage) -> str:
         line += f"; {coverage.pages_beyond_bound} pages beyond the bound not read"
     if coverage.live:
         line += (f"; running guest: each frame read twice, {coverage.frames_unconfirmed} "
-                 "candidate(s) changed between the reads")
+                 f"candidate(s) changed between the reads, {coverage.tasks_gone} task(s) exited "
+                 "during the sweep")
     return line
 
 

@@ -128,9 +128,15 @@ def _runs(pages: dict[int, bytes]) -> Iterable[tuple[int, bytes]]:
 
 def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding: Optional[str],
                      namer_for: Callable[[Object], Callable[[int], Optional[str]]],
-                     bound: int = BOUND_PAGES_PER_PROCESS) -> CoverageRead:
+                     bound: int = BOUND_PAGES_PER_PROCESS,
+                     gone: Optional[Callable[[Object, Object], bool]] = None) -> CoverageRead:
     """Read the sigaltstacks and private writable anonymous mappings of every
-    process, except what was read under the saved RSPs, and find the frames."""
+    process, except what was read under the saved RSPs, and find the frames.
+
+    :param gone: on a running guest, whether a task (with its mm) has exited since the
+        task list was walked: a process whose mappings or pages cannot be read because
+        it has gone is counted in ``tasks_gone``, not as unread memory.
+    """
     coverage = SweepCoverage(bound_pages_per_process=bound)
     result = CoverageRead(coverage)
     decoded: set[int] = set()  # physical pages already decoded, over all processes
@@ -143,7 +149,12 @@ def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding
             ranges.append((low, end, f"sigaltstack of thread {tid}", "sigaltstack", tid))
         try:
             mappings = _candidate_mappings(proc.mm)
-        except drgn.FaultError as error:
+        except (drgn.FaultError, ValueError, LookupError, OverflowError) as error:
+            # Unreadable (or, on a running guest, changed under the walk): counted as a
+            # missing page, so that the sweep cannot be clean, unless the process has exited.
+            if gone is not None and gone(proc.task, proc.mm):
+                coverage.tasks_gone += 1
+                continue
             result.stacks.append(SweptStack(proc.pid, None, proc.comm, f"mappings unreadable ({error})",
                                             0, 0, 0, 1, [], 0, "anonymous mapping"))
             continue
@@ -153,11 +164,16 @@ def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding
         taken = list(proc.windows_read)
         budget = bound
         cut = 0
+        exited = False
         for start, end, name, reason, tid in ranges:
-            for low, high in _subtract(start, end, taken):
+            for low, high in _subtract(start, end, taken) if not exited else ():
                 taken.append((low, high))
                 stack, pages, frames, beyond = _read_range(prog, proc, low, high, name, reason, tid,
                                                            budget, decoded, encoding, coverage)
+                if stack.pages_missing and gone is not None and gone(proc.task, proc.mm):
+                    coverage.tasks_gone += 1  # exited as we read it: its tables were freed
+                    exited = True
+                    break
                 budget -= stack.pages_present + stack.pages_missing
                 cut += beyond
                 if not (stack.pages_present or stack.pages_missing or frames):
