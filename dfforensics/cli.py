@@ -26,6 +26,7 @@ EXIT_MATCH = 4
 
 USAGE = """usage: dfforensics VMCORE [VMLINUX] [options]   is this crash the hypervisor's CPL corruption?
        dfforensics sweep VMCORE [VMLINUX] [options] CPU-pushed frames on every user stack
+       dfforensics sweep --qemu SOCKET [VMLINUX]    the same of a running QEMU guest, over QMP
        dfforensics log FILE... [options]            the same questions of console logs
        dfforensics triage PATH... [options]         whole archives, in parallel
        dfforensics cache [clear]                    where decompressed inputs are kept
@@ -148,6 +149,10 @@ def _finish(reports: list, args: argparse.Namespace) -> int:
 
 
 def _run_sweep(argv: Sequence[str]) -> int:
+    from dfforensics.livecli import run_live_sweep, wants_live_sweep
+
+    if wants_live_sweep(argv):  # running guests over QMP: dfforensics/livecli.py
+        return run_live_sweep(argv, sys.modules[__name__])
     from dfforensics.dump.analysis import analyze_vmcore_files
 
     args = _sweep_parser().parse_args(argv)

@@ -12,7 +12,7 @@ import pytest
 PACKAGE = Path(__file__).parents[1] / "dfforensics"
 # Each layer may import itself and the layers below it.
 LAYERS = ["core", "logs", "inputs", "dump", "batch"]
-TOP = ("cli", "api", "drgn_commands", "__init__")
+TOP = ("cli", "livecli", "api", "drgn_commands", "__init__")
 
 
 def _modules() -> dict[str, Path]:

@@ -294,7 +294,9 @@ class SweptStack:
     """One user stack mapping read by the sweep."""
 
     pid: int
-    tid: int
+    #: The thread whose stack it is; None for a mapping of the process that no
+    #: thread's saved RSP or sigaltstack is in (a stack the threads have left).
+    tid: Optional[int]
     comm: str
     mapping: str
     start: int
@@ -306,6 +308,33 @@ class SweptStack:
     frame_addresses: list[int] = field(default_factory=list)
     #: Not resident in the task (never touched or swapped out).
     pages_not_resident: int = 0
+    #: Why it was read: "saved RSP" (a thread's stack now), "sigaltstack", or
+    #: "anonymous mapping" (private, writable: where a stack the thread left may be).
+    reason: str = "saved RSP"
+
+
+@dataclass
+class SweepCoverage:
+    """What the sweep read besides the mappings under the threads' saved RSPs, and its bound."""
+
+    #: At most this many resident pages per process are read from those mappings.
+    bound_pages_per_process: int = 0
+    mappings: int = 0
+    pages_read: int = 0
+    #: Pages another mapping already mapped (the same physical page): decoded once.
+    pages_shared: int = 0
+    #: Resident pages not read because their process reached the bound.
+    pages_beyond_bound: int = 0
+    #: ``comm (pid N): M pages beyond the bound`` for each process cut by the bound.
+    processes_beyond_bound: list[str] = field(default_factory=list)
+    #: A running guest: candidate frames a second read did not return unchanged
+    #: (the stack moved on between the reads, or a read was torn): never reported as frames.
+    frames_unconfirmed: int = 0
+    #: Whether guest memory was read while the guest ran (a live sweep).
+    live: bool = False
+    #: A running guest: tasks that exited between the walk of the task list and the
+    #: read of their stack (no stack left to hold a frame).
+    tasks_gone: int = 0
 
 
 @dataclass
@@ -321,6 +350,7 @@ class SweepResult:
     stacks: list[SweptStack] = field(default_factory=list)
     frames: list["Frame"] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    coverage: Optional[SweepCoverage] = None
 
 
 @dataclass

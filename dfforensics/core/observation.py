@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Optional, Sequence
 
 from dfforensics.core.kernel_facts import Version
-from dfforensics.core.model import Frame, Registers, RspRegion, SweptStack
+from dfforensics.core.model import Frame, Registers, RspRegion, SweepCoverage, SweptStack
 
 __all__ = ("Medium", "Residency", "PushSlot", "Observation", "SweepObservation")
 
@@ -99,3 +99,5 @@ class SweepObservation:
     #: User tasks whose stack could not be located (``comm (pid, tid): why``):
     #: their stacks were not read, so they cannot count as clean.
     stacks_not_located: Sequence[str] = ()
+    #: The mappings read besides those under saved RSPs (None: not read).
+    coverage: Optional[SweepCoverage] = None

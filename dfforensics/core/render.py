@@ -194,6 +194,20 @@ def _wrap(style: _Style, fixed: int) -> Optional[int]:
     return None if style.width is None else max(30, style.width - fixed)
 
 
+def _coverage_line(coverage) -> str:
+    """What the sweep read besides the stacks under saved RSPs, and its bound."""
+    line = (f"besides the stacks under saved RSPs: {coverage.mappings} sigaltstack(s) and anonymous "
+            f"mapping(s), {coverage.pages_read} pages read ({coverage.pages_shared} shared pages "
+            f"decoded once), at most {coverage.bound_pages_per_process} pages per process")
+    if coverage.pages_beyond_bound:
+        line += f"; {coverage.pages_beyond_bound} pages beyond the bound not read"
+    if coverage.live:
+        line += (f"; running guest: each frame read twice, {coverage.frames_unconfirmed} "
+                 f"candidate(s) changed between the reads, {coverage.tasks_gone} task(s) exited "
+                 "during the sweep")
+    return line
+
+
 def _sections(report: Report, style: _Style) -> list[tuple[str, str]]:
     # Importing tabulate costs 3 ms (more with wcwidth installed): paid only by the
     # table renderings, not by JSON output or triage workers.
@@ -223,6 +237,8 @@ def _sections(report: Report, style: _Style) -> list[tuple[str, str]]:
         body = (f"{sweep.verdict.value}: {text(sweep.summary)}\n\n"
                 f"tasks scanned {sweep.tasks_scanned}, unreadable {sweep.tasks_unreadable}; "
                 f"stack pages read {sweep.pages_present}, missing {sweep.pages_missing}")
+        if sweep.coverage is not None:
+            body += "\n\n" + text(_coverage_line(sweep.coverage))
         rows = [[s.pid, s.tid, s.comm, s.mapping, f"{s.start:x}-{s.end:x}", s.pages_present,
                  s.pages_missing, len(s.frame_addresses)]
                 for s in sweep.stacks if s.frame_addresses or s.pages_missing]

@@ -563,6 +563,19 @@ def _sweep_gaps(obs: SweepObservation, pages_present: int, pages_missing: int) -
         gaps.append(f"the stack of {len(obs.stacks_not_located)} task(s) could not be located "
                     f"({obs.stacks_not_located[0]}"
                     + (", ..." if len(obs.stacks_not_located) > 1 else "") + ")")
+    coverage = obs.coverage
+    if coverage is not None and coverage.pages_beyond_bound:
+        # Left unread by the stated bound, not lost: still not read, so never clean.
+        gaps.append(f"{coverage.pages_beyond_bound} resident page(s) of anonymous mappings of "
+                    f"{len(coverage.processes_beyond_bound)} process(es) were beyond the bound of "
+                    f"{coverage.bound_pages_per_process} pages per process "
+                    f"({coverage.processes_beyond_bound[0]}"
+                    + (", ..." if len(coverage.processes_beyond_bound) > 1 else "") + ")")
+    if coverage is not None and coverage.frames_unconfirmed:
+        # A candidate that changed between two reads of a running guest may have been a
+        # frame the stack then overwrote, or a torn read: neither a frame nor clean.
+        gaps.append(f"{coverage.frames_unconfirmed} candidate frame(s) changed between two reads "
+                    "of the running guest")
     if obs.tasks_scanned and not pages_present and not gaps:
         gaps.append(f"no user stack page of the {obs.tasks_scanned} task(s) could be read")
     return gaps
@@ -598,7 +611,7 @@ def judge_sweep(obs: SweepObservation) -> SweepResult:
         summary = f"no frame on the user stacks of {obs.tasks_scanned} task(s) ({pages_present} pages read)"
     return SweepResult(verdict, summary, obs.tasks_scanned, obs.tasks_unreadable, pages_present,
                        pages_missing, list(obs.stacks), list(obs.frames),
-                       list(obs.problems) + list(obs.stacks_not_located))
+                       list(obs.problems) + list(obs.stacks_not_located), obs.coverage)
 
 
 def _sweep_evidence(result: SweepResult) -> Evidence:

@@ -1,0 +1,228 @@
+"""
+Live guests over QMP
+--------------------
+
+Sweep a running QEMU guest from the host, read-only, over its QMP socket
+(drgn's :meth:`drgn.Program.set_qemu_qmp`): connect, sweep, let go. The guest
+keeps running the whole time; nothing is written to it and no QMP command that
+changes it is sent (drgn asks QEMU where guest RAM is and, with ptrace access
+to the QEMU process, reads it directly from QEMU's memory).
+
+A QMP socket serves one client at a time: a second client's ``connect()``
+succeeds (the kernel queues it) but QEMU sends it nothing until the first one
+leaves. So before drgn is given the connection, the greeting QEMU sends each
+client it serves is waited for with a timeout, and *peeked*, not read (drgn
+reads it itself): no greeting in time means another client holds the socket,
+said in one line. The connection is closed as soon as the sweep is done, so
+that the next client (libvirt's, another sweep) is not kept waiting.
+"""
+
+import errno
+import gc
+import os
+import select
+import socket
+import stat
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import drgn
+from drgn import Program
+
+from dfforensics.core.errors import InputError
+from dfforensics.core.model import Report
+
+__all__ = ("GREETING_TIMEOUT", "QmpBusy", "connect_qmp", "open_qemu", "sweep_qemu")
+
+#: How long a QMP greeting is waited for before the socket counts as busy. QEMU sends
+#: it at once to a client it serves (under a millisecond on an idle host).
+GREETING_TIMEOUT = 3.0
+
+
+class QmpBusy(InputError):
+    """Another client holds the QMP socket."""
+
+
+def _check_socket_path(path: str) -> None:
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError(f"QMP socket {path}: no such file") from None
+    except OSError as error:
+        raise InputError(f"QMP socket {path}: cannot read: {error.strerror or error}") from None
+    if not stat.S_ISSOCK(mode):
+        raise InputError(f"QMP socket {path}: not a socket (QEMU makes one with "
+                         f"-qmp unix:{path},server=on,wait=off)")
+
+
+def connect_qmp(path: str, timeout: float = GREETING_TIMEOUT) -> socket.socket:
+    """Connect to a QMP Unix socket and wait for QEMU's greeting without reading it.
+
+    :raises QmpBusy: when the greeting does not come within ``timeout`` (another
+        client is connected).
+    :raises InputError: when nothing QMP listens there.
+    """
+    _check_socket_path(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            raise InputError(f"QMP socket {path}: nothing listens on it (QEMU not running?)") from None
+        except socket.timeout:
+            raise QmpBusy(_busy(path, timeout)) from None
+        except OSError as error:
+            raise InputError(f"QMP socket {path}: cannot connect: {error.strerror or error}") from None
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise QmpBusy(_busy(path, timeout))
+            peeked = sock.recv(65536, socket.MSG_PEEK)
+            if not peeked:
+                raise InputError(f"QMP socket {path}: closed by QEMU before its greeting")
+            if b"\n" in peeked:
+                break
+            time.sleep(0.005)  # the greeting is one line: wait for the rest of it
+        first_line = peeked.split(b"\n", 1)[0]
+        if b'"QMP"' not in first_line:
+            raise InputError(f"QMP socket {path}: not a QMP monitor (it sent {first_line[:60]!r})")
+        sock.settimeout(None)
+        return sock
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _busy(path: str, timeout: float) -> str:
+    return (f"QMP socket {path}: busy: QEMU sent no greeting in {timeout:g} s, so another client "
+            "is connected (a QMP socket serves one client at a time; give the guest a second "
+            "-qmp socket for dfforensics, see README 'Live guests')")
+
+
+class _Connection:
+    """The QMP connection, handed to drgn: drgn owns the descriptor it is given and
+    closes it when its Program goes, so it gets a duplicate, and :meth:`release`
+    closes that one too if drgn did not (an error path), identified by its inode
+    so that a number reused since is never closed."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.fd = os.dup(sock.fileno())
+        self.inode = os.fstat(self.fd).st_ino
+        sock.close()  # the duplicate holds the connection open
+
+    def release(self) -> None:
+        gc.collect()  # the Program, and with it drgn's descriptor, goes now
+        try:
+            still_ours = os.fstat(self.fd).st_ino == self.inode
+        except OSError:
+            return
+        if still_ours:
+            os.close(self.fd)
+
+
+@dataclass
+class LiveGuest:
+    """An open program on a running guest and the connection it reads through."""
+
+    prog: Program
+    connection: _Connection
+    path: str
+    debug_info: str
+
+    def close(self) -> None:
+        """Let go of the QMP socket now: the next client must not wait for our exit."""
+        self.prog = None  # type: ignore[assignment]
+        self.connection.release()
+
+
+def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = None,
+              timeout: float = GREETING_TIMEOUT) -> LiveGuest:
+    """Open a running QEMU guest over its QMP socket, with its kernel's debug info.
+
+    With ``vmlinux``, it must be the guest kernel's (build ID, as for dumps);
+    without it, symbols come from the guest's kallsyms and types from its BTF
+    (or ``btf``). The guest must run with ``-device vmcoreinfo`` (drgn reads
+    VMCOREINFO through it to identify the kernel).
+    """
+    connection = _Connection(connect_qmp(path, timeout))
+    prog = Program()
+    try:
+        try:
+            # drgn takes the connection as it is, greeting unread: no second client.
+            prog.set_qemu_qmp(connection.fd)
+        except (OSError, ValueError) as error:
+            raise InputError(f"QMP socket {path}: {_qmp_problem(error)}") from None
+        except Exception as error:  # libdrgn's bare Exception
+            raise InputError(f"QMP socket {path}: {_qmp_problem(error)}") from None
+        if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
+            raise InputError(f"QMP socket {path}: the guest is not identified as Linux (run QEMU with "
+                             "-device vmcoreinfo, and a guest kernel with CONFIG_FW_CFG_SYSFS)")
+        debug_info = _load_debug_info(prog, path, vmlinux, btf)
+        return LiveGuest(prog, connection, path, debug_info)
+    except BaseException:
+        prog = None  # type: ignore[assignment]
+        connection.release()
+        raise
+
+
+def _qmp_problem(error: Exception) -> str:
+    text = str(error)
+    if isinstance(error, PermissionError) or getattr(error, "errno", None) == errno.EPERM:
+        return (f"{text} (reading guest RAM needs ptrace access to the QEMU process: run as its "
+                "user or root, with kernel.yama.ptrace_scope allowing it)")
+    return text
+
+
+def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], btf: Optional[str]) -> str:
+    from dfforensics.dump import opendump
+    from dfforensics.inputs.formats import decompressed
+
+    if vmlinux is not None:
+        vmlinux_path = decompressed(vmlinux, "VMLINUX")
+        try:
+            opendump._load_vmlinux(prog, vmlinux_path, None, f"QMP guest {path}", vmlinux)
+        except InputError as error:
+            # The dump reader's words ("VMCORE", "the dump's") said of the running guest.
+            raise InputError(str(error).replace("VMCORE QMP guest", "the QMP guest")
+                             .replace("the dump's", "the guest's")) from None
+        return "DWARF from VMLINUX"
+    from dfforensics.dump import guestdebuginfo
+    from dfforensics.inputs.btf import parse_btf
+
+    guestdebuginfo.load_kallsyms(prog)
+    guestdebuginfo.set_kernel_image_range(prog)
+    if btf is None:
+        found, how = guestdebuginfo.btf_from_memory(prog), guestdebuginfo.DEBUG_INFO_SOURCE
+    else:
+        try:
+            with open(btf, "rb") as file:
+                found = parse_btf(file.read(), btf)
+        except OSError as error:
+            raise InputError(f"BTF {btf}: {error.strerror or error}") from None
+        how = guestdebuginfo.DETACHED_SOURCE.format(path=btf)
+    guestdebuginfo.use_guest_debug_info(prog, found)
+    return how
+
+
+def sweep_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = None,
+               timeout: float = GREETING_TIMEOUT) -> Report:
+    """Connect to a running guest, sweep every user stack, let go: the report."""
+    from dfforensics.dump.analysis import analyze
+
+    guest = open_qemu(path, vmlinux, btf, timeout)
+    started = time.monotonic()
+    try:
+        source = {"kind": "qemu", "path": path, "vmlinux": vmlinux, "debug_info": guest.debug_info,
+                  "live": True}
+        try:
+            report = analyze(guest.prog, source, sweep=True)
+        except drgn.FaultError as error:
+            raise InputError(f"QMP socket {path}: guest memory the sweep needs could not be read "
+                             f"({error})") from None
+    finally:
+        guest.close()
+    report.source["seconds_connected"] = round(time.monotonic() - started, 3)
+    return report
