@@ -135,8 +135,10 @@ def test_dfsweep_in_drgn_opened_with_qemu(guests):
     drgn = Path(sys.executable).with_name("drgn")
     code = ("from drgn.commands import run_command; r = run_command(prog, 'dfsweep --format json'); "
             "import sys; sys.stderr.write('VERDICT ' + r.sweep.verdict.value + '\\n')")
+    # drgn's own plugin loading is what runs the command: no setting another test left.
+    env = {k: v for k, v in os.environ.items() if k not in ("DRGN_DISABLE_PLUGINS", "DRGN_PLUGINS")}
     result = subprocess.run([str(drgn), "--qemu", str(bug.qmp), "-s", str(bug.vmlinux), "-e", code],
-                            capture_output=True, text=True, timeout=300)
+                            capture_output=True, text=True, timeout=300, env=env)
     assert "VERDICT cpl0-frames-found" in result.stderr, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert sorted((f["address"], f["pid"], f["tid"]) for f in report["frames"]) == frames_of(guests["truth"])
