@@ -18,6 +18,7 @@ import argparse
 import json
 import types
 import math
+import os
 import signal
 import sys
 import time
@@ -87,6 +88,11 @@ def run_live_sweep(argv: Sequence[str], cli: types.ModuleType) -> int:
     :param cli: :mod:`dfforensics.cli`, handed over by it (its parser, output options
         and exit statuses, shared with the dump commands; not imported: no cycle).
     """
+    # The guest's vCPUs need the host's cores more than drgn's DWARF index does: with
+    # one OpenMP thread a sweep takes as long and a busy guest loses ~1 % instead of
+    # ~14 % while it runs (bench/README.md, "Live sweep"). Read by libgomp when drgn
+    # loads, which is below; a user's own setting wins.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     args = _parser(cli).parse_args(argv)
     _check(args, argv)
     if args.every is not None:

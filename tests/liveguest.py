@@ -99,6 +99,7 @@ class Guest:
         self.port = free_port() if bug else None
         append = f"{LIVE['append']} lvthreads={threads}" + (" lvchurn=1" if churn else "")
         command = [QEMU, "-machine", "pc", "-accel", "tcg", "-cpu", "qemu64", "-m", memory, "-smp", "1",
+                   "-name", f"{name},debug-threads=on",  # the vCPU thread named: bench/live_sweep.py
                    "-display", "none", "-monitor", "none", "-serial", f"file:{self.console}", "-no-reboot",
                    "-device", "vmcoreinfo", "-kernel", str(paths["bzImage"]), "-initrd", str(paths["initramfs"]),
                    "-append", append, "-qmp", f"unix:{self.qmp},server=on,wait=off",
