@@ -149,7 +149,7 @@ def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding
             ranges.append((low, end, f"sigaltstack of thread {tid}", "sigaltstack", tid))
         try:
             mappings = _candidate_mappings(proc.mm)
-        except (drgn.FaultError, ValueError, LookupError, OverflowError) as error:
+        except (drgn.FaultError, ValueError, LookupError, OverflowError, NotImplementedError) as error:
             # Unreadable (or, on a running guest, changed under the walk): counted as a
             # missing page, so that the sweep cannot be clean, unless the process has exited.
             if gone is not None and gone(proc.task, proc.mm):

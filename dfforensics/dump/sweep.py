@@ -158,8 +158,9 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None,
 
 _KERNEL_THREAD = object()
 # What reading a task that changes under the read raises: a fault, or garbage read as
-# an mm, a VMA tree or a page table (bad values, absent objects, overflowing ints).
-_CHANGES_UNDER_US = (drgn.FaultError, ValueError, LookupError, OverflowError)
+# an mm, a VMA tree or a page table (bad values, absent objects, overflowing ints; drgn's
+# maple-tree walk raises NotImplementedError for a node type torn mid-update).
+_CHANGES_UNDER_US = (drgn.FaultError, ValueError, LookupError, OverflowError, NotImplementedError)
 
 
 def _task_facts(task):
