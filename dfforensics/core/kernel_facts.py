@@ -315,6 +315,8 @@ VMCOREINFO_KALLSYMS: Final[Sequence[Fact[bool]]] = (
 # unwinder must use (drgn reads the kernel's ORC to unwind the #DF handler's stack).
 ORC_REG_PREV_SP: Final[Sequence[Fact[int]]] = (
     Fact(1, (4, 14), (7, 1), "ORC_REG_PREV_SP 1 (checked in 5.10.223's orc_types.h; 4.14 introduced ORC)"),
-    Fact(8, (7, 1), None, "ORC registers renumbered in 7.1 (per issue 20): ORC_REG_AX 1 ... ORC_REG_PREV_SP 8 "
-         "(checked in 7.2.13's orc_types.h; the commit was not found in the sources at hand)"),
+    Fact(8, (7, 1), None, "1735858caa4b 'objtool/x86: Reorder ORC register numbering' (7.1): ORC_REG_AX 1 ... "
+         "ORC_REG_PREV_SP 8 (checked in 7.2.13's orc_types.h; the commit as cited by drgn 75a4fd04 "
+         "'libdrgn: orc: handle ORC register renumbering in Linux 7.1', first in drgn 0.2.0, "
+         "which tells the two numberings apart by the .orc_header hash)"),
 )
