@@ -76,10 +76,10 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> None:
         raise InputError("a QMP socket is given twice")
 
 
-def _sweep(path: str, args: argparse.Namespace):
+def _sweep(path: str, args: argparse.Namespace, known=None):
     from dfforensics.dump.live import GREETING_TIMEOUT, sweep_qemu
 
-    return sweep_qemu(path, args.vmlinux, args.btf, args.greeting_timeout or GREETING_TIMEOUT)
+    return sweep_qemu(path, args.vmlinux, args.btf, args.greeting_timeout or GREETING_TIMEOUT, known)
 
 
 def run_live_sweep(argv: Sequence[str], cli: types.ModuleType) -> int:
@@ -127,6 +127,7 @@ def _watch(args: argparse.Namespace) -> int:
     """Sweep each guest every ``args.every`` seconds; one JSONL event per new frame, and
     one per change of a guest's state (its sweep's verdict, or why it could not be swept)."""
     from dfforensics.core.model import to_json_dict
+    from dfforensics.dump.live import KnownKernels
 
     stream: TextIO = sys.stdout
     if args.output:
@@ -135,6 +136,9 @@ def _watch(args: argparse.Namespace) -> int:
         except OSError as error:
             raise InputError(f"{args.output}: cannot write: {error.strerror or error}") from None
     seen: set = set()
+    # Each guest's kernel build, learned by its first round: later rounds read its
+    # VMCOREINFO without pausing it, even with no VMLINUX.
+    known = KnownKernels()
     state: dict[str, Optional[str]] = {path: None for path in args.qemu}
     # SIGTERM (systemd, kill) ends the watch like Ctrl-C: between two reads, never in one.
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
@@ -143,7 +147,7 @@ def _watch(args: argparse.Namespace) -> int:
             started = time.monotonic()
             for path in args.qemu:
                 try:
-                    report = _sweep(path, args)
+                    report = _sweep(path, args, known)
                 except InputError as error:
                     now = f"error: {error}"
                     if state[path] != now:

@@ -122,10 +122,17 @@ class Guest:
     def _drive(self) -> None:
         """gdb emulates the bug at the victim's stations (the guest waits under -S until gdb
         continues it); it records each frame, lets 50 timer ticks pass, re-reads the frames
-        from their task's page tables and detaches."""
+        from their task's page tables and detaches.
+
+        The victim must survive its deliveries, so gdb heals SS at each handler's entry, once
+        the CPU's frame is on the user stack (``heal_ss``, as the fixtures builder does on
+        5.10): otherwise an interrupt nested in the handler saves SS 0x2b in kernel mode and
+        its iret home faults, and the guest dies of it whenever a timer tick lands there
+        (seen here on 6.1: a recursion of page faults, then a #DF, on QEMU 7.2.22)."""
         params = {"port": self.port, "qmp2": str(self.qmp2), "variant": "ss2b", "mode": "sweep",
                   "out": str(self.dir / "drive.json"), "entries": entry_points(self.vmlinux),
-                  "station": LIVE["station"], "expect": LIVE["stations"], "settle_ticks": 50}
+                  "station": LIVE["station"], "expect": LIVE["stations"], "settle_ticks": 50,
+                  "heal_ss": True}
         env = dict(os.environ, DF_PARAMS=json.dumps(params))
         self.gdb = subprocess.Popen(["gdb", "-nx", "-batch", "-ex", f"file {self.vmlinux}", "-x", str(DFDRIVE)],
                                     env=env, stdout=open(self.dir / "gdb.log", "w"), stderr=subprocess.STDOUT)

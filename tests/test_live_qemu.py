@@ -9,14 +9,17 @@ thread has left, gives cpl0-frames-found."""
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import liveguest
+from btffixtures import detached_btf  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.skipif(bool(liveguest.missing_tools()),
                                 reason=f"needs {', '.join(liveguest.missing_tools())} (.ci/system-packages)")
@@ -128,6 +131,78 @@ def test_every_writes_one_event_per_new_finding_and_stops_cleanly(guests, tmp_pa
     assert all(r["comm"] == "lv-left" for r in frames)
     liveguest.Qmp(bug.qmp, timeout=5).close()
     assert bug.status() == "running"
+
+
+class Events:
+    """The QMP events QEMU broadcasts while the test holds the guest's second socket."""
+
+    def __init__(self, path):
+        self.monitor = liveguest.Qmp(path)
+        self.seen = []
+        self.thread = threading.Thread(target=self._listen, daemon=True)
+        self.thread.start()
+
+    def _listen(self):
+        try:
+            for line in self.monitor.file:
+                self.seen.append(json.loads(line).get("event"))
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        time.sleep(0.5)  # events QEMU sent just before are read
+        self.monitor.sock.shutdown(socket.SHUT_RDWR)
+        self.thread.join(timeout=10)
+        self.monitor.close()
+
+
+def test_with_vmlinux_the_sweep_never_pauses_the_guest(guests):
+    clean = guests["clean"]
+    events = Events(clean.qmp2)
+    try:
+        result = sweep("--qemu", str(clean.qmp), str(clean.vmlinux), "--format", "json")
+    finally:
+        events.close()
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["source"]["vmcoreinfo"].startswith("read from guest memory without pausing")
+    assert "STOP" not in events.seen and "DUMP_COMPLETED" not in events.seen, events.seen
+    # drgn's own way, for contrast: its one-byte dump-guest-memory stops the guest.
+    events = Events(clean.qmp2)
+    try:
+        drgn_only = subprocess.run([sys.executable, "-c", "import drgn; drgn.Program().set_qemu_qmp("
+                                    f"{str(clean.qmp)!r})"], capture_output=True, text=True, timeout=60)
+    finally:
+        events.close()
+    assert drgn_only.returncode == 0, drgn_only.stderr
+    assert "STOP" in events.seen and "RESUME" in events.seen, events.seen
+    assert clean.status() == "running"
+
+
+def test_every_without_vmlinux_pauses_only_its_first_round(guests, tmp_path, detached_btf):
+    clean = guests["clean"]
+    _, btf = detached_btf("6.1")
+    out = tmp_path / "events.jsonl"
+    events = Events(clean.qmp2)
+    watch = subprocess.Popen(CLI + ["sweep", "--qemu", str(clean.qmp), "--btf", btf, "--every", "0.3",
+                                    "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (out.exists() and '"sweep"' in out.read_text()):
+            time.sleep(0.2)
+        time.sleep(3)  # several rounds more
+        watch.send_signal(signal.SIGINT)
+        _, err = watch.communicate(timeout=60)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+        events.close()
+    assert watch.returncode == 0 and err == "", err
+    assert [r["verdict"] for r in map(json.loads, out.read_text().splitlines())] == ["clean"]
+    # The first round has only BTF and kallsyms: drgn's dump reads VMCOREINFO (one pause);
+    # later rounds know the build from it and read the note without a pause.
+    assert events.seen.count("STOP") == 1, events.seen
+    assert clean.status() == "running"
 
 
 def test_dfsweep_in_drgn_opened_with_qemu(guests):

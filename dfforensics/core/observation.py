@@ -23,8 +23,15 @@ class Medium(str, enum.Enum):
 
     #: A console log: it shows marks, never proves them.
     LOG = "log"
-    #: Guest memory (a dump or a live kernel).
+    #: Guest memory saved in a dump.
     MEMORY = "memory"
+    #: The memory of a running guest, read while it runs.
+    LIVE = "live"
+
+    @property
+    def noun(self) -> str:
+        """What the report reads from, for its sentences: "the {noun} shows ..."."""
+        return {Medium.LOG: "log", Medium.MEMORY: "dump", Medium.LIVE: "running guest's memory"}[self]
 
 
 class Residency(str, enum.Enum):

@@ -546,8 +546,7 @@ def decide(obs: Observation) -> Decision:
 
 def decide_no_double_fault(medium: Medium, what: str) -> Decision:
     """The decision for an input without any #DF (``what``: the crash it shows instead)."""
-    source = "dump" if medium is Medium.MEMORY else "log"
-    detail = f"no double fault in the {source}" + (f"; it shows {what}" if what else "")
+    detail = f"no double fault in the {medium.noun}" + (f"; it shows {what}" if what else "")
     return Decision(Verdict.NO_DOUBLE_FAULT, None, detail,
                     [Evidence("double-fault-present", Status.FAIL, detail)])
 
@@ -556,7 +555,8 @@ def _sweep_gaps(obs: SweepObservation, pages_present: int, pages_missing: int) -
     """What the sweep could not read that could have held frames."""
     gaps = []
     if pages_missing:
-        gaps.append(f"{pages_missing} resident user stack page(s) were not in the dump")
+        gaps.append(f"{pages_missing} resident user stack page(s) could not be read"
+                    + ("" if obs.coverage is not None and obs.coverage.live else " from the dump"))
     if obs.tasks_unreadable:
         gaps.append(f"{obs.tasks_unreadable} task(s) could not be read")
     if obs.stacks_not_located:
@@ -583,8 +583,7 @@ def _sweep_gaps(obs: SweepObservation, pages_present: int, pages_missing: int) -
 
 def decide_unprinted_crash(medium: Medium, what: str) -> "ReportDecision":
     """The decision for an input that shows a crash happened (``what``) but not its report."""
-    source = "dump" if medium is Medium.MEMORY else "log"
-    detail = f"the {source} shows {what}, but not the crash report itself"
+    detail = f"the {medium.noun} shows {what}, but not the crash report itself"
     return ReportDecision(
         Verdict.POSSIBLE, None,
         f"{detail}: it cannot tell whether it was a double fault, nor which kind; read the "
@@ -661,7 +660,7 @@ def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_cr
                              decision.summary + ": the proof is the sweep's, no crash is needed")
             return ReportDecision(Verdict.MATCH, DfClass.CPL_CORRUPTION,
                                   f"no double fault, but {_sweep_proof(sweep)} "
-                                  f"(the dump shows {other_crash})", [crash] + sweep_evidence, explain_cpl)
+                                  f"(the {medium.noun} shows {other_crash})", [crash] + sweep_evidence, explain_cpl)
         summary = decision.summary
         if sweep_requested and sweep is not None:
             summary = f"sweep {sweep.verdict.value}: {sweep.summary}; {summary}"

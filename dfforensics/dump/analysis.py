@@ -215,6 +215,11 @@ class _ObservedDf:
     warnings: list[str]
 
 
+def _medium(prog: Program) -> Medium:
+    """A dump, or a running guest (drgn's IS_LIVE: read over QMP while it runs)."""
+    return Medium.LIVE if prog.flags & drgn.ProgramFlags.IS_LIVE else Medium.MEMORY
+
+
 def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, version: Optional[Version],
                           encoding: Optional[str], user_pages_excluded: bool,
                           confidential: Optional[str] = None) -> _ObservedDf:
@@ -232,7 +237,7 @@ def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, ver
     guard = (report is not None and report.kind == "stack-overflow") or any(
         "handle_stack_overflow" in entry for entry in found.trace)
     observation = Observation(
-        medium=Medium.MEMORY, regs=regs, version=version, environment=kernel.environment,
+        medium=_medium(prog), regs=regs, version=version, environment=kernel.environment,
         hypervisor=kernel.hypervisor, guard_page_hit=guard, kernel_pointers=_kernel_pointers(task, found),
         rsp_region=region, frames=frames,
         user_stack_read=any(read.pages_present for read in user_reads),
@@ -340,7 +345,7 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
         warnings += sweep_result.problems[:20]
     # The log parser looks for every panic drgn's panic_message() knows, and more.
     other_crash = log.other_crash[1] if log.other_crash else "no panic message"
-    decision = decide_report(Medium.MEMORY, double_faults, other_crash, sweep_result, kernel.release,
+    decision = decide_report(_medium(prog), double_faults, other_crash, sweep_result, kernel.release,
                              version, kernel.cpu_vendor, confidential_guest=confidential,
                              sweep_requested=sweep is True)
     words = next((df.annotated_words for df in observed if df.annotated_words), [])

@@ -15,6 +15,12 @@ client it serves is waited for with a timeout, and *peeked*, not read (drgn
 reads it itself): no greeting in time means another client holds the socket,
 said in one line. The connection is closed as soon as the sweep is done, so
 that the next client (libvirt's, another sweep) is not kept waiting.
+
+drgn identifies the guest through its VMCOREINFO, which it reads with a one-byte
+``dump-guest-memory``: QEMU stops the guest for it. Where the guest kernel's build is
+known (a VMLINUX, or a previous sweep of the same socket), the note is read instead
+without pausing anything (:mod:`dfforensics.dump.livevmcoreinfo`) and handed to drgn,
+which then skips its dump; the report says which way it was read.
 """
 
 import errno
@@ -32,8 +38,10 @@ from drgn import Program
 
 from dfforensics.core.errors import InputError
 from dfforensics.core.model import Report
+from dfforensics.dump.livevmcoreinfo import (LANDMARK_SYMBOLS, HumanMonitor, KernelLandmarks, NoteNotFound,
+                                             find_vmcoreinfo)
 
-__all__ = ("GREETING_TIMEOUT", "QmpBusy", "connect_qmp", "open_qemu", "sweep_qemu")
+__all__ = ("GREETING_TIMEOUT", "KnownKernels", "QmpBusy", "connect_qmp", "open_qemu", "sweep_qemu")
 
 #: How long a QMP greeting is waited for before the socket counts as busy. QEMU sends
 #: it at once to a client it serves (under a millisecond on an idle host).
@@ -123,6 +131,21 @@ class _Connection:
             os.close(self.fd)
 
 
+class KnownKernels:
+    """The kernel builds seen on each socket, kept by a caller that sweeps the same
+    guests again (``--every``), so that later sweeps read VMCOREINFO without a pause."""
+
+    def __init__(self) -> None:
+        self._by_socket: dict[str, KernelLandmarks] = {}
+
+    def get(self, path: str) -> Optional[KernelLandmarks]:
+        return self._by_socket.get(path)
+
+    def remember(self, path: str, landmarks: Optional[KernelLandmarks]) -> None:
+        if landmarks is not None:
+            self._by_socket[path] = landmarks
+
+
 @dataclass
 class LiveGuest:
     """An open program on a running guest and the connection it reads through."""
@@ -131,6 +154,10 @@ class LiveGuest:
     connection: _Connection
     path: str
     debug_info: str
+    #: How VMCOREINFO was read: without a pause, or by drgn's dump (and why).
+    vmcoreinfo_source: str
+    #: The guest kernel's landmarks, for a later pause-free open of the same build.
+    landmarks: Optional[KernelLandmarks]
 
     def close(self) -> None:
         """Let go of the QMP socket now: the next client must not wait for our exit."""
@@ -138,21 +165,71 @@ class LiveGuest:
         self.connection.release()
 
 
+#: What drgn's own way of reading VMCOREINFO costs the guest (dump-guest-memory).
+DRGN_DUMP_SOURCE = ("read by drgn with a one-byte dump-guest-memory: QEMU paused the guest for it "
+                    "(about half a millisecond)")
+
+
+def _vmcoreinfo_without_pause(path: str, landmarks: KernelLandmarks, timeout: float) -> tuple[Optional[bytes], str]:
+    """The guest's VMCOREINFO read with HMP ``info registers`` and ``xp``, or None and why not."""
+    monitor = None
+    try:
+        monitor = HumanMonitor(connect_qmp(path, timeout))
+        cr3, cr4 = monitor.control_registers()
+        return find_vmcoreinfo(monitor.read_physical, cr3, cr4, landmarks)
+    except (NoteNotFound, OSError, ValueError) as problem:
+        return None, f"{DRGN_DUMP_SOURCE}; it could not be read without: {problem}"
+    finally:
+        if monitor is not None:
+            monitor.close()
+
+
+def _landmarks_of(prog: Program) -> Optional[KernelLandmarks]:
+    """The loaded kernel's landmarks, from its symbols (DWARF or kallsyms) and memory."""
+    symbols = {}
+    for name in ("_text", *LANDMARK_SYMBOLS):
+        try:
+            symbols[name] = prog.symbol(name).address
+        except LookupError:
+            pass
+    try:
+        banner = prog.read(symbols["linux_banner"], prog.symbol("linux_banner").size or 512)
+    except (KeyError, LookupError, drgn.FaultError):
+        return None
+    return KernelLandmarks.from_symbols(banner.split(b"\0", 1)[0], symbols)
+
+
 def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = None,
-              timeout: float = GREETING_TIMEOUT) -> LiveGuest:
+              timeout: float = GREETING_TIMEOUT, known: Optional[KnownKernels] = None) -> LiveGuest:
     """Open a running QEMU guest over its QMP socket, with its kernel's debug info.
 
     With ``vmlinux``, it must be the guest kernel's (build ID, as for dumps);
     without it, symbols come from the guest's kallsyms and types from its BTF
     (or ``btf``). The guest must run with ``-device vmcoreinfo`` (drgn reads
-    VMCOREINFO through it to identify the kernel).
+    VMCOREINFO through it to identify the kernel) unless its build is known
+    (``vmlinux``, or ``known`` from an earlier open of the socket): then the note
+    is read without pausing the guest.
     """
+    from dfforensics.inputs.formats import decompressed
+
+    vmlinux_path = decompressed(vmlinux, "VMLINUX") if vmlinux is not None else None
+    landmarks = known.get(path) if known is not None else None
+    if vmlinux_path is not None:
+        from dfforensics.inputs.elffacts import vmlinux_facts
+
+        facts = vmlinux_facts(vmlinux_path, vmlinux)
+        landmarks = KernelLandmarks.from_symbols(facts.banner or b"", facts.symbols) or landmarks
+    vmcoreinfo, how = (_vmcoreinfo_without_pause(path, landmarks, timeout) if landmarks is not None
+                       else (None, DRGN_DUMP_SOURCE))
     connection = _Connection(connect_qmp(path, timeout))
-    prog = Program()
+    prog = Program(vmcoreinfo=vmcoreinfo) if vmcoreinfo is not None else Program()
     try:
         try:
             # drgn takes the connection as it is, greeting unread: no second client.
+            # With VMCOREINFO given, it skips its dump-guest-memory.
             prog.set_qemu_qmp(connection.fd)
+            if vmcoreinfo is not None:
+                prog.set_linux_kernel_custom(vmcoreinfo, True)
         except (OSError, ValueError) as error:
             raise InputError(f"QMP socket {path}: {_qmp_problem(error)}") from None
         except Exception as error:  # libdrgn's bare Exception
@@ -160,8 +237,11 @@ def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = Non
         if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
             raise InputError(f"QMP socket {path}: the guest is not identified as Linux (run QEMU with "
                              "-device vmcoreinfo, and a guest kernel with CONFIG_FW_CFG_SYSFS)")
-        debug_info = _load_debug_info(prog, path, vmlinux, btf)
-        return LiveGuest(prog, connection, path, debug_info)
+        debug_info = _load_debug_info(prog, path, vmlinux, vmlinux_path, btf)
+        learned = _landmarks_of(prog)
+        if known is not None:
+            known.remember(path, learned)
+        return LiveGuest(prog, connection, path, debug_info, how, learned)
     except BaseException:
         prog = None  # type: ignore[assignment]
         connection.release()
@@ -176,12 +256,11 @@ def _qmp_problem(error: Exception) -> str:
     return text
 
 
-def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], btf: Optional[str]) -> str:
+def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], vmlinux_path: Optional[str],
+                     btf: Optional[str]) -> str:
     from dfforensics.dump import opendump
-    from dfforensics.inputs.formats import decompressed
 
-    if vmlinux is not None:
-        vmlinux_path = decompressed(vmlinux, "VMLINUX")
+    if vmlinux is not None and vmlinux_path is not None:
         try:
             opendump._load_vmlinux(prog, vmlinux_path, None, f"QMP guest {path}", vmlinux)
         except InputError as error:
@@ -208,15 +287,15 @@ def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], btf: Opti
 
 
 def sweep_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = None,
-               timeout: float = GREETING_TIMEOUT) -> Report:
+               timeout: float = GREETING_TIMEOUT, known: Optional[KnownKernels] = None) -> Report:
     """Connect to a running guest, sweep every user stack, let go: the report."""
     from dfforensics.dump.analysis import analyze
 
-    guest = open_qemu(path, vmlinux, btf, timeout)
+    guest = open_qemu(path, vmlinux, btf, timeout, known)
     started = time.monotonic()
     try:
         source = {"kind": "qemu", "path": path, "vmlinux": vmlinux, "debug_info": guest.debug_info,
-                  "live": True}
+                  "vmcoreinfo": guest.vmcoreinfo_source, "live": True}
         try:
             report = analyze(guest.prog, source, sweep=True)
         except drgn.FaultError as error:

@@ -190,7 +190,8 @@ def vmlinux_facts(path: str, shown: Optional[str] = None) -> VmlinuxFacts:
             if symtab is None:
                 raise DumpError(f"VMLINUX {name}: stripped (no symbol table); give the debug vmlinux",
                                 ErrorKind.DEBUGINFO)
-            symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text"))
+            symbols = _symbol_values(elf, symtab, ("linux_banner", "init_top_pgt", "swapper_pg_dir", "_text",
+                                                  "vmcoreinfo_note", "page_offset_base"))
             banner = None
             if "linux_banner" in symbols:
                 raw = _read_symbol_bytes(elf, symbols["linux_banner"], 512)

@@ -1,0 +1,241 @@
+"""
+VMCOREINFO of a running guest, read without pausing it
+------------------------------------------------------
+
+drgn reads a QMP guest's VMCOREINFO with ``dump-guest-memory`` of one byte, the only
+way QMP offers to reach the note QEMU's ``vmcoreinfo`` device points at; QEMU stops
+the guest for that dump (about half a millisecond; other monitors see ``STOP`` and
+``RESUME``). This reads the same note with read-only monitor commands, the guest
+running: HMP ``info registers`` for the page-table root one vCPU runs on (CR3, read
+live: never a stale kernel left in RAM by an earlier boot), HMP ``xp`` for physical
+memory, and the kernel's own pointer to its note (``vmcoreinfo_note``), found
+through the kernel text mapping of that root:
+
+1. PGD[511] -> PUD[510] maps ``__START_KERNEL_map`` .. +1 GiB, where the (KASLR)
+   kernel image is; its first present 2 MiB page is ``_text`` (``cleanup_highmap``
+   unmaps everything before it).
+2. The kernel found there must be the expected one: its ``linux_banner`` is the
+   expected banner, byte for byte.
+3. ``vmcoreinfo_note`` (a pointer in the image) gives the note's direct-map address,
+   ``page_offset_base`` (when the kernel has it) the direct map's base; the note is
+   an ELF note named ``VMCOREINFO``, as the kernel wrote it.
+
+Where any step does not hold (5-level paging, a vCPU outside Linux, another kernel,
+no note), :class:`NoteNotFound` says why and the caller falls back to drgn's way.
+
+The page-walking part is pure (it takes a ``read(physical, size)`` function) and
+is tested on plain bytes; :class:`HumanMonitor` is the QMP side.
+"""
+
+import json
+import re
+import socket
+from dataclasses import dataclass, field
+from typing import Callable, Final, Optional
+
+from dfforensics.core import x86
+
+__all__ = ("HumanMonitor", "KernelLandmarks", "NoteNotFound", "find_vmcoreinfo", "parse_note")
+
+Read = Callable[[int, int], Optional[bytes]]
+
+#: The symbols the walk needs, by name; offsets from ``_text`` (the same in every
+#: boot of one build, KASLR or not).
+LANDMARK_SYMBOLS: Final = ("linux_banner", "vmcoreinfo_note", "page_offset_base")
+
+# __PAGE_OFFSET_BASE_L4 (arch/x86/include/asm/page_64_types.h): the direct map's base
+# with 4-level paging where the kernel has no page_offset_base variable (no
+# CONFIG_RANDOMIZE_MEMORY/CONFIG_DYNAMIC_MEMORY_LAYOUT).
+_PAGE_OFFSET_L4: Final = 0xFFFF888000000000
+_HUGE_2M: Final = 1 << 21
+_CR4_LA57: Final = 1 << 12
+# With PTI, a user CR3 points at the second page of an 8 KiB-aligned pair; the first
+# is the kernel's (arch/x86/include/asm/pgtable.h PTI_PGTABLE_SWITCH_BIT).
+_PTI_USER_PGTABLE_BIT: Final = 1 << 12
+# VMCOREINFO_NOTE_SIZE is a few KiB in every kernel since 4.15 (one page of text).
+_NOTE_LIMIT: Final = 1 << 16
+_NOTE_NAME: Final = b"VMCOREINFO\0"
+
+
+class NoteNotFound(Exception):
+    """The note could not be reached this way; the message says why."""
+
+
+@dataclass(frozen=True)
+class KernelLandmarks:
+    """What identifies one kernel build in memory: its banner, and where some of
+    its symbols are relative to ``_text``."""
+
+    banner: bytes
+    offsets: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_symbols(cls, banner: bytes, symbols: dict[str, int]) -> Optional["KernelLandmarks"]:
+        """From link-time (or runtime) addresses of ``_text`` and the landmarks; None
+        without a banner, ``_text``, ``linux_banner`` or ``vmcoreinfo_note``."""
+        if not banner or "_text" not in symbols:
+            return None
+        offsets = {name: symbols[name] - symbols["_text"] for name in LANDMARK_SYMBOLS if name in symbols}
+        if "linux_banner" not in offsets or "vmcoreinfo_note" not in offsets:
+            return None
+        return cls(banner, offsets)
+
+
+def _word(read: Read, physical: int) -> int:
+    data = read(physical, 8)
+    if data is None or len(data) != 8:
+        raise NoteNotFound(f"guest-physical {physical:#x} is not readable")
+    return int.from_bytes(data, "little")
+
+
+def kernel_text_mapping(read: Read, pgd: int) -> tuple[int, int]:
+    """(virtual, physical) of the first 2 MiB page the kernel text mapping of the
+    page-table root ``pgd`` maps: ``_text``'s page, KASLR or not (4-level paging)."""
+    pgd_entry = _word(read, pgd + 8 * ((x86.START_KERNEL_MAP >> 39) & 511))
+    if not pgd_entry & x86.PTE_PRESENT:
+        raise NoteNotFound("the page-table root maps no kernel text")
+    pud_index = (x86.START_KERNEL_MAP >> 30) & 511
+    pud_entry = _word(read, (pgd_entry & x86.PTE_ADDRESS_MASK) + 8 * pud_index)
+    if not pud_entry & x86.PTE_PRESENT or pud_entry & x86.PTE_HUGE:
+        raise NoteNotFound("the page-table root maps no kernel text with 2 MiB pages")
+    table = read(pud_entry & x86.PTE_ADDRESS_MASK, 4096)
+    if table is None or len(table) != 4096:
+        raise NoteNotFound("the kernel text's page table is not readable")
+    for index in range(512):
+        entry = int.from_bytes(table[8 * index:8 * index + 8], "little")
+        if entry & (x86.PTE_PRESENT | x86.PTE_HUGE) == x86.PTE_PRESENT | x86.PTE_HUGE:
+            virtual = (0xFFFF << 48) | (511 << 39) | (pud_index << 30) | (index << 21)
+            return virtual, entry & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1)
+    raise NoteNotFound("the kernel text mapping has no 2 MiB page")
+
+
+def parse_note(data: bytes) -> Optional[bytes]:
+    """The text of an ELF note named ``VMCOREINFO`` at the start of ``data``, or None."""
+    if len(data) < 12:
+        return None
+    namesz, descsz, _ = (int.from_bytes(data[i:i + 4], "little") for i in (0, 4, 8))
+    name_end = 12 + namesz
+    desc = 12 + (namesz + 3) // 4 * 4
+    if namesz != len(_NOTE_NAME) or data[12:name_end] != _NOTE_NAME or not 0 < descsz <= len(data) - desc:
+        return None
+    text = data[desc:desc + descsz]
+    return text if text.startswith(b"OSRELEASE=") else None
+
+
+def find_vmcoreinfo(read: Read, cr3: int, cr4: int, landmarks: KernelLandmarks) -> tuple[bytes, str]:
+    """The guest kernel's VMCOREINFO text, found from a live page-table root, and a
+    sentence saying where. Supports x86_64 guests with 4-level paging.
+
+    :raises NoteNotFound: where the walk cannot go on (the message says why).
+    """
+    if cr4 & _CR4_LA57:
+        raise NoteNotFound("the guest uses 5-level paging")
+    roots = [cr3 & x86.PTE_ADDRESS_MASK]
+    if roots[0] & _PTI_USER_PGTABLE_BIT:
+        roots.insert(0, roots[0] & ~_PTI_USER_PGTABLE_BIT)
+    problems = []
+    for pgd in roots:
+        try:
+            virtual_text, load = kernel_text_mapping(read, pgd)
+        except NoteNotFound as problem:
+            problems.append(str(problem))
+            continue
+        offsets = landmarks.offsets
+        banner = read(load + offsets["linux_banner"], len(landmarks.banner))
+        if banner != landmarks.banner:
+            problems.append(f"the kernel at guest-physical {load:#x} is not the expected one "
+                            "(its linux_banner differs)")
+            continue
+        if "page_offset_base" in offsets:
+            page_offset = _word(read, load + offsets["page_offset_base"])
+        else:
+            page_offset = _PAGE_OFFSET_L4
+        note_virtual = _word(read, load + offsets["vmcoreinfo_note"])
+        note_physical = note_virtual - page_offset
+        if not 0 < note_physical < 1 << 52:
+            raise NoteNotFound(f"vmcoreinfo_note {note_virtual:#x} is not in the direct map")
+        header = read(note_physical, 12) or b""
+        if len(header) != 12:
+            raise NoteNotFound(f"vmcoreinfo_note's guest-physical {note_physical:#x} is not readable")
+        namesz, descsz = int.from_bytes(header[0:4], "little"), int.from_bytes(header[4:8], "little")
+        size = 12 + (namesz + 3) // 4 * 4 + descsz
+        text = parse_note(read(note_physical, size) or b"") if size <= _NOTE_LIMIT else None
+        if text is None:
+            raise NoteNotFound(f"no VMCOREINFO note at guest-physical {note_physical:#x}")
+        return text, (f"read from guest memory without pausing the guest: the kernel at "
+                      f"{virtual_text:#x} (guest-physical {load:#x}) points at its note at "
+                      f"{note_physical:#x}")
+    raise NoteNotFound("; ".join(problems))
+
+
+_XP_LINE: Final = re.compile(r"^([0-9a-f]+):((?: 0x[0-9a-f]{16})+)\s*$")
+_REGISTER: Final = re.compile(r"\b(CR3|CR4)=([0-9a-f]+)\b")
+#: HMP ``xp`` words per command: one reply of 64 KiB of text at most.
+_XP_WORDS: Final = 512
+
+
+class HumanMonitor:
+    """Read-only HMP commands over a QMP connection this object owns.
+
+    Only ``qmp_capabilities`` and ``human-monitor-command`` with ``info registers``
+    and ``xp`` are sent: none of them stops or changes the guest.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.file = sock.makefile("rw", encoding="utf-8", newline="\n")
+        greeting = json.loads(self.file.readline() or "null")
+        if not isinstance(greeting, dict) or "QMP" not in greeting:
+            raise NoteNotFound("the monitor sent no QMP greeting")
+        self._execute({"execute": "qmp_capabilities"})
+
+    def _execute(self, command: dict) -> object:
+        self.file.write(json.dumps(command) + "\n")
+        self.file.flush()
+        while True:
+            line = self.file.readline()
+            if not line:
+                raise NoteNotFound("QEMU closed the monitor connection")
+            reply = json.loads(line)
+            if "return" in reply:
+                return reply["return"]
+            if "error" in reply:
+                raise NoteNotFound(f"QMP: {reply['error'].get('desc', reply['error'])}")
+            # An asynchronous event ("event" key): not a reply.
+
+    def hmp(self, command_line: str) -> str:
+        reply = self._execute({"execute": "human-monitor-command",
+                               "arguments": {"command-line": command_line}})
+        return reply if isinstance(reply, str) else ""
+
+    def control_registers(self) -> tuple[int, int]:
+        """CR3 and CR4 of the monitor's current vCPU."""
+        found = dict(_REGISTER.findall(self.hmp("info registers")))
+        if "CR3" not in found or "CR4" not in found:
+            raise NoteNotFound("'info registers' shows no CR3/CR4 (not an x86_64 guest?)")
+        return int(found["CR3"], 16), int(found["CR4"], 16)
+
+    def read_physical(self, physical: int, size: int) -> Optional[bytes]:
+        """Guest-physical bytes (whole words), or None where memory is not there."""
+        start = physical & ~7
+        words = (physical + size - start + 7) // 8
+        data = bytearray()
+        while len(data) < words * 8:
+            count = min(_XP_WORDS, words - len(data) // 8)
+            text = self.hmp(f"xp /{count}gx {start + len(data):#x}")
+            chunk = bytearray()
+            for line in text.splitlines():
+                match = _XP_LINE.match(line.strip())
+                if not match:
+                    return None  # "Cannot access memory" and the like
+                for value in match.group(2).split():
+                    chunk += int(value, 16).to_bytes(8, "little")
+            if len(chunk) != count * 8:
+                return None
+            data += chunk
+        offset = physical - start
+        return bytes(data[offset:offset + size])
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
