@@ -14,7 +14,6 @@ For scripts and the drgn REPL::
     ...     print(hex(frame.address), frame.kind)
 """
 
-import dataclasses
 from typing import Iterator, Optional
 
 from drgn import Object, Program
@@ -25,7 +24,7 @@ from dfforensics.core.render import render
 from dfforensics.core.signature import proves_cpl0_delivery
 from dfforensics.dump.analysis import analyze
 from dfforensics.dump.context import kernel_version
-from dfforensics.dump.stackscan import scan_kernel_range, scan_user_range, symbolizer
+from dfforensics.dump.stackscan import named, scan_kernel_range, scan_user_range, symbolizer
 
 __all__ = ("analyze", "render", "scan_frames")
 
@@ -63,4 +62,4 @@ def scan_frames(
             continue
         if frame.stack is StackKind.USER and not (proves_cpl0_delivery(frame) or include_inconsistent):
             continue
-        yield dataclasses.replace(frame, rip_symbol=name(frame.rip))
+        yield named(frame, name)

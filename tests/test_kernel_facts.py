@@ -68,11 +68,11 @@ def test_rows_follow_each_other_without_gap_or_overlap_and_the_last_is_open(name
     ("FRED_DEFAULT", "6.9.0", "opt-in"),
     ("FRED_DEFAULT", "6.12.117", "opt-in"),
     ("FRED_DEFAULT", "7.1.0", "default-on"),
-    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.7.19", None),
-    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.10.223", 1),
-    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.18.19", 1),
-    ("ERROR_ENTRY_RETURN_ADDRESSES", "5.19.0", 2),
-    ("ERROR_ENTRY_RETURN_ADDRESSES", "6.1.192", 2),
+    ("ENTRY_TRAIL_CALLER", "5.7.19", None),
+    ("ENTRY_TRAIL_CALLER", "5.10.223", "error_entry"),
+    ("ENTRY_TRAIL_CALLER", "5.18.19", "error_entry"),
+    ("ENTRY_TRAIL_CALLER", "5.19.0", "asm_"),
+    ("ENTRY_TRAIL_CALLER", "7.2.13", "asm_"),
     ("VMCOREINFO_KALLSYMS", "5.10.223", False),
     ("VMCOREINFO_KALLSYMS", "6.0.0", True),
     ("ORC_REG_PREV_SP", "6.12.117", 1),
@@ -116,7 +116,7 @@ def test_candidates_for_an_unknown_version_still_try_every_era_s_top_of_stack():
 
 def test_every_new_row_cites_a_commit_or_the_source_it_was_checked_in():
     for name in ("TOP_OF_KERNEL_STACK_PADDING_FRED", "TOP_OF_STACK_PERCPU", "CURRENT_TASK_PERCPU",
-                 "CEA_RANDOMIZED", "FRED_DEFAULT", "ERROR_ENTRY_RETURN_ADDRESSES",
+                 "CEA_RANDOMIZED", "FRED_DEFAULT", "ENTRY_TRAIL_CALLER",
                  "VMCOREINFO_KALLSYMS", "ORC_REG_PREV_SP"):
         for row in TABLES[name]:
             assert re.search(r"\b[0-9a-f]{12}\b|checked in|no |before|x86_64", row.source), (name, row)

@@ -40,6 +40,11 @@ def test_sweep_finds_every_user_stack_frame_the_builder_caused(name):
         got = found[int(frame["address"], 16)]
         assert got["consistent"]
         assert (got["pid"], got["tid"]) == (expected["pid"], expected["tid"])
+        # The kernel's entry code ran on that stack: its return address lies below pt_regs
+        # (error_entry's before 5.19, the idtentry stub's since: kernel facts ENTRY_TRAIL_CALLER).
+        caller = "error_entry+" if "5.10" in name else "asm_sysvec_apic_timer_interrupt+"
+        assert got["entry_return_symbol"].startswith(caller), got
+    assert "with the kernel entry code's return address below their pt_regs" in report["sweep"]["summary"]
     stacks = {(s["pid"], s["tid"]): s for s in report["sweep"]["stacks"] if s["reason"] == "saved RSP"}
     assert stacks[(expected["pid"], expected["tid"])]["frame_addresses"]
 

@@ -227,6 +227,7 @@ def scan_frames(
     stack: Union[StackKind, str, None] = None,
     encoding: Optional[str] = None,
     include_inconsistent: bool = True,
+    entry_return_below: Optional[int] = None,
 ) -> Iterator[Frame]:
     """Yield the interrupt/exception frames found in a stack region.
 
@@ -238,6 +239,9 @@ def scan_frames(
         :func:`decode_orig_ax`.
     :param include_inconsistent: also yield valid frames whose saved RSP does
         not point just above them (stack-switch entries, copies).
+    :param entry_return_below: how far below a frame's orig_ax slot the word under
+        its pt_regs lies (``offsetof(struct pt_regs, orig_ax) + 8``, from the
+        kernel's debug info), to record it as :attr:`Frame.entry_return`.
     :raises ValueError: if ``start`` is not 8-byte aligned.
 
     Frames are yielded from low to high address. The orig_ax slot of a frame
@@ -273,6 +277,8 @@ def scan_frames(
         if not consistent and not include_inconsistent:
             continue
         orig_ax = _WORD.unpack_from(view, rip_offset - 8)[0] if rip_offset >= 8 else None
+        trail_offset = rip_offset - 8 - entry_return_below if entry_return_below is not None else -1
+        entry_return = _WORD.unpack_from(view, trail_offset)[0] if trail_offset >= 0 and not fred else None
         yield Frame(
             address=start + rip_offset - 8,
             stack=stack,
@@ -285,4 +291,5 @@ def scan_frames(
             ss=ss,
             consistent=consistent,
             impossible_ss=impossible_ss(cs, ss),
+            entry_return=entry_return,
         )

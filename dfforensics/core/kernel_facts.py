@@ -42,7 +42,7 @@ __all__ = (
     "CURRENT_TASK_PERCPU",
     "CEA_RANDOMIZED",
     "FRED_DEFAULT",
-    "ERROR_ENTRY_RETURN_ADDRESSES",
+    "ENTRY_TRAIL_CALLER",
     "VMCOREINFO_KALLSYMS",
     "ORC_REG_PREV_SP",
 )
@@ -290,17 +290,20 @@ FRED_DEFAULT: Final[Sequence[Fact[str]]] = (
          "arch/x86/kernel/cpu/common.c: only 'fred=off' is parsed"),
 )
 
-# How many kernel return addresses the IDT entry code leaves on the stack below a frame
-# the CPU pushed (between the pt_regs it built and the frame's RIP slot): with CPL-0 delivery
-# onto a user stack they stay in user memory, frame-0x88 and frame-0x80 on 6.1.
-ERROR_ENTRY_RETURN_ADDRESSES: Final[Sequence[Fact[int]]] = (
-    Fact(1, (5, 8), (5, 19),
-         "error_entry pops its own return address before 'call sync_regs' and pushes it on the new "
-         "stack (checked in 5.10.223's arch/x86/entry/entry_64.S; 'error_entry+0x92' on Debian 5.10)"),
-    Fact(2, (5, 19), None,
-         "520a7e80c96d 'x86/entry: Switch the stack after error_entry() returns' (5.19): error_entry "
-         "returns, then the idtentry macro calls sync_regs (seen on 6.1: error_entry and "
-         "asm_sysvec_* return addresses)"),
+# Whose return address the IDT entry code leaves in the word just below the pt_regs it
+# built: with CPL-0 delivery onto a user stack, that word stays in user memory below the
+# CPU's frame (frame - 0x80 with 6.1's pt_regs), the trail of the kernel's entry code that
+# a frame-shaped pattern user code writes (a user-mode IRETQ) does not have. Below it,
+# mitigation calls may leave more (6.1's error_entry+0x5d at frame - 0x88; none on 6.12,
+# 7.2): configuration, not version, so only this word is used.
+ENTRY_TRAIL_CALLER: Final[Sequence[Fact[str]]] = (
+    Fact("error_entry", (5, 8), (5, 19),
+         "error_entry pops the stub's return address, then 'call sync_regs' pushes its own in that "
+         "word (checked in 5.10.223's arch/x86/entry/entry_64.S; error_entry+0x5c on the 5.10 fixtures)"),
+    Fact("asm_", (5, 19), None,
+         "520a7e80c96d 'x86/entry: Switch the stack after error_entry() returns' (5.19): the word "
+         "holds the idtentry stub's return address from 'call error_entry' "
+         "(asm_sysvec_apic_timer_interrupt+0xb on 6.1, +0xf on 6.12 and 7.2.13 fixtures)"),
 )
 
 # VMCOREINFO names the kallsyms tables (SYMBOL(kallsyms_names) and others), so symbols can

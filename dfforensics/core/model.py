@@ -224,6 +224,11 @@ class Frame:
     #: The task whose stack holds the frame, when known.
     pid: Optional[int] = None
     tid: Optional[int] = None
+    #: The word just below the pt_regs the kernel's entry code built under the frame
+    #: (its return address there: the entry trail), None where it was not read.
+    entry_return: Optional[int] = None
+    #: Its kernel symbol with offset, or None when it is not kernel text (or unknown).
+    entry_return_symbol: Optional[str] = None
 
     @property
     def vector(self) -> Optional[int]:

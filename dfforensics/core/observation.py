@@ -108,3 +108,5 @@ class SweepObservation:
     stacks_not_located: Sequence[str] = ()
     #: The mappings read besides those under saved RSPs (None: not read).
     coverage: Optional[SweepCoverage] = None
+    #: The kernel's version, for the facts its frames are judged by (None: unknown).
+    version: Optional[Version] = None

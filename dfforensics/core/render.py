@@ -11,7 +11,6 @@ the evidence, the #DF's registers, the frames (runs of alike frames collapsed),
 then the annotated stack and the context.
 """
 
-import functools
 import os
 import sys
 from dataclasses import dataclass

@@ -18,6 +18,7 @@ __all__ = (
     "impossible_ss",
     "proves_cpl0_delivery",
     "cr2_at_first_push_slot",
+    "entry_trail_shown",
 )
 
 
@@ -51,3 +52,17 @@ def proves_cpl0_delivery(frame: Frame) -> bool:
 def cr2_at_first_push_slot(cr2: Optional[int], rsp: Optional[int]) -> bool:
     """Whether CR2 is the first slot the CPU pushes to below RSP: its own push faulted."""
     return cr2 is not None and rsp is not None and cr2 == x86.first_push_slot(rsp)
+
+
+def entry_trail_shown(frame: Frame, caller: Optional[str]) -> Optional[bool]:
+    """Whether the word below the frame's pt_regs is the return address the kernel's
+    entry code leaves there (``caller``: ``error_entry``, or the ``asm_`` idtentry
+    stubs' prefix, by kernel version). None when it cannot tell: the version's entry
+    code is not known, the word was not read, or the frame is a FRED one."""
+    if caller is None or frame.entry_return is None:
+        return None
+    name = frame.entry_return_symbol
+    if name is None:
+        return False
+    function = name.split("+", 1)[0]
+    return function.startswith(caller) if caller.endswith("_") else function == caller

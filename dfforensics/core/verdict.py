@@ -22,6 +22,7 @@ console log can show the marks but never prove them: from a log the best
 verdict is ``possible``.
 """
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable, Final, Optional, Sequence
 
@@ -596,12 +597,34 @@ def judge_sweep(obs: SweepObservation) -> SweepResult:
     something that could hold frames was not read)."""
     pages_present = sum(stack.pages_present for stack in obs.stacks)
     pages_missing = sum(stack.pages_missing for stack in obs.stacks)
+    caller = kernel_facts.value_for(kernel_facts.ENTRY_TRAIL_CALLER, obs.version)
+    frames = [f for f in obs.frames if signature.entry_trail_shown(f, caller) is not False]
+    lookalikes = [f for f in obs.frames if signature.entry_trail_shown(f, caller) is False]
     gaps = _sweep_gaps(obs, pages_present, pages_missing)
-    if obs.frames:
-        tasks = {(frame.pid, frame.tid) for frame in obs.frames}
+    problems = list(obs.problems) + list(obs.stacks_not_located)
+    stacks = list(obs.stacks)
+    if lookalikes:
+        # A user-mode IRETQ leaves the same six words; the kernel's entry code, which
+        # ran on that stack after a real CPL-0 delivery, leaves its return address below.
+        first = lookalikes[0]
+        found = first.entry_return_symbol or f"{first.entry_return:#x}"
+        lookalike = (f"{len(lookalikes)} frame-shaped candidate(s) lack the kernel entry code's trail "
+                     f"(the word below their pt_regs is not a return address into {caller}...; at "
+                     f"{first.address:#x} it is {found}): user code such as a user-mode IRETQ leaves "
+                     "such words, a real frame whose trail was overwritten does too")
+        gaps.append(lookalike)
+        problems.append(lookalike)
+        dropped = {f.address for f in lookalikes}
+        stacks = [dataclasses.replace(stack, frame_addresses=[a for a in stack.frame_addresses if a not in dropped])
+                  if dropped.intersection(stack.frame_addresses) else stack for stack in stacks]
+    if frames:
+        tasks = {(frame.pid, frame.tid) for frame in frames}
         verdict = SweepVerdict.CPL0_FRAMES_FOUND
-        summary = (f"{len(obs.frames)} CPU-pushed frame(s) on the user stacks of {len(tasks)} "
-                   "task(s) prove CPL-0 event delivery")
+        trailed = sum(signature.entry_trail_shown(f, caller) is True for f in frames)
+        summary = (f"{len(frames)} CPU-pushed frame(s) on the user stacks of {len(tasks)} "
+                   "task(s) prove CPL-0 event delivery"
+                   + (f" ({trailed} with the kernel entry code's return address below their pt_regs)"
+                      if trailed else ""))
     elif gaps:
         verdict = SweepVerdict.INCOMPLETE
         summary = "no frame found, but " + "; ".join(gaps)
@@ -609,8 +632,7 @@ def judge_sweep(obs: SweepObservation) -> SweepResult:
         verdict = SweepVerdict.CLEAN
         summary = f"no frame on the user stacks of {obs.tasks_scanned} task(s) ({pages_present} pages read)"
     return SweepResult(verdict, summary, obs.tasks_scanned, obs.tasks_unreadable, pages_present,
-                       pages_missing, list(obs.stacks), list(obs.frames),
-                       list(obs.problems) + list(obs.stacks_not_located), obs.coverage)
+                       pages_missing, stacks, frames, problems, obs.coverage)
 
 
 def _sweep_evidence(result: SweepResult) -> Evidence:

@@ -34,7 +34,7 @@ from dfforensics.dump.finddf import FoundDf, find_double_faults
 from dfforensics.dump.opendump import DUMP_LEVEL_USER_DATA, DUMP_LEVEL_ZERO_PAGES, open_dump, open_dump_from_guest
 from dfforensics.dump.rspregion import kernel_stacks, rsp_region, thread_user_stack_pointers
 from dfforensics.dump.stackscan import (
-    StackRead, bounded_window, page_residency, scan_kernel_range, scan_user_range, symbolizer,
+    StackRead, bounded_window, named, page_residency, scan_kernel_range, scan_user_range, symbolizer,
 )
 from dfforensics.dump.sweep import SweptUserStacks, sweep_user_stacks
 from dfforensics.logs.consolelog import parse_log
@@ -136,8 +136,7 @@ def _read_stacks(prog: Program, found: FoundDf, task: Optional[Object], region: 
 
 
 def _proving_frames(reads: Sequence[StackRead], name: Namer) -> list[Frame]:
-    return [dataclasses.replace(f, rip_symbol=name(f.rip))
-            for read in reads for f in read.frames if signature.proves_cpl0_delivery(f)]
+    return [named(f, name) for read in reads for f in read.frames if signature.proves_cpl0_delivery(f)]
 
 
 def _user_stack_problem(reads: list[StackRead]) -> Optional[str]:

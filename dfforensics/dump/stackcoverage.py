@@ -31,7 +31,8 @@ from dfforensics.core import x86
 from dfforensics.core.frames import scan_frames
 from dfforensics.core.model import Frame, StackKind, SweepCoverage, SweptStack
 from dfforensics.core.signature import proves_cpl0_delivery
-from dfforensics.dump.stackscan import PAGE, USER_SCAN_LIMIT, read_user_range, resident_pages
+from dfforensics.dump.stackscan import (PAGE, USER_SCAN_LIMIT, entry_return_below, named, read_user_range,
+                                        resident_pages)
 
 __all__ = ("BOUND_PAGES_PER_PROCESS", "ProcessStacks", "CoverageRead", "read_left_stacks", "confirm_frame")
 
@@ -193,9 +194,7 @@ def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding
 
 
 def _named(frame: Frame, namer: Callable[[int], Optional[str]], pid: int, tid: Optional[int]) -> Frame:
-    from dataclasses import replace
-
-    return replace(frame, rip_symbol=namer(frame.rip), pid=pid, tid=tid)
+    return named(frame, namer, pid=pid, tid=tid)
 
 
 def _read_range(prog: Program, proc: ProcessStacks, low: int, high: int, name: str, reason: str,
@@ -233,8 +232,10 @@ def _read_range(prog: Program, proc: ProcessStacks, low: int, high: int, name: s
             except drgn.FaultError:
                 stack.pages_missing += 1
     coverage.pages_read += stack.pages_present
+    below = entry_return_below(prog)
     frames = [frame for start, data in _runs(pages)
-              for frame in scan_frames(data, start, StackKind.USER, encoding) if proves_cpl0_delivery(frame)]
+              for frame in scan_frames(data, start, StackKind.USER, encoding, entry_return_below=below)
+              if proves_cpl0_delivery(frame)]
     return stack, pages, frames, beyond
 
 

@@ -9,12 +9,13 @@ physical memory. Pages that are not present (or were left out of the dump)
 are counted, never guessed.
 """
 
+import dataclasses
 import struct
 from dataclasses import dataclass, field
 from typing import Callable, Final, Optional
 
 import drgn
-from drgn import Object, Program
+from drgn import Object, Program, offsetof
 from drgn.helpers.linux.mm import access_process_vm, follow_phys, vma_find, vma_name
 
 from dfforensics.core import x86
@@ -23,7 +24,7 @@ from dfforensics.core.model import Frame, StackKind
 from dfforensics.core.observation import Residency
 
 __all__ = ("StackRead", "read_user_range", "scan_user_range", "scan_kernel_range", "page_residency",
-           "kernel_symbol_name", "symbolizer")
+           "kernel_symbol_name", "symbolizer", "named", "entry_return_below")
 
 PAGE: Final = 4096
 #: At most this much of one user stack mapping is read (around the RSP).
@@ -180,26 +181,36 @@ def read_user_range(task: Object, start: int, end: int, name: str) -> StackRead:
     return result
 
 
-def _scan_pages(read: StackRead, stack: StackKind, encoding: Optional[str]) -> None:
+def entry_return_below(prog: Program) -> Optional[int]:
+    """How far below a frame's orig_ax slot the word under its pt_regs is:
+    ``offsetof(struct pt_regs, orig_ax) + 8``, from the kernel's debug info (DWARF or
+    BTF); None without the type."""
+    try:
+        return offsetof(prog.type("struct pt_regs"), "orig_ax") + 8
+    except (LookupError, ValueError):
+        return None
+
+
+def _scan_pages(read: StackRead, stack: StackKind, encoding: Optional[str], below: Optional[int]) -> None:
     """Scan each run of consecutive pages as one region (a frame may straddle two pages)."""
     run: list[bytes] = []
     run_start = run_end = None
     for page in sorted(read.pages):
         if page != run_end and run:
-            read.frames.extend(scan_frames(b"".join(run), run_start, stack, encoding))
+            read.frames.extend(scan_frames(b"".join(run), run_start, stack, encoding, entry_return_below=below))
             run = []
         if not run:
             run_start = page
         run.append(read.pages[page])
         run_end = page + len(read.pages[page])
     if run:
-        read.frames.extend(scan_frames(b"".join(run), run_start, stack, encoding))
+        read.frames.extend(scan_frames(b"".join(run), run_start, stack, encoding, entry_return_below=below))
 
 
 def scan_user_range(task: Object, start: int, end: int, name: str, encoding: Optional[str]) -> StackRead:
     """Read a user stack range and find the frames in it."""
     read = read_user_range(task, start, end, name)
-    _scan_pages(read, StackKind.USER, encoding)
+    _scan_pages(read, StackKind.USER, encoding, entry_return_below(task.prog_))
     return read
 
 
@@ -212,7 +223,7 @@ def scan_kernel_range(prog: Program, start: int, end: int, name: str, encoding: 
             read.pages_present += 1
         except drgn.FaultError:
             read.pages_missing += 1
-    _scan_pages(read, StackKind.KERNEL, encoding)
+    _scan_pages(read, StackKind.KERNEL, encoding, entry_return_below(prog))
     return read
 
 
@@ -231,6 +242,17 @@ def kernel_symbol_name(prog: Program, address: int) -> Optional[str]:
     except (LookupError, AttributeError):
         pass
     return text
+
+
+def named(frame: Frame, name: Callable[[int], Optional[str]], **known: Optional[int]) -> Frame:
+    """The frame with its RIP and its entry trail's word named (and ``known`` fields, the
+    task's pid and tid, set)."""
+    trail = frame.entry_return
+    trail_name = name(trail) if trail is not None and x86.is_kernel_address(trail) else None
+    if trail_name is not None:
+        # function+offset is the evidence; the size after "/" is kallsyms' guess without DWARF.
+        trail_name = trail_name.split("/", 1)[0]
+    return dataclasses.replace(frame, rip_symbol=name(frame.rip), entry_return_symbol=trail_name, **known)
 
 
 def symbolizer(prog: Program, task: Optional[Object]) -> Callable[[int], Optional[str]]:

@@ -11,7 +11,6 @@ task) and hands what it found to the judge
 kernel (``drgn`` as root).
 """
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -29,7 +28,7 @@ from dfforensics.dump.rspregion import user_stack_pointer
 from dfforensics.dump.stackcoverage import (
     BOUND_PAGES_PER_PROCESS, ProcessStacks, confirm_frame, read_left_stacks, sigaltstack_of,
 )
-from dfforensics.dump.stackscan import StackRead, bounded_window, scan_user_range, symbolizer
+from dfforensics.dump.stackscan import StackRead, bounded_window, named, scan_user_range, symbolizer
 
 __all__ = ("SweptUserStacks", "sweep_user_stacks")
 
@@ -129,7 +128,7 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None,
             proving, unconfirmed = _confirmed(prog, task, mm, proving)
             frames_unconfirmed += unconfirmed
         namer = symbolizer(prog, task) if proving else None
-        proving = [dataclasses.replace(f, rip_symbol=namer(f.rip), pid=pid, tid=tid) for f in proving]
+        proving = [named(f, namer, pid=pid, tid=tid) for f in proving]
         stacks.append(SweptStack(pid, tid, comm, name, low, high, read.pages_present, read.pages_missing,
                                  [f.address for f in proving], read.pages_not_resident))
         frames.extend(proving)
@@ -152,7 +151,7 @@ def sweep_user_stacks(prog: Program, version: Optional[Version] = None,
         read.frames = [f for f in left_frames if low <= f.address < high]
         reads.append(read)
     observation = SweepObservation(tasks_scanned, tasks_unreadable, tuple(stacks), tuple(frames),
-                                   tuple(problems), tuple(unlocated), left.coverage)
+                                   tuple(problems), tuple(unlocated), left.coverage, version)
     return SweptUserStacks(observation, tuple(reads))
 
 
