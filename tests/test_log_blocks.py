@@ -195,3 +195,25 @@ def test_a_wrapped_code_line_and_task_line_do_not_end_the_register_dump():
     report = parse_log(text).reports[0]
     assert report.regs.rsp == 0xFFFF96FA4D1C8F90 and report.missing is None
     assert report.release == "5.12.0-rc3-md"
+
+
+# CONSTRUCTED after the seed report and a quoted LKML mail: mail clients wrap the
+# Hardware name line after "PIIX, 1996)," or after "BIOS".
+@pytest.mark.parametrize("text, name", [
+    ("[459395.776610] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996),\n"
+     "BIOS 1.7.5-20140531_083029-gandalf 04/01/2014\n",
+     "QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.7.5-20140531_083029-gandalf 04/01/2014"),
+    ("> > [   14.216809] Hardware name: Supermicro SYS-5019S-ML/X11SSH-F, BIOS\n> > 2.2 05/23/2018\n",
+     "Supermicro SYS-5019S-ML/X11SSH-F, BIOS 2.2 05/23/2018"),
+    # Cut where the next line is a kernel line of its own: nothing to join, nothing dangling kept.
+    ("[   14.2] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996),\n[   14.3] RIP: 0010:f+0x1/0x2\n",
+     "QEMU Standard PC (i440FX + PIIX, 1996)"),
+    ("[   14.2] Hardware name: Supermicro SYS-5019S-ML/X11SSH-F, BIOS\n", "Supermicro SYS-5019S-ML/X11SSH-F"),
+    # Whole lines are kept as printed, the next line never joined.
+    ("[    1.0] Hardware name: Red Hat KVM, BIOS 0.5.1 01/01/2011\n[    1.1] RIP: 0010:f+0x1/0x2\n",
+     "Red Hat KVM, BIOS 0.5.1 01/01/2011"),
+])
+def test_a_wrapped_hardware_name_is_joined_or_cut_at_its_last_whole_field(text, name):
+    assert parse_log(text).hardware_name == name
+    header = "[   14.1] PANIC: double fault, error_code: 0x0\n"
+    assert parse_log(header + text).reports[0].hardware_name == name

@@ -178,6 +178,12 @@ _TASK_LINE_RES: Final = (
 )
 _CPU_ALONE_RE: Final = re.compile(r"^CPU (?P<cpu>\d+)\s*$")
 _HARDWARE_RE: Final = re.compile(r"(?:Hardware name|DMI): (?P<hw>.+)")
+# The kernel prints "VENDOR PRODUCT/BOARD, BIOS VERSION DATE": a value ending in
+# "," or "BIOS" was wrapped (mail clients wrap after "PIIX, 1996)," or "BIOS").
+_HARDWARE_CUT_RE: Final = re.compile(r"(?:,|,? BIOS)$")
+# The wrapped rest is "BIOS 1.7.5-... 04/01/2014" or "2.2 05/23/2018"; a line that
+# starts "WORD:" is a kernel line of its own (the rest was lost), never joined.
+_KERNEL_LINE_RE: Final = re.compile(r"^[\w<>/#() -]{1,40}:(?:\s|$)|^$")
 _KERNEL_POINTER_RES: Final = (
     re.compile(rf"\b(?:task|ti|task\.ti|task\.stack|threadinfo):? (?P<ptr>{_HEX}{{16}})\b"),
 )
@@ -575,6 +581,21 @@ _TASK_LINE_CUT_RE: Final = re.compile(
     r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: \S+(?: Tainted: [A-Z ]*)?$")
 
 
+def _hardware_name(lines: list[str], index: int) -> Optional[str]:
+    """The ``Hardware name:`` value on ``lines[index]``, with its wrapped rest."""
+    match = _HARDWARE_RE.search(lines[index])
+    if not match:
+        return None
+    name = match.group("hw").strip()
+    if not _HARDWARE_CUT_RE.search(name):
+        return name
+    rest = lines[index + 1] if index + 1 < len(lines) else ""
+    if not _KERNEL_LINE_RE.match(rest):
+        return f"{name} {rest}"
+    # The rest is lost: keep the whole fields, not a dangling separator.
+    return _HARDWARE_CUT_RE.sub("", name).rstrip(", ")
+
+
 def _parse_task_lines(lines: list[str], report: DfReport) -> None:
     for index, line in enumerate(lines):
         if _TASK_LINE_CUT_RE.search(line) and index + 1 < len(lines):
@@ -591,9 +612,8 @@ def _parse_task_lines(lines: list[str], report: DfReport) -> None:
         match = _CPU_ALONE_RE.match(line)
         if match and report.cpu is None:
             report.cpu = int(match.group("cpu"))
-        match = _HARDWARE_RE.search(line)
-        if match and report.hardware_name is None:
-            report.hardware_name = match.group("hw").strip()
+        if report.hardware_name is None:
+            report.hardware_name = _hardware_name(lines, index)
         for regex in _KERNEL_POINTER_RES:
             report.kernel_pointers.extend(int(m.group("ptr"), 16) for m in regex.finditer(line))
 
@@ -719,11 +739,8 @@ def parse_log(text: str) -> LogFacts:
 
     hardware = next((r.hardware_name for r in unique if r.hardware_name), None)
     if hardware is None:
-        for line in lines:
-            match = _HARDWARE_RE.search(line)
-            if match:
-                hardware = match.group("hw").strip()
-                break
+        hardware = next((name for index in range(len(lines))
+                         if (name := _hardware_name(lines, index))), None)
     environment, hypervisor = classify_hardware(hardware)
     if environment == "unknown":
         for line in lines:
