@@ -217,3 +217,18 @@ def test_a_wrapped_hardware_name_is_joined_or_cut_at_its_last_whole_field(text, 
     assert parse_log(text).hardware_name == name
     header = "[   14.1] PANIC: double fault, error_code: 0x0\n"
     assert parse_log(header + text).reports[0].hardware_name == name
+
+
+def test_a_2_6_page_fault_oops_is_named_by_its_title_and_gives_its_release():
+    # CONSTRUCTED after 2.6.12's i386 die(): no "BUG: " prefix yet, and the
+    # release printed on the EFLAGS line instead of a task line.
+    text = ("[4294688.655000] Unable to handle kernel NULL pointer dereference at virtual address 00000000\n"
+            "[4294688.660000] Oops: 0000 [#1]\n"
+            "[4294688.663000] EIP:    0060:[<c077f818>]    Not tainted VLI\n"
+            "[4294688.663000] EFLAGS: 00010202   (2.6.12-rc2-fs3) \n")
+    report = analyze_log_text(text)
+    assert report.verdict is Verdict.NO_DOUBLE_FAULT
+    assert "Unable to handle kernel NULL pointer dereference" in report.summary
+    assert report.kernel.release == "2.6.12-rc2-fs3"
+    # Prose that mentions such an oops is not one.
+    assert analyze_log_text("we saw an unable to handle kernel paging request\n").summary.endswith("no crash")

@@ -84,7 +84,10 @@ OTHER_CRASH_HEADERS: Final = (
     _h("general-protection", r"general protection fault(?:, probably for non-canonical address"
        r" \S+)?: [0-9a-f]{4}", "oops", "all"),
     _h("page-fault-oops", r"BUG: (?:unable to handle (?:kernel )?(?:paging request|NULL pointer "
-       r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "all"),
+       r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "2.6.19+"),
+    # Without this row a 2.6.12 NULL-pointer oops was named by its "Oops: 0000 [#1]" line.
+    _h("page-fault-oops-2.6", r"Unable to handle kernel (?:NULL pointer dereference|paging request)"
+       r" at virtual address [0-9a-f]+", "oops", "2.6 to 2.6.18, before the 'BUG: ' prefix"),
     _h("vc-panic", r"(?:#VC|VMM communication exception).*", "oops", "SEV-ES guests"),
     # die() titles of the other exceptions: without this row a divide error's
     # no-double-fault answer said the log showed "no crash".
@@ -175,6 +178,11 @@ _TASK_LINE_RES: Final = (
     # 2.6: "Pid: 12135, comm: bash Not tainted 2.6.9-rc2-mm1"
     re.compile(r"\bPid: (?P<pid>\d+), comm: (?P<comm>.{1,16}?)\s+(?:Not tainted|Tainted: [A-Z ]*?)\s+"
                r"(?P<release>\d+\.\d+\S*)"),
+)
+# Kernels that print their release elsewhere than on a task line. i386 die()
+# to 2.6.2x: "EFLAGS: 00010202   (2.6.12-rc2-fs3) ".
+_RELEASE_ONLY_RES: Final = (
+    re.compile(r"^EFLAGS: [0-9a-f]{8}\s+\((?P<release>\d+\.\d+[^\s)]*)"),
 )
 _CPU_ALONE_RE: Final = re.compile(r"^CPU (?P<cpu>\d+)\s*$")
 _HARDWARE_RE: Final = re.compile(r"(?:Hardware name|DMI): (?P<hw>.+)")
@@ -609,6 +617,10 @@ def _parse_task_lines(lines: list[str], report: DfReport) -> None:
                 report.release = match.group("release")
                 if "cpu" in match.groupdict() and match.group("cpu") is not None:
                     report.cpu = int(match.group("cpu"))
+        for regex in _RELEASE_ONLY_RES:
+            match = regex.search(line)
+            if match and report.release is None:
+                report.release = match.group("release")
         match = _CPU_ALONE_RE.match(line)
         if match and report.cpu is None:
             report.cpu = int(match.group("cpu"))
@@ -756,7 +768,8 @@ def parse_log(text: str) -> LogFacts:
         # A log without a #DF still says which kernel printed its look-alike
         # (the KERNEL a triager files it under). A #DF report without its own
         # task line keeps None: a line of another report may be another boot.
-        release = next((match.group("release") for line in lines for regex in _TASK_LINE_RES
+        release = next((match.group("release") for line in lines
+                        for regex in (*_TASK_LINE_RES, *_RELEASE_ONLY_RES)
                         if (match := regex.search(line))), None)
     return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted)
 
