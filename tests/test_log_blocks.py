@@ -232,3 +232,11 @@ def test_a_2_6_page_fault_oops_is_named_by_its_title_and_gives_its_release():
     assert report.kernel.release == "2.6.12-rc2-fs3"
     # Prose that mentions such an oops is not one.
     assert analyze_log_text("we saw an unable to handle kernel paging request\n").summary.endswith("no crash")
+
+
+def test_dmesg_human_timestamps_are_stripped():
+    # CONSTRUCTED after `dmesg -H` output quoted in a KVM selftest thread.
+    lines = normalize_lines("[Apr19 16:16] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+                            "[  +0.000002] RIP: 0010:pvclock_update_vm_gtod_copy+0xb5/0x200 [kvm]\n")
+    assert lines == ["rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+                     "RIP: 0010:pvclock_update_vm_gtod_copy+0xb5/0x200 [kvm]"]

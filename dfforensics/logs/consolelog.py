@@ -131,6 +131,8 @@ LINE_PREFIXES: Final = (
     r"^\s+",                                            # indentation of pastes
     r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}\] ?",  # dmesg -T
     r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ",                 # xl/Qubes console time
+    r"^\[[A-Z][a-z]{2}\s?\d{1,2} \d\d:\d\d\] ?",               # dmesg -H: "[Apr19 16:15]"
+    r"^\[\s*\+\d+\.\d+\] ?",                                # dmesg -H/--reltime: "[  +0.000628]"
     r"^\[\s*\d+[.:]\d+\]\s?",                           # printk time (2.6: "[4294730:255000]")
     r"^\[\s*[CT]\d+\]\s?",                               # printk caller id
     r"^\s*\[\s*\d+\.\d+\]\[\s*[CT]\d+\]\s?",             # time + caller id
