@@ -240,3 +240,57 @@ def test_dmesg_human_timestamps_are_stripped():
                             "[  +0.000002] RIP: 0010:pvclock_update_vm_gtod_copy+0xb5/0x200 [kvm]\n")
     assert lines == ["rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
                      "RIP: 0010:pvclock_update_vm_gtod_copy+0xb5/0x200 [kvm]"]
+
+
+# CONSTRUCTED after a Xen dom0 nvme BUG on a Supermicro server: the Hardware name
+# is the physical machine's, the e030 selectors say the kernel runs under Xen.
+XEN_DOM0_ON_SUPERMICRO = """\
+[21061.417998] CPU: 1 PID: 12669 Comm: 62.xvda-0 Not tainted 5.10.0-0.bpo.7-amd64 #1 Debian 5.10.40-1~bpo10+1
+[21061.418459] Hardware name: Supermicro Super Server/X11SRM-VF, BIOS 1.2a 02/18/2019
+[21061.418922] RIP: e030:nvme_map_data+0x7e0/0x820 [nvme]
+[21061.420271] RSP: e02b:ffffc90044797930 EFLAGS: 00010286
+"""
+
+
+def test_xen_pv_selectors_mean_a_hypervisor_runs_beneath_whatever_the_hardware_name():
+    facts = parse_log(XEN_DOM0_ON_SUPERMICRO)
+    assert (facts.environment, facts.paravirt) == ("guest", "Xen PV")
+    assert "Xen" in facts.hypervisor and "Supermicro" in facts.hypervisor
+    # Native selectors on the same machine stay bare metal.
+    native = XEN_DOM0_ON_SUPERMICRO.replace("e030:", "0010:").replace("e02b:", "0018:")
+    assert (parse_log(native).environment, parse_log(native).paravirt) == ("bare-metal", None)
+
+
+# CONSTRUCTED: a PVM guest's #DF with the signature's marks. The PVM guest kernel
+# prints the supervisor CS/SS PVM emulates (0x10/0x18) while the CPU runs it at CPL 3.
+PVM_GUEST_DF = """\
+[   36.860000] traps: PANIC: double fault, error_code: 0x0
+[   36.860001] double fault: 0000 [#1] SMP PTI
+[   36.868247] CPU: 0 PID: 274 Comm: victim Not tainted 6.7.0-rc6-virt-pvm-guest+ #55
+[   36.870556] Hardware name: Cloud Hypervisor cloud-hypervisor, BIOS 0
+[   36.872259] RIP: 0010:error_entry+0x2e/0x140
+[   36.878668] RSP: 0018:00007ffd5a1c3e38 EFLAGS: 00010046
+[   36.893598] CR2: 00007ffd5a1c3e28 CR3: 00000000041c8003 CR4: 0000000000070ef0
+"""
+
+
+def test_a_pvm_guest_keeps_the_marks_but_not_the_svm_explanation():
+    facts = parse_log(PVM_GUEST_DF)
+    assert facts.paravirt == "PVM" and facts.environment == "guest"
+    report = analyze_log_text(PVM_GUEST_DF)
+    assert (report.verdict, report.df_class.value) == (Verdict.POSSIBLE, "cpl-corruption")
+    (selectors,) = [e for e in report.evidence if e.check == "paravirtual-selectors"]
+    assert selectors.status.value == "n/a" and "CPL 3" in selectors.detail
+    text = " ".join(report.explanation)
+    assert "PVM" in text and "SS.DPL" not in text
+    # The same #DF without the PVM marks keeps the KVM/SVM explanation.
+    native = analyze_log_text(PVM_GUEST_DF.replace("-virt-pvm-guest+", "+"))
+    assert "SS.DPL" in " ".join(native.explanation)
+    assert not any(e.check == "paravirtual-selectors" for e in native.evidence)
+
+
+def test_the_real_pvm_guest_oops_is_recognised():
+    path = Path(__file__).parent / "data" / "logs" / "6.7-pvm-guest-cloud-hypervisor-snapshot-restore-bug.log"
+    body = path.read_text().partition("\n\n")[2]
+    facts = parse_log(body)
+    assert (facts.paravirt, facts.environment) == ("PVM", "guest")

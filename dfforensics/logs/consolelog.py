@@ -36,6 +36,8 @@ __all__ = (
     "OTHER_CRASH_HEADERS",
     "NON_FATAL_REPORTS",
     "LINE_PREFIXES",
+    "PARAVIRT_GUESTS",
+    "Paravirt",
     "normalize_lines",
     "parse_log",
 )
@@ -227,6 +229,36 @@ _BARE_METAL_HARDWARE: Final = (
 )
 
 
+# Paravirtual guest kernels, whose own lines say a hypervisor runs beneath them
+# whatever the Hardware name (a Xen dom0 prints the physical server's). Their
+# kernel runs at CPL 3, so the hypervisor, not the CPU, switches it between its
+# kernel and user mode: the KVM/SVM cause of the signature cannot act there.
+@dataclass(frozen=True)
+class Paravirt:
+    """A paravirtual guest kernel, and what in its log shows it."""
+
+    kind: str
+    hypervisor: str
+    regex: str
+    shown_by: str
+
+
+PARAVIRT_GUESTS: Final = (
+    # xen/include/public/arch-x86/xen-x86_64.h: FLAT_RING3_CS64 0xe033; Linux
+    # prints its saved kernel CS with RPL 0 (e030). Some 5.x print "CS: 10000e030".
+    Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:1000)?)e03[03]\b",
+             "kernel code saved with CS e030/e033, Xen's ring-3 flat selector"),
+    # arch/x86/kernel/pvm.c (virt-pvm/linux, 2024) prints with "pvm-guest: " and
+    # panics "invalid or fatal PVM event"; the project's guest builds carry
+    # "pvm-guest" in their release (6.7.0-rc6-virt-pvm-guest+), the only mark an
+    # ordinary oops of such a guest prints.
+    Paravirt("PVM", "PVM (kvm_pvm)",
+             r"PANIC: invalid or fatal PVM event|^pvm-guest: |(?:Not tainted|Tainted: [A-Z ]*?)\s+"
+             r"\d+\.\d+\S*pvm-guest",
+             "a PVM guest kernel (its release or its pvm-guest messages)"),
+)
+
+
 @dataclass(frozen=True)
 class RegisterBlock:
     """One register dump as printed: every register of one event, and where it was printed."""
@@ -282,6 +314,8 @@ class LogFacts:
     #: When no crash report is printed but the log shows one happened (a kdump
     #: capture kernel booting), what shows it.
     unprinted_crash: Optional[str] = None
+    #: The paravirtual guest kind (:data:`PARAVIRT_GUESTS`) the log shows, or None.
+    paravirt: Optional[str] = None
 
 
 # A kdump capture kernel boots with elfcorehdr= on its command line: the
@@ -765,6 +799,13 @@ def parse_log(text: str) -> LogFacts:
                     break
             if environment != "unknown":
                 break
+    paravirt = next((row for row in PARAVIRT_GUESTS for line in lines
+                     if re.search(row.regex, line)), None)
+    if paravirt is not None:
+        beneath = hypervisor or (hardware.split(",")[0].strip() if hardware else None)
+        environment = "guest"
+        hypervisor = f"{paravirt.hypervisor}, a {paravirt.kind} guest kernel" + (
+            f" on {beneath}" if beneath else "")
     release = next((r.release for r in unique if r.release), None)
     if release is None and not unique:
         # A log without a #DF still says which kernel printed its look-alike
@@ -773,7 +814,8 @@ def parse_log(text: str) -> LogFacts:
         release = next((match.group("release") for line in lines
                         for regex in (*_TASK_LINE_RES, *_RELEASE_ONLY_RES)
                         if (match := regex.search(line))), None)
-    return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted)
+    return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted,
+                    paravirt.kind if paravirt else None)
 
 
 def _same_fault(first: DfReport, second: DfReport) -> bool:
