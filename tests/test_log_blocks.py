@@ -2,9 +2,8 @@
 
 Every text here is CONSTRUCTED for a unit test (shaped after the kernel's
 printk formats), not a real log: real logs live in tests/data/logs/. The
-families that lack a real #DF log in the corpus are tested here: a 5-level
-paging #DF, a Xen PV #DF, =C2=A0 no-break spaces, 2.6-era "[jiffies:usec]"
-timestamps.
+families whose corpus logs are no #DF (no real #DF of theirs was found) have
+their #DF tested here: a 5-level paging #DF, a Xen PV #DF, a PVM guest #DF.
 """
 
 import json
@@ -294,3 +293,17 @@ def test_the_real_pvm_guest_oops_is_recognised():
     body = path.read_text().partition("\n\n")[2]
     facts = parse_log(body)
     assert (facts.paravirt, facts.environment) == ("PVM", "guest")
+
+
+def test_a_guard_page_hit_the_page_fault_handler_caught_is_not_a_double_fault():
+    # CONSTRUCTED after 4.9-5.x handle_stack_overflow(): the #PF handler names its
+    # own catch "(page fault)", the #DF handler "(double-fault)".
+    caught = ("BUG: stack guard page was hit at 000000001ff76a9e (stack is 0000000095d6f9f7..00000000dd56db03)\n"
+              "kernel stack overflow (page fault): 0000 [#1] SMP NOPTI\n"
+              "RIP: 0010:unwind_next_frame+0x34e/0x570\n"
+              "RSP: 0000:fffffe000221a8f0 EFLAGS: 00010002\n")
+    report = analyze_log_text(caught)
+    assert report.verdict is Verdict.NO_DOUBLE_FAULT
+    assert "kernel stack overflow (page fault)" in report.summary
+    df = analyze_log_text(caught.replace("(page fault)", "(double-fault)"))
+    assert (df.verdict, df.df_class.value) == (Verdict.NO_MATCH, "kernel-stack-overflow")

@@ -98,6 +98,10 @@ OTHER_CRASH_HEADERS: Final = (
     _h("kernel-bug", r"[Kk]ernel BUG at .*", "oops", "all"),
     _h("oops", r"Oops: .*", "oops", "all"),
     _h("panic", r"Kernel panic - .*", "oops", "all"),
+    # VMAP_STACK 4.9-5.x: a guard-page hit the #PF handler caught and died on;
+    # the same "BUG: stack guard page was hit" line starts it as a #DF's does.
+    _h("guard-page-page-fault", r"kernel stack overflow \(page fault\): [0-9a-f]{4} \[#\d+\].*", "oops",
+       "VMAP_STACK 4.9-5.x"),
     _h("user-trap", r"traps: \S+\[\d+\] general protection fault ip:\S+ sp:\S+ error:\S+",
        "user", "a user process's #GP, logged and survived by the kernel"),
 )
@@ -731,6 +735,10 @@ def _new_report(lines: list[str], index: int, header: Header, match: re.Match[st
     return report
 
 
+# The #PF handler's title after a guard-page hit: the report is not a #DF's.
+_GUARD_HIT_BY_PAGE_FAULT_RE: Final = re.compile(r"kernel stack overflow \(page fault\)")
+
+
 def parse_log(text: str) -> LogFacts:
     """Find every #DF report in a console log and what the log says around it.
 
@@ -748,6 +756,9 @@ def parse_log(text: str) -> LogFacts:
         if not found:
             continue
         header, match = found
+        if header.kind == "stack-overflow" and any(
+                _GUARD_HIT_BY_PAGE_FAULT_RE.match(later) for later in lines[index:index + 4]):
+            continue
         if reports and index - last_report_line <= 4 and not last_has_regs:
             report = reports[-1]
             report.guard_page_hit |= header.kind == "stack-overflow"
