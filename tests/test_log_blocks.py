@@ -298,7 +298,8 @@ def test_the_real_pvm_guest_oops_is_recognised():
 def test_a_guard_page_hit_the_page_fault_handler_caught_is_not_a_double_fault():
     # CONSTRUCTED after 4.9-5.x handle_stack_overflow(): the #PF handler names its
     # own catch "(page fault)", the #DF handler "(double-fault)".
-    caught = ("BUG: stack guard page was hit at 000000001ff76a9e (stack is 0000000095d6f9f7..00000000dd56db03)\n"
+    caught = ("BUG: stack guard page was hit at 000000001ff76a9e "
+              "(stack is 0000000095d6f9f7..00000000dd56db03)\n"
               "kernel stack overflow (page fault): 0000 [#1] SMP NOPTI\n"
               "RIP: 0010:unwind_next_frame+0x34e/0x570\n"
               "RSP: 0000:fffffe000221a8f0 EFLAGS: 00010002\n")
