@@ -308,3 +308,19 @@ def test_a_guard_page_hit_the_page_fault_handler_caught_is_not_a_double_fault():
     assert "kernel stack overflow (page fault)" in report.summary
     df = analyze_log_text(caught.replace("(page fault)", "(double-fault)"))
     assert (df.verdict, df.df_class.value) == (Verdict.NO_MATCH, "kernel-stack-overflow")
+
+
+def test_markdown_inline_code_lines_and_a_kdump_loaded_task_line():
+    # CONSTRUCTED after a GitHub issue that put each console line in backticks, from
+    # a kernel with a crash kernel loaded ("Kdump: loaded" before the taint).
+    text = ("`[34657.105528] general protection fault: 0000 [#1] PREEMPT SMP NOPTI`\n"
+            "`[34657.106109] CPU: 7 PID: 954129 Comm: vcpu0 Kdump: loaded Not tainted 6.7.0-rc6-pvm-alex+ #7`\n"
+            "```\n")
+    assert normalize_lines(text) == [
+        "general protection fault: 0000 [#1] PREEMPT SMP NOPTI",
+        "CPU: 7 PID: 954129 Comm: vcpu0 Kdump: loaded Not tainted 6.7.0-rc6-pvm-alex+ #7", "```"]
+    report = analyze_log_text(text)
+    assert report.kernel.release == "6.7.0-rc6-pvm-alex+"
+    assert report.summary.endswith("PREEMPT SMP NOPTI")
+    # A PVM host is not a PVM guest.
+    assert parse_log(text).paravirt is None

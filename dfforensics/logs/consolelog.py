@@ -8,7 +8,9 @@ pastes (quoted, wrapped) are taken as they come. Pure: no drgn.
 
 The knowledge of crash formats is data: :data:`DF_HEADERS` (what starts a #DF
 report, per era), :data:`OTHER_CRASH_HEADERS` (look-alikes that are not #DF),
-:data:`LINE_PREFIXES` (what capture tools put before each line) and
+:data:`LINE_PREFIXES` (what capture tools put before each line),
+:data:`LINE_WRAPPERS` (what pastes wrap a whole line in), :data:`PARAVIRT_GUESTS`
+(paravirtual kernels, whose own lines tell the environment) and
 :data:`REGISTER_FORMATS` (how each era prints the interrupted state). Adding a
 format is adding a row.
 
@@ -36,6 +38,7 @@ __all__ = (
     "OTHER_CRASH_HEADERS",
     "NON_FATAL_REPORTS",
     "LINE_PREFIXES",
+    "LINE_WRAPPERS",
     "PARAVIRT_GUESTS",
     "Paravirt",
     "normalize_lines",
@@ -181,8 +184,9 @@ _GP_REGISTER_RE: Final = re.compile(
     rf"\b(?P<name>RAX|RBX|RCX|RDX|RSI|RDI|RBP|R8|R9|R1[0-5]|CR3|CR4):\s+(?P<value>{_HEX}{{8,16}})\b")
 _TASK_LINE_RES: Final = (
     # 5.x/6.x: "CPU: 1 UID: 0 PID: 154 Comm: victim Not tainted 6.12.5 #1"
+    # ("Kdump: loaded " precedes the taint when a crash kernel is loaded, 4.x+.)
     re.compile(r"\bCPU: (?P<cpu>\d+) (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: (?P<comm>.{1,16}?)\s+"
-               r"(?:Not tainted|Tainted: [A-Z ]*?)\s+(?P<release>\d+\.\d+\S*)"),
+               r"(?:Kdump: loaded )?(?:Not tainted|Tainted: [A-Z ]*?)\s+(?P<release>\d+\.\d+\S*)"),
     # 2.6: "Pid: 12135, comm: bash Not tainted 2.6.9-rc2-mm1"
     re.compile(r"\bPid: (?P<pid>\d+), comm: (?P<comm>.{1,16}?)\s+(?:Not tainted|Tainted: [A-Z ]*?)\s+"
                r"(?P<release>\d+\.\d+\S*)"),
@@ -376,6 +380,21 @@ def _split_physical_line(line: str) -> list[str]:
     return parts
 
 
+# Whole lines wrapped around a kernel line, unwrapped before anything else:
+# GitHub Markdown inline code, one `...` per console line (not a ``` fence).
+LINE_WRAPPERS: Final = (
+    re.compile(r"^\s*`(?P<line>[^`].*[^`])`\s*$"),
+)
+
+
+def _unwrap(line: str) -> str:
+    for wrapper in LINE_WRAPPERS:
+        match = wrapper.match(line)
+        if match:
+            return match.group("line")
+    return line
+
+
 def normalize_lines(text: str) -> list[str]:
     """Return the log's kernel lines with capture prefixes (time, level, quoting) removed.
 
@@ -385,7 +404,7 @@ def normalize_lines(text: str) -> list[str]:
     text = _decode_quoted_printable(text).replace("\xa0", " ")
     lines = []
     for physical in text.splitlines():
-        lines.extend(_strip_prefixes(part) for part in _split_physical_line(physical))
+        lines.extend(_strip_prefixes(part) for part in _split_physical_line(_unwrap(physical)))
     return lines
 
 
