@@ -257,9 +257,11 @@ PARAVIRT_GUESTS: Final = (
     Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:1000)?)e03[03]\b",
              "kernel code saved with CS e030/e033, Xen's ring-3 flat selector"),
     # arch/x86/kernel/pvm.c (virt-pvm/linux, 2024) prints with "pvm-guest: " and
-    # panics "invalid or fatal PVM event"; the project's guest builds carry
-    # "pvm-guest" in their release (6.7.0-rc6-virt-pvm-guest+), the only mark an
-    # ordinary oops of such a guest prints.
+    # panics "invalid or fatal PVM event". An ordinary oops of a PVM guest prints
+    # neither; the one real one found (virt-pvm/linux#2) is told only by the
+    # release its builder gave it, 6.7.0-rc6-virt-pvm-guest+ (the project's own
+    # guest config sets no LOCALVERSION). Hosts' releases ("-pvm-host", "-pvm-alex")
+    # do not match: only a guest kernel's selectors are emulated.
     Paravirt("PVM", "PVM (kvm_pvm)",
              r"PANIC: invalid or fatal PVM event|^pvm-guest: |(?:Not tainted|Tainted: [A-Z ]*?)\s+"
              r"\d+\.\d+\S*pvm-guest",
