@@ -142,7 +142,7 @@ LINE_PREFIXES: Final = (
     r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ",                 # xl/Qubes console time
     r"^\[[A-Z][a-z]{2}\s?\d{1,2} \d\d:\d\d\] ?",               # dmesg -H: "[Apr19 16:15]"
     r"^\[\s*\+\d+\.\d+\] ?",                                # dmesg -H/--reltime: "[  +0.000628]"
-    r"^\[\s*\d+[.:]\d+\]\s?",                           # printk time (2.6: "[4294730:255000]")
+    r"^\[\s*\d+[.:]\d+\]\s?",                           # printk time (2.6 boot: "[4294688.655000]")
     r"^\[\s*[CT]\d+\]\s?",                               # printk caller id
     r"^\s*\[\s*\d+\.\d+\]\[\s*[CT]\d+\]\s?",             # time + caller id
 )
@@ -248,14 +248,12 @@ class Paravirt:
     kind: str
     hypervisor: str
     regex: str
-    shown_by: str
 
 
 PARAVIRT_GUESTS: Final = (
     # xen/include/public/arch-x86/xen-x86_64.h: FLAT_RING3_CS64 0xe033; Linux
     # prints its saved kernel CS with RPL 0 (e030). Some 5.x print "CS: 10000e030".
-    Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:1000)?)e03[03]\b",
-             "kernel code saved with CS e030/e033, Xen's ring-3 flat selector"),
+    Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:1000)?)e03[03]\b"),
     # arch/x86/kernel/pvm.c (virt-pvm/linux, 2024) prints with "pvm-guest: " and
     # panics "invalid or fatal PVM event". An ordinary oops of a PVM guest prints
     # neither; the one real one found (virt-pvm/linux#2) is told only by the
@@ -264,8 +262,7 @@ PARAVIRT_GUESTS: Final = (
     # do not match: only a guest kernel's selectors are emulated.
     Paravirt("PVM", "PVM (kvm_pvm)",
              r"PANIC: invalid or fatal PVM event|^pvm-guest: |(?:Not tainted|Tainted: [A-Z ]*?)\s+"
-             r"\d+\.\d+\S*pvm-guest",
-             "a PVM guest kernel (its release or its pvm-guest messages)"),
+             r"\d+\.\d+\S*pvm-guest"),
 )
 
 
