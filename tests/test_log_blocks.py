@@ -324,3 +324,11 @@ def test_markdown_inline_code_lines_and_a_kdump_loaded_task_line():
     assert report.summary.endswith("PREEMPT SMP NOPTI")
     # A PVM host is not a PVM guest.
     assert parse_log(text).paravirt is None
+
+
+def test_a_xen_pv_cs_line_with_high_bits_still_says_xen():
+    # CONSTRUCTED after 5.x Xen PV oopses whose CS line printed "CS:  10000e030".
+    text = ("[   92.668675] RIP: 0033:0x7f0837b1a94f\n"
+            "[   92.668874] CS:  10000e030 DS: 002b ES: 002b CR0: 0000000080050033\n")
+    assert parse_log(text).paravirt == "Xen PV"
+    assert parse_log(text.replace("10000e030", "10000e0300")).paravirt is None

@@ -253,7 +253,7 @@ class Paravirt:
 PARAVIRT_GUESTS: Final = (
     # xen/include/public/arch-x86/xen-x86_64.h: FLAT_RING3_CS64 0xe033; Linux
     # prints its saved kernel CS with RPL 0 (e030). Some 5.x print "CS: 10000e030".
-    Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:1000)?)e03[03]\b"),
+    Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:10000)?)e03[03]\b"),
     # arch/x86/kernel/pvm.c (virt-pvm/linux, 2024) prints with "pvm-guest: " and
     # panics "invalid or fatal PVM event". An ordinary oops of a PVM guest prints
     # neither; the one real one found (virt-pvm/linux#2) is told only by the
