@@ -2,9 +2,8 @@
 
 Every text here is CONSTRUCTED for a unit test (shaped after the kernel's
 printk formats), not a real log: real logs live in tests/data/logs/. The
-families that lack a real #DF log in the corpus are tested here: a 5-level
-paging #DF, a Xen PV #DF, =C2=A0 no-break spaces, 2.6-era "[jiffies:usec]"
-timestamps.
+families whose corpus logs are no #DF (no real #DF of theirs was found) have
+their #DF tested here: a 5-level paging #DF, a Xen PV #DF, a PVM guest #DF.
 """
 
 import json
@@ -195,3 +194,141 @@ def test_a_wrapped_code_line_and_task_line_do_not_end_the_register_dump():
     report = parse_log(text).reports[0]
     assert report.regs.rsp == 0xFFFF96FA4D1C8F90 and report.missing is None
     assert report.release == "5.12.0-rc3-md"
+
+
+# CONSTRUCTED after the seed report and a quoted LKML mail: mail clients wrap the
+# Hardware name line after "PIIX, 1996)," or after "BIOS".
+@pytest.mark.parametrize("text, name", [
+    ("[459395.776610] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996),\n"
+     "BIOS 1.7.5-20140531_083029-gandalf 04/01/2014\n",
+     "QEMU Standard PC (i440FX + PIIX, 1996), BIOS 1.7.5-20140531_083029-gandalf 04/01/2014"),
+    ("> > [   14.216809] Hardware name: Supermicro SYS-5019S-ML/X11SSH-F, BIOS\n> > 2.2 05/23/2018\n",
+     "Supermicro SYS-5019S-ML/X11SSH-F, BIOS 2.2 05/23/2018"),
+    # Cut where the next line is a kernel line of its own: nothing to join, nothing dangling kept.
+    ("[   14.2] Hardware name: QEMU Standard PC (i440FX + PIIX, 1996),\n[   14.3] RIP: 0010:f+0x1/0x2\n",
+     "QEMU Standard PC (i440FX + PIIX, 1996)"),
+    ("[   14.2] Hardware name: Supermicro SYS-5019S-ML/X11SSH-F, BIOS\n", "Supermicro SYS-5019S-ML/X11SSH-F"),
+    # Whole lines are kept as printed, the next line never joined.
+    ("[    1.0] Hardware name: Red Hat KVM, BIOS 0.5.1 01/01/2011\n[    1.1] RIP: 0010:f+0x1/0x2\n",
+     "Red Hat KVM, BIOS 0.5.1 01/01/2011"),
+])
+def test_a_wrapped_hardware_name_is_joined_or_cut_at_its_last_whole_field(text, name):
+    assert parse_log(text).hardware_name == name
+    header = "[   14.1] PANIC: double fault, error_code: 0x0\n"
+    assert parse_log(header + text).reports[0].hardware_name == name
+
+
+def test_a_2_6_page_fault_oops_is_named_by_its_title_and_gives_its_release():
+    # CONSTRUCTED after 2.6.12's i386 die(): no "BUG: " prefix yet, and the
+    # release printed on the EFLAGS line instead of a task line.
+    text = ("[4294688.655000] Unable to handle kernel NULL pointer dereference at virtual address 00000000\n"
+            "[4294688.660000] Oops: 0000 [#1]\n"
+            "[4294688.663000] EIP:    0060:[<c077f818>]    Not tainted VLI\n"
+            "[4294688.663000] EFLAGS: 00010202   (2.6.12-rc2-fs3) \n")
+    report = analyze_log_text(text)
+    assert report.verdict is Verdict.NO_DOUBLE_FAULT
+    assert "Unable to handle kernel NULL pointer dereference" in report.summary
+    assert report.kernel.release == "2.6.12-rc2-fs3"
+    # Prose that mentions such an oops is not one.
+    assert analyze_log_text("we saw an unable to handle kernel paging request\n").summary.endswith("no crash")
+
+
+def test_dmesg_human_timestamps_are_stripped():
+    # CONSTRUCTED after `dmesg -H` output quoted in a KVM selftest thread.
+    lines = normalize_lines("[Apr19 16:16] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n"
+                            "[  +0.000002] RIP: 0010:pvclock_update_vm_gtod_copy+0xb5/0x200 [kvm]\n")
+    assert lines == ["rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:",
+                     "RIP: 0010:pvclock_update_vm_gtod_copy+0xb5/0x200 [kvm]"]
+
+
+# CONSTRUCTED after a Xen dom0 nvme BUG on a Supermicro server: the Hardware name
+# is the physical machine's, the e030 selectors say the kernel runs under Xen.
+XEN_DOM0_ON_SUPERMICRO = """\
+[21061.417998] CPU: 1 PID: 12669 Comm: 62.xvda-0 Not tainted 5.10.0-0.bpo.7-amd64 #1 Debian 5.10.40-1~bpo10+1
+[21061.418459] Hardware name: Supermicro Super Server/X11SRM-VF, BIOS 1.2a 02/18/2019
+[21061.418922] RIP: e030:nvme_map_data+0x7e0/0x820 [nvme]
+[21061.420271] RSP: e02b:ffffc90044797930 EFLAGS: 00010286
+"""
+
+
+def test_xen_pv_selectors_mean_a_hypervisor_runs_beneath_whatever_the_hardware_name():
+    facts = parse_log(XEN_DOM0_ON_SUPERMICRO)
+    assert (facts.environment, facts.paravirt) == ("guest", "Xen PV")
+    assert "Xen" in facts.hypervisor and "Supermicro" in facts.hypervisor
+    # Native selectors on the same machine stay bare metal.
+    native = XEN_DOM0_ON_SUPERMICRO.replace("e030:", "0010:").replace("e02b:", "0018:")
+    assert (parse_log(native).environment, parse_log(native).paravirt) == ("bare-metal", None)
+
+
+# CONSTRUCTED: a PVM guest's #DF with the signature's marks. The PVM guest kernel
+# prints the supervisor CS/SS PVM emulates (0x10/0x18) while the CPU runs it at CPL 3.
+PVM_GUEST_DF = """\
+[   36.860000] traps: PANIC: double fault, error_code: 0x0
+[   36.860001] double fault: 0000 [#1] SMP PTI
+[   36.868247] CPU: 0 PID: 274 Comm: victim Not tainted 6.7.0-rc6-virt-pvm-guest+ #55
+[   36.870556] Hardware name: Cloud Hypervisor cloud-hypervisor, BIOS 0
+[   36.872259] RIP: 0010:error_entry+0x2e/0x140
+[   36.878668] RSP: 0018:00007ffd5a1c3e38 EFLAGS: 00010046
+[   36.893598] CR2: 00007ffd5a1c3e28 CR3: 00000000041c8003 CR4: 0000000000070ef0
+"""
+
+
+def test_a_pvm_guest_keeps_the_marks_but_not_the_svm_explanation():
+    facts = parse_log(PVM_GUEST_DF)
+    assert facts.paravirt == "PVM" and facts.environment == "guest"
+    report = analyze_log_text(PVM_GUEST_DF)
+    assert (report.verdict, report.df_class.value) == (Verdict.POSSIBLE, "cpl-corruption")
+    (selectors,) = [e for e in report.evidence if e.check == "paravirtual-selectors"]
+    assert selectors.status.value == "n/a" and "CPL 3" in selectors.detail
+    text = " ".join(report.explanation)
+    assert "PVM" in text and "SS.DPL" not in text
+    # The same #DF without the PVM marks keeps the KVM/SVM explanation.
+    native = analyze_log_text(PVM_GUEST_DF.replace("-virt-pvm-guest+", "+"))
+    assert "SS.DPL" in " ".join(native.explanation)
+    assert not any(e.check == "paravirtual-selectors" for e in native.evidence)
+
+
+def test_the_real_pvm_guest_oops_is_recognised():
+    path = Path(__file__).parent / "data" / "logs" / "6.7-pvm-guest-cloud-hypervisor-snapshot-restore-bug.log"
+    body = path.read_text().partition("\n\n")[2]
+    facts = parse_log(body)
+    assert (facts.paravirt, facts.environment) == ("PVM", "guest")
+
+
+def test_a_guard_page_hit_the_page_fault_handler_caught_is_not_a_double_fault():
+    # CONSTRUCTED after 4.9-5.x handle_stack_overflow(): the #PF handler names its
+    # own catch "(page fault)", the #DF handler "(double-fault)".
+    caught = ("BUG: stack guard page was hit at 000000001ff76a9e "
+              "(stack is 0000000095d6f9f7..00000000dd56db03)\n"
+              "kernel stack overflow (page fault): 0000 [#1] SMP NOPTI\n"
+              "RIP: 0010:unwind_next_frame+0x34e/0x570\n"
+              "RSP: 0000:fffffe000221a8f0 EFLAGS: 00010002\n")
+    report = analyze_log_text(caught)
+    assert report.verdict is Verdict.NO_DOUBLE_FAULT
+    assert "kernel stack overflow (page fault)" in report.summary
+    df = analyze_log_text(caught.replace("(page fault)", "(double-fault)"))
+    assert (df.verdict, df.df_class.value) == (Verdict.NO_MATCH, "kernel-stack-overflow")
+
+
+def test_markdown_inline_code_lines_and_a_kdump_loaded_task_line():
+    # CONSTRUCTED after a GitHub issue that put each console line in backticks, from
+    # a kernel with a crash kernel loaded ("Kdump: loaded" before the taint).
+    text = ("`[34657.105528] general protection fault: 0000 [#1] PREEMPT SMP NOPTI`\n"
+            "`[34657.106109] CPU: 7 PID: 954129 Comm: vcpu0 Kdump: loaded Not tainted 6.7.0-rc6-pvm-alex+ #7`\n"
+            "```\n")
+    assert normalize_lines(text) == [
+        "general protection fault: 0000 [#1] PREEMPT SMP NOPTI",
+        "CPU: 7 PID: 954129 Comm: vcpu0 Kdump: loaded Not tainted 6.7.0-rc6-pvm-alex+ #7", "```"]
+    report = analyze_log_text(text)
+    assert report.kernel.release == "6.7.0-rc6-pvm-alex+"
+    assert report.summary.endswith("PREEMPT SMP NOPTI")
+    # A PVM host is not a PVM guest.
+    assert parse_log(text).paravirt is None
+
+
+def test_a_xen_pv_cs_line_with_high_bits_still_says_xen():
+    # CONSTRUCTED after 5.x Xen PV oopses whose CS line printed "CS:  10000e030".
+    text = ("[   92.668675] RIP: 0033:0x7f0837b1a94f\n"
+            "[   92.668874] CS:  10000e030 DS: 002b ES: 002b CR0: 0000000080050033\n")
+    assert parse_log(text).paravirt == "Xen PV"
+    assert parse_log(text.replace("10000e030", "10000e0300")).paravirt is None

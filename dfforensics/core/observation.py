@@ -91,6 +91,9 @@ class Observation:
     #: Memory only: the confidential-VM kind the guest ran as (AMD SEV-ES/SNP, Intel TDX),
     #: whose register state the hypervisor cannot write; None when the dump shows none.
     confidential_guest: Optional[str] = None
+    #: A paravirtual guest kernel ("Xen PV", "PVM") that runs at CPL 3 while it
+    #: prints kernel selectors; None for a native or hardware-virtualized kernel.
+    paravirt: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -138,6 +138,26 @@ def _running_under_hypervisor(obs: Observation) -> Evidence:
                     "the input does not say whether this ran under a hypervisor")
 
 
+# What each paravirtual guest's printed selectors are (the CPU runs its kernel at CPL 3).
+_PARAVIRT_SELECTORS: Final = {
+    "Xen PV": "Xen runs this kernel at CPL 3 on its flat ring-3 selectors (CS e030/e033, "
+              "SS e02b) and switches it between kernel and user mode itself",
+    "PVM": "PVM runs this kernel at CPL 3 and prints the supervisor CS/SS it emulates from "
+           "MSR_STAR (0x10/0x18); it switches the kernel between supervisor and user mode in "
+           "software and writes the event frames itself",
+}
+
+
+def _paravirtual_selectors(obs: Observation) -> Optional[Evidence]:
+    """A paravirtual kernel's selectors are its normal ones, not evidence either way."""
+    if obs.paravirt not in _PARAVIRT_SELECTORS:
+        return None
+    return Evidence("paravirtual-selectors", Status.NOT_APPLICABLE,
+                    f"a {obs.paravirt} guest: {_PARAVIRT_SELECTORS[obs.paravirt]}; its kernel "
+                    "selectors are normal there, and the CPL the signature is about is the mode "
+                    "the hypervisor tracks, not the CPU's")
+
+
 def _rsp_is_user_address(obs: Observation) -> Evidence:
     rsp = obs.regs.rsp
     if rsp is None:
@@ -525,6 +545,7 @@ def _first_ruling(rules: Sequence[_Rule], obs: Observation, proofs: _Proofs) -> 
 def decide(obs: Observation) -> Decision:
     """Weigh the evidence about one #DF and return the verdict with its reasons."""
     evidence = [_double_fault_present(obs), _running_under_hypervisor(obs)]
+    evidence += filter(None, [_paravirtual_selectors(obs)])
     fragment = _fragment(obs)
     if fragment is not None:
         ruling = fragment
@@ -661,7 +682,8 @@ def _sweep_proof(sweep: SweepResult) -> str:
 def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_crash: str,
                   sweep: Optional[SweepResult], release: Optional[str], version: Optional[Version],
                   cpu_vendor: Optional[str], sweep_requested: bool = False,
-                  confidential_guest: Optional[str] = None) -> ReportDecision:
+                  confidential_guest: Optional[str] = None,
+                  paravirt: Optional[str] = None) -> ReportDecision:
     """Decide a whole input from its #DFs (already decided) and the sweep, if it ran.
 
     The top-level verdict answers the user's question, "did the hypervisor corrupt
@@ -671,10 +693,12 @@ def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_cr
     :param other_crash: what the input shows when it holds no #DF.
     :param sweep_requested: the user asked for the sweep: its answer leads the summary.
     :param confidential_guest: the confidential-VM kind the dump shows, for :func:`explain`.
+    :param paravirt: the paravirtual guest kind the input shows, for :func:`explain`.
     """
     sweep_evidence = [_sweep_evidence(sweep)] if sweep is not None else []
     proven_by_sweep = sweep is not None and sweep.verdict is SweepVerdict.CPL0_FRAMES_FOUND
-    explain_cpl = explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor, confidential_guest)
+    explain_cpl = explain(DfClass.CPL_CORRUPTION, release, version, cpu_vendor, confidential_guest,
+                          paravirt)
     if not double_faults:
         decision = decide_no_double_fault(medium, other_crash)
         if proven_by_sweep:
@@ -696,18 +720,34 @@ def decide_report(medium: Medium, double_faults: Sequence[DoubleFault], other_cr
     if sweep_requested and sweep is not None and not proven_by_sweep:
         summary = f"{summary}; sweep {sweep.verdict.value}: {sweep.summary}"
     return ReportDecision(chosen.verdict, chosen.df_class, summary, chosen.evidence + sweep_evidence,
-                          explain(chosen.df_class, release, version, cpu_vendor, confidential_guest))
+                          explain(chosen.df_class, release, version, cpu_vendor, confidential_guest,
+                                  paravirt))
 
 
 def explain(df_class: Optional[DfClass], release: Optional[str], version: Optional[Version],
-            cpu_vendor: Optional[str], confidential_guest: Optional[str] = None) -> list[str]:
+            cpu_vendor: Optional[str], confidential_guest: Optional[str] = None,
+            paravirt: Optional[str] = None) -> list[str]:
     """What a CPL-corruption verdict means, for the report's reader.
 
     :param confidential_guest: the confidential-VM kind the dump shows (SEV-ES/SNP, TDX),
         whose register state the hypervisor cannot write.
+    :param paravirt: the paravirtual guest kind ("Xen PV", "PVM"), whose kernel the CPU
+        runs at CPL 3: there the hypervisor's software, not VMCB/VMCS state, is the mode.
     """
     if df_class is not DfClass.CPL_CORRUPTION:
         return []
+    if paravirt in _PARAVIRT_SELECTORS:
+        return [
+            "The guest kernel took an event as if it had been in kernel mode while it ran user "
+            "state: no switch to the kernel stack happened, so the frame went onto the user stack.",
+            f"This is a {paravirt} guest: {_PARAVIRT_SELECTORS[paravirt]}. The CPU never runs "
+            "this guest's kernel at CPL 0, so the known KVM/SVM cause (CPL taken from a zeroed "
+            "SS) cannot act on its mode.",
+            "What remains: the hypervisor's own tracking of the guest's kernel/user mode and its "
+            "event delivery (for PVM the switcher and its switch_flags, for Xen the PV trap "
+            "bounce), or, when that hypervisor itself runs in a VM, the outer hypervisor; compare "
+            "with the hypervisor's version and fixes.",
+        ]
     if confidential_guest:
         return [
             "The CPU delivered an interrupt or exception while the guest's CPL was 0 but its "

@@ -221,7 +221,7 @@ def _medium(prog: Program) -> Medium:
 
 def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, version: Optional[Version],
                           encoding: Optional[str], user_pages_excluded: bool,
-                          confidential: Optional[str] = None) -> _ObservedDf:
+                          confidential: Optional[str] = None, paravirt: Optional[str] = None) -> _ObservedDf:
     regs = found.regs
     identity = _task_identity(found)
     task = identity.task
@@ -242,7 +242,7 @@ def _observe_double_fault(prog: Program, found: FoundDf, kernel: KernelInfo, ver
         user_stack_read=any(read.pages_present for read in user_reads),
         user_stack_problem=_user_stack_problem(user_reads), user_pages_excluded=user_pages_excluded,
         push_slot=_push_slot(task, regs.rsp), cr2_source=found.cr2_source,
-        confidential_guest=confidential,
+        confidential_guest=confidential, paravirt=paravirt,
     )
     warnings = [identity.warning] if identity.warning else []
     warnings += [f"{read.name} {read.start:#x}-{read.end:#x}: {read.pages_missing} page(s) could not be "
@@ -333,7 +333,9 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
         warnings.append(f"dump level {dump_level} excludes user pages (makedumpfile -d bit 8): user "
                         "stacks, where frames pushed at CPL 0 would be, are not in this dump")
     confidential = confidential_guest(prog)
-    observed = [_observe_double_fault(prog, found, kernel, version, encoding, user_pages_excluded, confidential)
+    # The guest's own log says whether it is a paravirtual kernel (Xen PV, PVM).
+    observed = [_observe_double_fault(prog, found, kernel, version, encoding, user_pages_excluded,
+                                      confidential, log.paravirt)
                 for found in search.found]
     double_faults = [_double_fault(df) for df in observed]
     warnings += [warning for df in observed for warning in df.warnings]
@@ -346,7 +348,7 @@ def analyze(prog: Program, source: Optional[dict[str, Any]] = None, sweep: Optio
     other_crash = log.other_crash[1] if log.other_crash else "no panic message"
     decision = decide_report(_medium(prog), double_faults, other_crash, sweep_result, kernel.release,
                              version, kernel.cpu_vendor, confidential_guest=confidential,
-                             sweep_requested=sweep is True)
+                             sweep_requested=sweep is True, paravirt=log.paravirt)
     words = next((df.annotated_words for df in observed if df.annotated_words), [])
     if not words and swept is not None and swept.observation.frames:
         words = _annotated(swept.reads_with_frames, swept.observation.frames, symbolizer(prog, None))

@@ -40,6 +40,7 @@ def _observe(report: DfReport, facts: LogFacts, frames: list[Frame]) -> Observat
         version=kernel_facts.parse_release(release) if release else None,
         environment=facts.environment,
         hypervisor=facts.hypervisor,
+        paravirt=facts.paravirt,
         guard_page_hit=report.guard_page_hit,
         kernel_pointers=report.kernel_pointers,
         firmware_context=report.firmware_context,
@@ -105,7 +106,7 @@ def analyze_log_text(text: str, path: str = "-", environment: Optional[str] = No
         decision = decide_unprinted_crash(Medium.LOG, facts.unprinted_crash)
     else:
         decision = decide_report(Medium.LOG, whole or double_faults, what, None, kernel.release,
-                                 version, None)
+                                 version, None, paravirt=facts.paravirt)
     warnings = [contradiction] if contradiction else []
     if frames and double_faults:
         warnings.append(

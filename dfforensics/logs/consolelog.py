@@ -8,7 +8,9 @@ pastes (quoted, wrapped) are taken as they come. Pure: no drgn.
 
 The knowledge of crash formats is data: :data:`DF_HEADERS` (what starts a #DF
 report, per era), :data:`OTHER_CRASH_HEADERS` (look-alikes that are not #DF),
-:data:`LINE_PREFIXES` (what capture tools put before each line) and
+:data:`LINE_PREFIXES` (what capture tools put before each line),
+:data:`LINE_WRAPPERS` (what pastes wrap a whole line in), :data:`PARAVIRT_GUESTS`
+(paravirtual kernels, whose own lines tell the environment) and
 :data:`REGISTER_FORMATS` (how each era prints the interrupted state). Adding a
 format is adding a row.
 
@@ -36,6 +38,9 @@ __all__ = (
     "OTHER_CRASH_HEADERS",
     "NON_FATAL_REPORTS",
     "LINE_PREFIXES",
+    "LINE_WRAPPERS",
+    "PARAVIRT_GUESTS",
+    "Paravirt",
     "normalize_lines",
     "parse_log",
 )
@@ -84,7 +89,10 @@ OTHER_CRASH_HEADERS: Final = (
     _h("general-protection", r"general protection fault(?:, probably for non-canonical address"
        r" \S+)?: [0-9a-f]{4}", "oops", "all"),
     _h("page-fault-oops", r"BUG: (?:unable to handle (?:kernel )?(?:paging request|NULL pointer "
-       r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "all"),
+       r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "2.6.19+"),
+    # Without this row a 2.6.12 NULL-pointer oops was named by its "Oops: 0000 [#1]" line.
+    _h("page-fault-oops-2.6", r"Unable to handle kernel (?:NULL pointer dereference|paging request)"
+       r" at virtual address [0-9a-f]+", "oops", "2.6 to 2.6.18, before the 'BUG: ' prefix"),
     _h("vc-panic", r"(?:#VC|VMM communication exception).*", "oops", "SEV-ES guests"),
     # die() titles of the other exceptions: without this row a divide error's
     # no-double-fault answer said the log showed "no crash".
@@ -93,6 +101,10 @@ OTHER_CRASH_HEADERS: Final = (
     _h("kernel-bug", r"[Kk]ernel BUG at .*", "oops", "all"),
     _h("oops", r"Oops: .*", "oops", "all"),
     _h("panic", r"Kernel panic - .*", "oops", "all"),
+    # VMAP_STACK 4.9-5.x: a guard-page hit the #PF handler caught and died on;
+    # the same "BUG: stack guard page was hit" line starts it as a #DF's does.
+    _h("guard-page-page-fault", r"kernel stack overflow \(page fault\): [0-9a-f]{4} \[#\d+\].*", "oops",
+       "VMAP_STACK 4.9-5.x"),
     _h("user-trap", r"traps: \S+\[\d+\] general protection fault ip:\S+ sp:\S+ error:\S+",
        "user", "a user process's #GP, logged and survived by the kernel"),
 )
@@ -128,7 +140,9 @@ LINE_PREFIXES: Final = (
     r"^\s+",                                            # indentation of pastes
     r"^\[[A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]?\d \d\d:\d\d:\d\d \d{4}\] ?",  # dmesg -T
     r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] ",                 # xl/Qubes console time
-    r"^\[\s*\d+[.:]\d+\]\s?",                           # printk time (2.6: "[4294730:255000]")
+    r"^\[[A-Z][a-z]{2}\s?\d{1,2} \d\d:\d\d\] ?",               # dmesg -H: "[Apr19 16:15]"
+    r"^\[\s*\+\d+\.\d+\] ?",                                # dmesg -H/--reltime: "[  +0.000628]"
+    r"^\[\s*\d+[.:]\d+\]\s?",                           # printk time (2.6 boot: "[4294688.655000]")
     r"^\[\s*[CT]\d+\]\s?",                               # printk caller id
     r"^\s*\[\s*\d+\.\d+\]\[\s*[CT]\d+\]\s?",             # time + caller id
 )
@@ -170,14 +184,26 @@ _GP_REGISTER_RE: Final = re.compile(
     rf"\b(?P<name>RAX|RBX|RCX|RDX|RSI|RDI|RBP|R8|R9|R1[0-5]|CR3|CR4):\s+(?P<value>{_HEX}{{8,16}})\b")
 _TASK_LINE_RES: Final = (
     # 5.x/6.x: "CPU: 1 UID: 0 PID: 154 Comm: victim Not tainted 6.12.5 #1"
+    # ("Kdump: loaded " precedes the taint when a crash kernel is loaded, 4.x+.)
     re.compile(r"\bCPU: (?P<cpu>\d+) (?:UID: \d+ )?PID: (?P<pid>\d+) Comm: (?P<comm>.{1,16}?)\s+"
-               r"(?:Not tainted|Tainted: [A-Z ]*?)\s+(?P<release>\d+\.\d+\S*)"),
+               r"(?:Kdump: loaded )?(?:Not tainted|Tainted: [A-Z ]*?)\s+(?P<release>\d+\.\d+\S*)"),
     # 2.6: "Pid: 12135, comm: bash Not tainted 2.6.9-rc2-mm1"
     re.compile(r"\bPid: (?P<pid>\d+), comm: (?P<comm>.{1,16}?)\s+(?:Not tainted|Tainted: [A-Z ]*?)\s+"
                r"(?P<release>\d+\.\d+\S*)"),
 )
+# Kernels that print their release elsewhere than on a task line. i386 die()
+# to 2.6.2x: "EFLAGS: 00010202   (2.6.12-rc2-fs3) ".
+_RELEASE_ONLY_RES: Final = (
+    re.compile(r"^EFLAGS: [0-9a-f]{8}\s+\((?P<release>\d+\.\d+[^\s)]*)"),
+)
 _CPU_ALONE_RE: Final = re.compile(r"^CPU (?P<cpu>\d+)\s*$")
 _HARDWARE_RE: Final = re.compile(r"(?:Hardware name|DMI): (?P<hw>.+)")
+# The kernel prints "VENDOR PRODUCT/BOARD, BIOS VERSION DATE": a value ending in
+# "," or "BIOS" was wrapped (mail clients wrap after "PIIX, 1996)," or "BIOS").
+_HARDWARE_CUT_RE: Final = re.compile(r"(?:,|,? BIOS)$")
+# The wrapped rest is "BIOS 1.7.5-... 04/01/2014" or "2.2 05/23/2018"; a line that
+# starts "WORD:" is a kernel line of its own (the rest was lost), never joined.
+_KERNEL_LINE_RE: Final = re.compile(r"^[\w<>/#() -]{1,40}:(?:\s|$)|^$")
 _KERNEL_POINTER_RES: Final = (
     re.compile(rf"\b(?:task|ti|task\.ti|task\.stack|threadinfo):? (?P<ptr>{_HEX}{{16}})\b"),
 )
@@ -208,6 +234,35 @@ _BARE_METAL_HARDWARE: Final = (
     r"Micro-Star|MSI|ASRock|Huawei|Inspur|Quanta|Wiwynn|Tyan|TYAN|Sugon|TOSHIBA|Toshiba|Sony|"
     r"SAMSUNG|Samsung|Framework|System manufacturer|To Be Filled By O\.E\.M\.|Notebook|"
     r"Gateway|Alienware|XPS|Latitude|Precision|Surface|Dynabook|Clevo|Razer|Google Pixelbook"
+)
+
+
+# Paravirtual guest kernels, whose own lines say a hypervisor runs beneath them
+# whatever the Hardware name (a Xen dom0 prints the physical server's). Their
+# kernel runs at CPL 3, so the hypervisor, not the CPU, switches it between its
+# kernel and user mode: the KVM/SVM cause of the signature cannot act there.
+@dataclass(frozen=True)
+class Paravirt:
+    """A paravirtual guest kernel, and what in its log shows it."""
+
+    kind: str
+    hypervisor: str
+    regex: str
+
+
+PARAVIRT_GUESTS: Final = (
+    # xen/include/public/arch-x86/xen-x86_64.h: FLAT_RING3_CS64 0xe033; Linux
+    # prints its saved kernel CS with RPL 0 (e030). Some 5.x print "CS: 10000e030".
+    Paravirt("Xen PV", "Xen", r"^(?:RIP: |CS:\s+(?:10000)?)e03[03]\b"),
+    # arch/x86/kernel/pvm.c (virt-pvm/linux, 2024) prints with "pvm-guest: " and
+    # panics "invalid or fatal PVM event". An ordinary oops of a PVM guest prints
+    # neither; the one real one found (virt-pvm/linux#2) is told only by the
+    # release its builder gave it, 6.7.0-rc6-virt-pvm-guest+ (the project's own
+    # guest config sets no LOCALVERSION). Hosts' releases ("-pvm-host", "-pvm-alex")
+    # do not match: only a guest kernel's selectors are emulated.
+    Paravirt("PVM", "PVM (kvm_pvm)",
+             r"PANIC: invalid or fatal PVM event|^pvm-guest: |(?:Not tainted|Tainted: [A-Z ]*?)\s+"
+             r"\d+\.\d+\S*pvm-guest"),
 )
 
 
@@ -266,6 +321,8 @@ class LogFacts:
     #: When no crash report is printed but the log shows one happened (a kdump
     #: capture kernel booting), what shows it.
     unprinted_crash: Optional[str] = None
+    #: The paravirtual guest kind (:data:`PARAVIRT_GUESTS`) the log shows, or None.
+    paravirt: Optional[str] = None
 
 
 # A kdump capture kernel boots with elfcorehdr= on its command line: the
@@ -322,6 +379,21 @@ def _split_physical_line(line: str) -> list[str]:
     return parts
 
 
+# Whole lines wrapped around a kernel line, unwrapped before anything else:
+# GitHub Markdown inline code, one `...` per console line (not a ``` fence).
+LINE_WRAPPERS: Final = (
+    re.compile(r"^\s*`(?P<line>[^`].*[^`])`\s*$"),
+)
+
+
+def _unwrap(line: str) -> str:
+    for wrapper in LINE_WRAPPERS:
+        match = wrapper.match(line)
+        if match:
+            return match.group("line")
+    return line
+
+
 def normalize_lines(text: str) -> list[str]:
     """Return the log's kernel lines with capture prefixes (time, level, quoting) removed.
 
@@ -331,7 +403,7 @@ def normalize_lines(text: str) -> list[str]:
     text = _decode_quoted_printable(text).replace("\xa0", " ")
     lines = []
     for physical in text.splitlines():
-        lines.extend(_strip_prefixes(part) for part in _split_physical_line(physical))
+        lines.extend(_strip_prefixes(part) for part in _split_physical_line(_unwrap(physical)))
     return lines
 
 
@@ -575,6 +647,21 @@ _TASK_LINE_CUT_RE: Final = re.compile(
     r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: \S+(?: Tainted: [A-Z ]*)?$")
 
 
+def _hardware_name(lines: list[str], index: int) -> Optional[str]:
+    """The ``Hardware name:`` value on ``lines[index]``, with its wrapped rest."""
+    match = _HARDWARE_RE.search(lines[index])
+    if not match:
+        return None
+    name = match.group("hw").strip()
+    if not _HARDWARE_CUT_RE.search(name):
+        return name
+    rest = lines[index + 1] if index + 1 < len(lines) else ""
+    if not _KERNEL_LINE_RE.match(rest):
+        return f"{name} {rest}"
+    # The rest is lost: keep the whole fields, not a dangling separator.
+    return _HARDWARE_CUT_RE.sub("", name).rstrip(", ")
+
+
 def _parse_task_lines(lines: list[str], report: DfReport) -> None:
     for index, line in enumerate(lines):
         if _TASK_LINE_CUT_RE.search(line) and index + 1 < len(lines):
@@ -588,12 +675,15 @@ def _parse_task_lines(lines: list[str], report: DfReport) -> None:
                 report.release = match.group("release")
                 if "cpu" in match.groupdict() and match.group("cpu") is not None:
                     report.cpu = int(match.group("cpu"))
+        for regex in _RELEASE_ONLY_RES:
+            match = regex.search(line)
+            if match and report.release is None:
+                report.release = match.group("release")
         match = _CPU_ALONE_RE.match(line)
         if match and report.cpu is None:
             report.cpu = int(match.group("cpu"))
-        match = _HARDWARE_RE.search(line)
-        if match and report.hardware_name is None:
-            report.hardware_name = match.group("hw").strip()
+        if report.hardware_name is None:
+            report.hardware_name = _hardware_name(lines, index)
         for regex in _KERNEL_POINTER_RES:
             report.kernel_pointers.extend(int(m.group("ptr"), 16) for m in regex.finditer(line))
 
@@ -663,6 +753,10 @@ def _new_report(lines: list[str], index: int, header: Header, match: re.Match[st
     return report
 
 
+# The #PF handler's title after a guard-page hit: the report is not a #DF's.
+_GUARD_HIT_BY_PAGE_FAULT_RE: Final = re.compile(r"kernel stack overflow \(page fault\)")
+
+
 def parse_log(text: str) -> LogFacts:
     """Find every #DF report in a console log and what the log says around it.
 
@@ -680,6 +774,9 @@ def parse_log(text: str) -> LogFacts:
         if not found:
             continue
         header, match = found
+        if header.kind == "stack-overflow" and any(
+                _GUARD_HIT_BY_PAGE_FAULT_RE.match(later) for later in lines[index:index + 4]):
+            continue
         if reports and index - last_report_line <= 4 and not last_has_regs:
             report = reports[-1]
             report.guard_page_hit |= header.kind == "stack-overflow"
@@ -719,11 +816,8 @@ def parse_log(text: str) -> LogFacts:
 
     hardware = next((r.hardware_name for r in unique if r.hardware_name), None)
     if hardware is None:
-        for line in lines:
-            match = _HARDWARE_RE.search(line)
-            if match:
-                hardware = match.group("hw").strip()
-                break
+        hardware = next((name for index in range(len(lines))
+                         if (name := _hardware_name(lines, index))), None)
     environment, hypervisor = classify_hardware(hardware)
     if environment == "unknown":
         for line in lines:
@@ -734,14 +828,23 @@ def parse_log(text: str) -> LogFacts:
                     break
             if environment != "unknown":
                 break
+    paravirt = next((row for row in PARAVIRT_GUESTS for line in lines
+                     if re.search(row.regex, line)), None)
+    if paravirt is not None:
+        beneath = hypervisor or (hardware.split(",")[0].strip() if hardware else None)
+        environment = "guest"
+        hypervisor = f"{paravirt.hypervisor}, a {paravirt.kind} guest kernel" + (
+            f" on {beneath}" if beneath else "")
     release = next((r.release for r in unique if r.release), None)
     if release is None and not unique:
         # A log without a #DF still says which kernel printed its look-alike
         # (the KERNEL a triager files it under). A #DF report without its own
         # task line keeps None: a line of another report may be another boot.
-        release = next((match.group("release") for line in lines for regex in _TASK_LINE_RES
+        release = next((match.group("release") for line in lines
+                        for regex in (*_TASK_LINE_RES, *_RELEASE_ONLY_RES)
                         if (match := regex.search(line))), None)
-    return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted)
+    return LogFacts(unique, other, release, hardware, environment, hypervisor, unprinted,
+                    paravirt.kind if paravirt else None)
 
 
 def _same_fault(first: DfReport, second: DfReport) -> bool:
