@@ -25,6 +25,20 @@ def test_rule_i_frames_on_user_stack_prove_it_from_memory():
     assert (decision.verdict, decision.df_class) == (Verdict.MATCH, DfClass.CPL_CORRUPTION)
 
 
+def test_rule_i_frames_without_the_entry_trail_are_no_proof():
+    # The same frame with the word below its pt_regs read (0x80 below the orig_ax slot on
+    # x86_64): user data there, not the idtentry stub's return address a 6.1 kernel leaves.
+    base = 0x7F0000001000
+    words = [0x7F0000001F00] + [0] * 15 + [0xFFFFFFFFFFFFFFFF, 0x401000, 0x33, 0x202, base + 0x80 + 48, 0x2B]
+    frames = list(scan_frames(words_to_bytes(words), base, entry_return_below=0x80))
+    assert frames[0].entry_return == 0x7F0000001F00
+    decision = decide(obs(rip=0x401000, cs=0x33, rsp=0x7F0000000FF8, ss=0x2B, frames=frames,
+                          user_stack_read=True, version=(6, 1, 192)))
+    assert decision.verdict is not Verdict.MATCH
+    proof = next(e for e in decision.evidence if e.check == "cpl0-frames-on-user-stack")
+    assert proof.status.value == "unknown" and "lack the kernel entry code's trail" in proof.detail
+
+
 def test_rule_ii_cr2_at_first_push_slot_with_user_cs():
     # The builder's 6.1 emulation: RIP 0033:0x40166c RSP 0018:10003000 CR2 10002ff8.
     decision = decide(obs(rip=0x40166C, cs=0x33, rsp=0x10003000, ss=0x18, cr2=0x10002FF8))

@@ -206,11 +206,21 @@ def _cr2_source(obs: Observation) -> Optional[Evidence]:
 def _proof_frames_on_user_stack(obs: Observation) -> Evidence:
     """(i) CPU-pushed frames on a user stack."""
     check = "cpl0-frames-on-user-stack"
-    user_frames = [f for f in obs.frames if f.kind is FrameKind.CPL0_USER_STACK]
+    caller = kernel_facts.value_for(kernel_facts.ENTRY_TRAIL_CALLER, obs.version)
+    candidates = [f for f in obs.frames if f.kind is FrameKind.CPL0_USER_STACK]
+    user_frames = [f for f in candidates if signature.entry_trail_shown(f, caller) is not False]
     if user_frames:
+        trailed = sum(signature.entry_trail_shown(f, caller) is True for f in user_frames)
         return Evidence(check, Status.PASS,
                         f"{len(user_frames)} self-consistent frame(s) pushed without a stack "
-                        f"switch onto a user stack, first at {user_frames[0].address:#x}")
+                        f"switch onto a user stack, first at {user_frames[0].address:#x}"
+                        + (f"; {trailed} with the kernel entry code's return address below their pt_regs"
+                           if trailed else ""))
+    if candidates:
+        return Evidence(check, Status.UNKNOWN,
+                        f"{len(candidates)} frame-shaped candidate(s) on the user stack lack the kernel entry "
+                        f"code's trail (no return address into {caller}... below their pt_regs): user code "
+                        "such as a user-mode IRETQ leaves such words")
     if obs.user_stack_read:
         return Evidence(check, Status.FAIL, "the user stack was read and holds no self-consistent frame")
     return Evidence(check, Status.UNKNOWN, obs.user_stack_problem or "no user stack memory in the input")
