@@ -106,23 +106,31 @@ def test_bad_sockets_are_one_error_line(guests, tmp_path):
     liveguest.Qmp(guests["clean"].qmp, timeout=5).close()  # let go after an error too
 
 
+def watch(output, arguments, rounds_after):
+    """Run ``sweep ... --every`` until its first sweep event, ``rounds_after`` seconds more,
+    then Ctrl-C: its exit status and stderr."""
+    process = subprocess.Popen(CLI + ["sweep", *arguments, "-o", str(output)], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (output.exists() and '"sweep"' in output.read_text()):
+            time.sleep(0.2)
+        time.sleep(rounds_after)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode, err
+
+
 def test_every_writes_one_event_per_new_finding_and_stops_cleanly(guests, tmp_path):
     bug = guests["bug"]
     events = tmp_path / "events.jsonl"
-    watch = subprocess.Popen(CLI + ["sweep", "--qemu", str(bug.qmp), str(bug.vmlinux), "--every", "0.5",
-                                    "-o", str(events)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (events.exists() and '"sweep"' in events.read_text()):
-            time.sleep(0.2)
-        time.sleep(2)  # a few more rounds: nothing new, so no new events
-        watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=60)
-    finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait()
-    assert watch.returncode == 0 and err == "", err
+    # A few more rounds after the first: nothing new, so no new events.
+    status, err = watch(events, ["--qemu", str(bug.qmp), str(bug.vmlinux), "--every", "0.5"], rounds_after=2)
+    assert status == 0 and err == "", err
     records = [json.loads(line) for line in events.read_text().splitlines()]
     frames = [r for r in records if r["event"] == "cpl0-frame"]
     assert sorted((r["frame"]["address"], r["frame"]["pid"], r["frame"]["tid"]) for r in frames) \
@@ -183,21 +191,11 @@ def test_every_without_vmlinux_pauses_only_its_first_round(guests, tmp_path, det
     _, btf = detached_btf("6.1")
     out = tmp_path / "events.jsonl"
     events = Events(clean.qmp2)
-    watch = subprocess.Popen(CLI + ["sweep", "--qemu", str(clean.qmp), "--btf", btf, "--every", "0.3",
-                                    "-o", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and not (out.exists() and '"sweep"' in out.read_text()):
-            time.sleep(0.2)
-        time.sleep(3)  # several rounds more
-        watch.send_signal(signal.SIGINT)
-        _, err = watch.communicate(timeout=60)
+        status, err = watch(out, ["--qemu", str(clean.qmp), "--btf", btf, "--every", "0.3"], rounds_after=3)
     finally:
-        if watch.poll() is None:
-            watch.kill()
-            watch.wait()
         events.close()
-    assert watch.returncode == 0 and err == "", err
+    assert status == 0 and err == "", err
     assert [r["verdict"] for r in map(json.loads, out.read_text().splitlines())] == ["clean"]
     # The first round has only BTF and kallsyms: drgn's dump reads VMCOREINFO (one pause);
     # later rounds know the build from it and read the note without a pause.
