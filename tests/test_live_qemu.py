@@ -134,8 +134,8 @@ def test_every_writes_one_event_per_new_finding_and_stops_cleanly(guests, tmp_pa
     records = [json.loads(line) for line in events.read_text().splitlines()]
     frames = [r for r in records if r["event"] == "cpl0-frame"]
     assert sorted((r["frame"]["address"], r["frame"]["pid"], r["frame"]["tid"]) for r in frames) \
-        == frames_of(guests["truth"])
-    assert [r["verdict"] for r in records if r["event"] == "sweep"] == ["cpl0-frames-found"]
+        == frames_of(guests["truth"]), records
+    assert [r["verdict"] for r in records if r["event"] == "sweep"] == ["cpl0-frames-found"], records
     assert all(r["comm"] == "lv-left" for r in frames)
     liveguest.Qmp(bug.qmp, timeout=5).close()
     assert bug.status() == "running"
