@@ -76,6 +76,14 @@ def _check(args: argparse.Namespace, argv: Sequence[str]) -> None:
         raise InputError("a QMP socket is given twice")
 
 
+def _known_kernels():
+    """The guest kernel builds earlier sweeps saw (in the user's cache), so that a guest
+    running one of them is swept without a pause even with no VMLINUX."""
+    from dfforensics.dump.live import KnownKernels
+
+    return KnownKernels.in_cache()
+
+
 def _sweep(path: str, args: argparse.Namespace, known=None):
     from dfforensics.dump.live import GREETING_TIMEOUT, sweep_qemu
 
@@ -98,9 +106,10 @@ def run_live_sweep(argv: Sequence[str], cli: types.ModuleType) -> int:
     if args.every is not None:
         return _watch(args)
     reports, failed = [], False
+    known = _known_kernels()
     for path in args.qemu:
         try:
-            reports.append(_sweep(path, args))
+            reports.append(_sweep(path, args, known))
         except InputError as error:
             # One line per guest that could not be swept; the others still are.
             sys.stderr.write(f"dfforensics: error: {error}\n")
@@ -127,7 +136,6 @@ def _watch(args: argparse.Namespace) -> int:
     """Sweep each guest every ``args.every`` seconds; one JSONL event per new frame, and
     one per change of a guest's state (its sweep's verdict, or why it could not be swept)."""
     from dfforensics.core.model import to_json_dict
-    from dfforensics.dump.live import KnownKernels
 
     stream: TextIO = sys.stdout
     if args.output:
@@ -138,7 +146,7 @@ def _watch(args: argparse.Namespace) -> int:
     seen: set = set()
     # Each guest's kernel build, learned by its first round: later rounds read its
     # VMCOREINFO without pausing it, even with no VMLINUX.
-    known = KnownKernels()
+    known = _known_kernels()
     state: dict[str, Optional[str]] = {path: None for path in args.qemu}
     # SIGTERM (systemd, kill) ends the watch like Ctrl-C: between two reads, never in one.
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))

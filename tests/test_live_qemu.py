@@ -106,11 +106,11 @@ def test_bad_sockets_are_one_error_line(guests, tmp_path):
     liveguest.Qmp(guests["clean"].qmp, timeout=5).close()  # let go after an error too
 
 
-def watch(output, arguments, rounds_after):
+def watch(output, arguments, rounds_after, env=None):
     """Run ``sweep ... --every`` until its first sweep event, ``rounds_after`` seconds more,
     then Ctrl-C: its exit status and stderr."""
     process = subprocess.Popen(CLI + ["sweep", *arguments, "-o", str(output)], stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+                               stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not (output.exists() and '"sweep"' in output.read_text()):
@@ -186,13 +186,14 @@ def test_with_vmlinux_the_sweep_never_pauses_the_guest(guests):
     assert clean.status() == "running"
 
 
-def test_every_without_vmlinux_pauses_only_its_first_round(guests, tmp_path, detached_btf):
+def test_without_vmlinux_only_the_first_sweep_of_a_build_pauses_the_guest(guests, tmp_path, detached_btf):
     clean = guests["clean"]
     _, btf = detached_btf("6.1")
+    env = dict(os.environ, DFFORENSICS_CACHE=str(tmp_path / "cache"))  # no build seen yet
     out = tmp_path / "events.jsonl"
     events = Events(clean.qmp2)
     try:
-        status, err = watch(out, ["--qemu", str(clean.qmp), "--btf", btf, "--every", "0.3"], rounds_after=3)
+        status, err = watch(out, ["--qemu", str(clean.qmp), "--btf", btf, "--every", "0.3"], rounds_after=3, env=env)
     finally:
         events.close()
     assert status == 0 and err == "", err
@@ -200,6 +201,16 @@ def test_every_without_vmlinux_pauses_only_its_first_round(guests, tmp_path, det
     # The first round has only BTF and kallsyms: drgn's dump reads VMCOREINFO (one pause);
     # later rounds know the build from it and read the note without a pause.
     assert events.seen.count("STOP") == 1, events.seen
+    # A later run finds the build in the cache: no pause at all.
+    events = Events(clean.qmp2)
+    try:
+        again = subprocess.run(CLI + ["sweep", "--qemu", str(clean.qmp), "--btf", btf, "--format", "json"],
+                               capture_output=True, text=True, timeout=300, env=env)
+    finally:
+        events.close()
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["source"]["vmcoreinfo"].startswith("read from guest memory without pausing")
+    assert "STOP" not in events.seen, events.seen
     assert clean.status() == "running"
 
 

@@ -25,6 +25,7 @@ which then skips its dump; the report says which way it was read.
 
 import errno
 import gc
+import json
 import os
 import select
 import socket
@@ -132,18 +133,61 @@ class _Connection:
 
 
 class KnownKernels:
-    """The kernel builds seen on each socket, kept by a caller that sweeps the same
-    guests again (``--every``), so that later sweeps read VMCOREINFO without a pause."""
+    """The kernel builds seen before, so that a guest running one of them is read
+    without a pause even with no VMLINUX: the build each socket ran last, and, when
+    ``saved_in`` is given, every build any sweep saw, kept in that file (the user's
+    cache: ``live-kernels.json``) for later runs."""
 
-    def __init__(self) -> None:
+    #: Builds kept in the file, newest first: a host runs a handful of guest kernels.
+    KEPT = 64
+
+    def __init__(self, saved_in: Optional[str] = None) -> None:
         self._by_socket: dict[str, KernelLandmarks] = {}
+        self._file = saved_in
+        self._saved: list[KernelLandmarks] = self._load() if saved_in else []
 
-    def get(self, path: str) -> Optional[KernelLandmarks]:
-        return self._by_socket.get(path)
+    @classmethod
+    def in_cache(cls) -> "KnownKernels":
+        from dfforensics.inputs.formats import cache_dir
+
+        try:
+            return cls(os.path.join(cache_dir(), "live-kernels.json"))
+        except InputError:
+            return cls()  # no usable cache: nothing remembered, every sweep still runs
+
+    def _load(self) -> list[KernelLandmarks]:
+        try:
+            with open(self._file, encoding="utf-8") as file:  # type: ignore[arg-type]
+                records = json.load(file)
+        except (OSError, ValueError):
+            return []
+        if not isinstance(records, list):
+            return []
+        return [found for found in map(KernelLandmarks.from_saved, records[:self.KEPT]) if found is not None]
+
+    def candidates(self, path: str) -> list[KernelLandmarks]:
+        """The builds to try for a guest, the one its socket ran last first."""
+        last = self._by_socket.get(path)
+        return ([last] if last else []) + [build for build in self._saved if build != last]
 
     def remember(self, path: str, landmarks: Optional[KernelLandmarks]) -> None:
-        if landmarks is not None:
-            self._by_socket[path] = landmarks
+        if landmarks is None:
+            return
+        self._by_socket[path] = landmarks
+        if self._file is None or (self._saved and self._saved[0] == landmarks):
+            return
+        self._saved = ([landmarks] + [build for build in self._saved if build != landmarks])[:self.KEPT]
+        partial = f"{self._file}.partial-{os.getpid()}"
+        try:
+            with open(partial, "w", encoding="utf-8") as file:
+                json.dump([build.saved() for build in self._saved], file)
+            os.replace(partial, self._file)
+        except OSError:
+            # Only a pause saved next time is lost: the sweep itself is unaffected.
+            try:
+                os.unlink(partial)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -170,13 +214,14 @@ DRGN_DUMP_SOURCE = ("read by drgn with a one-byte dump-guest-memory: QEMU paused
                     "(about half a millisecond)")
 
 
-def _vmcoreinfo_without_pause(path: str, landmarks: KernelLandmarks, timeout: float) -> tuple[Optional[bytes], str]:
+def _vmcoreinfo_without_pause(path: str, builds: list[KernelLandmarks],
+                              timeout: float) -> tuple[Optional[bytes], str]:
     """The guest's VMCOREINFO read with HMP ``info registers`` and ``xp``, or None and why not."""
     monitor = None
     try:
         monitor = HumanMonitor(connect_qmp(path, timeout))
         cr3, cr4 = monitor.control_registers()
-        return find_vmcoreinfo(monitor.read_physical, cr3, cr4, landmarks)
+        return find_vmcoreinfo(monitor.read_physical, cr3, cr4, builds)
     except (NoteNotFound, OSError, ValueError) as problem:
         return None, f"{DRGN_DUMP_SOURCE}; it could not be read without: {problem}"
     finally:
@@ -213,14 +258,15 @@ def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = Non
     from dfforensics.inputs.formats import decompressed
 
     vmlinux_path = decompressed(vmlinux, "VMLINUX") if vmlinux is not None else None
-    landmarks = known.get(path) if known is not None else None
+    builds = known.candidates(path) if known is not None else []
     if vmlinux_path is not None:
         from dfforensics.inputs.elffacts import vmlinux_facts
 
         facts = vmlinux_facts(vmlinux_path, vmlinux)
-        landmarks = KernelLandmarks.from_symbols(facts.banner or b"", facts.symbols) or landmarks
-    vmcoreinfo, how = (_vmcoreinfo_without_pause(path, landmarks, timeout) if landmarks is not None
-                       else (None, DRGN_DUMP_SOURCE))
+        given = KernelLandmarks.from_symbols(facts.banner or b"", facts.symbols)
+        builds = [given] if given else builds
+    vmcoreinfo, how = (_vmcoreinfo_without_pause(path, builds, timeout) if builds
+                       else (None, f"{DRGN_DUMP_SOURCE}; no VMLINUX, and no earlier sweep saw this build"))
     connection = _Connection(connect_qmp(path, timeout))
     prog = Program(vmcoreinfo=vmcoreinfo) if vmcoreinfo is not None else Program()
     try:

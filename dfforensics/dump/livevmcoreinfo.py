@@ -31,7 +31,7 @@ import json
 import re
 import socket
 from dataclasses import dataclass, field
-from typing import Callable, Final, Optional
+from typing import Callable, Final, Optional, Sequence
 
 from dfforensics.core import x86
 
@@ -80,6 +80,26 @@ class KernelLandmarks:
             return None
         return cls(banner, offsets)
 
+    def saved(self) -> dict:
+        """The JSON form :meth:`from_saved` reads."""
+        return {"banner": self.banner.hex(), "offsets": dict(self.offsets)}
+
+    @classmethod
+    def from_saved(cls, record: object) -> Optional["KernelLandmarks"]:
+        """Landmarks from their JSON form, or None for anything not in that form."""
+        if not isinstance(record, dict) or not isinstance(record.get("offsets"), dict):
+            return None
+        offsets = record["offsets"]
+        if not all(isinstance(name, str) and type(value) is int for name, value in offsets.items()):
+            return None
+        try:
+            banner = bytes.fromhex(record.get("banner", ""))
+        except (TypeError, ValueError):
+            return None
+        if not banner.startswith(b"Linux version ") or not {"linux_banner", "vmcoreinfo_note"} <= offsets.keys():
+            return None
+        return cls(banner, {name: offsets[name] for name in LANDMARK_SYMBOLS if name in offsets})
+
 
 def _word(read: Read, physical: int) -> int:
     data = read(physical, 8)
@@ -122,9 +142,10 @@ def parse_note(data: bytes) -> Optional[bytes]:
     return text if text.startswith(b"OSRELEASE=") else None
 
 
-def find_vmcoreinfo(read: Read, cr3: int, cr4: int, landmarks: KernelLandmarks) -> tuple[bytes, str]:
+def find_vmcoreinfo(read: Read, cr3: int, cr4: int, builds: Sequence[KernelLandmarks]) -> tuple[bytes, str]:
     """The guest kernel's VMCOREINFO text, found from a live page-table root, and a
-    sentence saying where. Supports x86_64 guests with 4-level paging.
+    sentence saying where. The kernel must be one of ``builds`` (its banner, byte for
+    byte, where that build has it). Supports x86_64 guests with 4-level paging.
 
     :raises NoteNotFound: where the walk cannot go on (the message says why).
     """
@@ -140,12 +161,15 @@ def find_vmcoreinfo(read: Read, cr3: int, cr4: int, landmarks: KernelLandmarks) 
         except NoteNotFound as problem:
             problems.append(str(problem))
             continue
-        offsets = landmarks.offsets
-        banner = read(load + offsets["linux_banner"], len(landmarks.banner))
-        if banner != landmarks.banner:
+        landmarks = next((build for build in builds
+                          if read(load + build.offsets["linux_banner"], len(build.banner)) == build.banner), None)
+        if landmarks is None:
             problems.append(f"the kernel at guest-physical {load:#x} is not the expected one "
-                            "(its linux_banner differs)")
+                            "(its linux_banner differs)" if len(builds) == 1 else
+                            f"the kernel at guest-physical {load:#x} is none of the {len(builds)} "
+                            "builds known (no linux_banner matches)")
             continue
+        offsets = landmarks.offsets
         if "page_offset_base" in offsets:
             page_offset = _word(read, load + offsets["page_offset_base"])
         else:
