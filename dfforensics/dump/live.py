@@ -40,7 +40,7 @@ from drgn import Program
 from dfforensics.core.errors import InputError
 from dfforensics.core.model import Report
 from dfforensics.dump.livevmcoreinfo import (LANDMARK_SYMBOLS, HumanMonitor, KernelLandmarks, NoteNotFound,
-                                             find_vmcoreinfo)
+                                             find_vmcoreinfo, parse_note, search_vmcoreinfo)
 
 __all__ = ("GREETING_TIMEOUT", "KnownKernels", "QmpBusy", "connect_qmp", "open_qemu", "sweep_qemu")
 
@@ -223,7 +223,7 @@ def _vmcoreinfo_without_pause(path: str, builds: list[KernelLandmarks],
         cr3, cr4 = monitor.control_registers()
         return find_vmcoreinfo(monitor.read_physical, cr3, cr4, builds)
     except (NoteNotFound, OSError, ValueError) as problem:
-        return None, f"{DRGN_DUMP_SOURCE}; it could not be read without: {problem}"
+        return None, f"the known build's note could not be read: {problem}"
     finally:
         if monitor is not None:
             monitor.close()
@@ -250,10 +250,11 @@ def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = Non
 
     With ``vmlinux``, it must be the guest kernel's (build ID, as for dumps);
     without it, symbols come from the guest's kallsyms and types from its BTF
-    (or ``btf``). The guest must run with ``-device vmcoreinfo`` (drgn reads
-    VMCOREINFO through it to identify the kernel) unless its build is known
-    (``vmlinux``, or ``known`` from an earlier open of the socket): then the note
-    is read without pausing the guest.
+    (or ``btf``). VMCOREINFO is read without pausing the guest: through the
+    kernel's pointer to it where the build is known (``vmlinux``, or ``known``),
+    else found by that pointer in the kernel image and confirmed by the kernel's
+    own symbols; only where both fail does drgn read it with its one-byte
+    dump-guest-memory (``-device vmcoreinfo`` needed), which pauses the guest.
     """
     from dfforensics.inputs.formats import decompressed
 
@@ -266,13 +267,32 @@ def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = Non
         given = KernelLandmarks.from_symbols(facts.banner or b"", facts.symbols)
         builds = [given] if given else builds
     vmcoreinfo, how = (_vmcoreinfo_without_pause(path, builds, timeout) if builds
-                       else (None, f"{DRGN_DUMP_SOURCE}; no VMLINUX, and no earlier sweep saw this build"))
+                       else (None, "no VMLINUX, and no earlier sweep saw this build"))
+    searched = vmcoreinfo is None and vmlinux_path is None
+    if searched:
+        vmcoreinfo, why_not = _vmcoreinfo_by_search(path, timeout)
+        how = why_not if vmcoreinfo is not None else f"{how}; {why_not}"
+    if vmcoreinfo is None:
+        how = f"{DRGN_DUMP_SOURCE}; it could not be read without: {how}"
+    guest = _open(path, vmcoreinfo, how, vmlinux, vmlinux_path, btf, timeout)
+    if searched and vmcoreinfo is not None and not _kernel_points_at(guest.prog, vmcoreinfo):
+        # The note found is not the one the kernel's own symbols lead to: drgn's way.
+        guest.close()
+        guest = _open(path, None, f"{DRGN_DUMP_SOURCE}; the note found in memory was not the one "
+                      "the kernel's vmcoreinfo_note points at", vmlinux, vmlinux_path, btf, timeout)
+    if known is not None:
+        known.remember(path, guest.landmarks)
+    return guest
+
+
+def _open(path: str, vmcoreinfo: Optional[bytes], how: str, vmlinux: Optional[str],
+          vmlinux_path: Optional[str], btf: Optional[str], timeout: float) -> LiveGuest:
+    """One drgn program on the guest: with ``vmcoreinfo`` given, drgn skips its dump."""
     connection = _Connection(connect_qmp(path, timeout))
     prog = Program(vmcoreinfo=vmcoreinfo) if vmcoreinfo is not None else Program()
     try:
         try:
             # drgn takes the connection as it is, greeting unread: no second client.
-            # With VMCOREINFO given, it skips its dump-guest-memory.
             prog.set_qemu_qmp(connection.fd)
             if vmcoreinfo is not None:
                 prog.set_linux_kernel_custom(vmcoreinfo, True)
@@ -284,14 +304,60 @@ def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = Non
             raise InputError(f"QMP socket {path}: the guest is not identified as Linux (run QEMU with "
                              "-device vmcoreinfo, and a guest kernel with CONFIG_FW_CFG_SYSFS)")
         debug_info = _load_debug_info(prog, path, vmlinux, vmlinux_path, btf)
-        learned = _landmarks_of(prog)
-        if known is not None:
-            known.remember(path, learned)
-        return LiveGuest(prog, connection, path, debug_info, how, learned)
+        return LiveGuest(prog, connection, path, debug_info, how, _landmarks_of(prog))
     except BaseException:
         prog = None  # type: ignore[assignment]
         connection.release()
         raise
+
+
+#: What the search reads through before drgn knows the kernel: physical memory only.
+_BOOTSTRAP_VMCOREINFO = b"OSRELEASE=unknown\nPAGESIZE=4096\nKERNELOFFSET=0\nSYMBOL(swapper_pg_dir)=ffffffff82000000\n"
+
+
+def _vmcoreinfo_by_search(path: str, timeout: float) -> tuple[Optional[bytes], str]:
+    """VMCOREINFO found by :func:`search_vmcoreinfo`, or None and why not. The live root
+    comes from HMP ``info registers``; physical memory is read by a drgn program that
+    knows no kernel yet (given a stand-in VMCOREINFO, drgn skips its dump)."""
+    monitor = None
+    try:
+        monitor = HumanMonitor(connect_qmp(path, timeout))
+        cr3, cr4 = monitor.control_registers()
+    except (NoteNotFound, OSError, ValueError) as problem:
+        return None, f"the note was not searched for: {problem}"
+    finally:
+        if monitor is not None:
+            monitor.close()
+    connection = _Connection(connect_qmp(path, timeout))
+    prog = Program(vmcoreinfo=_BOOTSTRAP_VMCOREINFO)
+    try:
+        prog.set_qemu_qmp(connection.fd)
+
+        def read(address: int, size: int) -> Optional[bytes]:
+            try:
+                return prog.read(address, size, True)
+            except (drgn.FaultError, ValueError):
+                return None
+
+        return search_vmcoreinfo(read, cr3, cr4)
+    except NoteNotFound as problem:
+        return None, f"no note found in memory: {problem}"
+    except Exception as problem:  # libdrgn's bare Exception, OSError: drgn's way is left
+        return None, f"guest memory could not be searched: {problem}"
+    finally:
+        prog = None  # type: ignore[assignment]
+        connection.release()
+
+
+def _kernel_points_at(prog: Program, vmcoreinfo: bytes) -> bool:
+    """Whether the kernel's own ``vmcoreinfo_note`` (by its symbols) leads to this note."""
+    try:
+        pointer = prog.read_u64(prog.symbol("vmcoreinfo_note").address)
+        header = prog.read(pointer, 12)
+        size = 12 + (int.from_bytes(header[:4], "little") + 3) // 4 * 4 + int.from_bytes(header[4:8], "little")
+        return size <= 1 << 16 and parse_note(prog.read(pointer, size)) == vmcoreinfo
+    except (LookupError, drgn.FaultError, ValueError, OverflowError):
+        return False
 
 
 def _qmp_problem(error: Exception) -> str:

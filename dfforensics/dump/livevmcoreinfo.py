@@ -20,6 +20,10 @@ through the kernel text mapping of that root:
    ``page_offset_base`` (when the kernel has it) the direct map's base; the note is
    an ELF note named ``VMCOREINFO``, as the kernel wrote it.
 
+Where the build is not known, :func:`search_vmcoreinfo` finds the same pointer without
+symbols: every page-aligned kernel pointer in the image's mapped pages is followed, and a
+note reached so counts only if it describes the live kernel and is the only one.
+
 Where any step does not hold (5-level paging, a vCPU outside Linux, another kernel,
 no note), :class:`NoteNotFound` says why and the caller falls back to drgn's way.
 
@@ -30,12 +34,14 @@ is tested on plain bytes; :class:`HumanMonitor` is the QMP side.
 import json
 import re
 import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Callable, Final, Optional, Sequence
 
 from dfforensics.core import x86
 
-__all__ = ("HumanMonitor", "KernelLandmarks", "NoteNotFound", "find_vmcoreinfo", "parse_note")
+__all__ = ("HumanMonitor", "KernelLandmarks", "NoteNotFound", "find_vmcoreinfo", "parse_note",
+           "search_vmcoreinfo", "translate")
 
 Read = Callable[[int, int], Optional[bytes]]
 
@@ -108,9 +114,12 @@ def _word(read: Read, physical: int) -> int:
     return int.from_bytes(data, "little")
 
 
-def kernel_text_mapping(read: Read, pgd: int) -> tuple[int, int]:
-    """(virtual, physical) of the first 2 MiB page the kernel text mapping of the
-    page-table root ``pgd`` maps: ``_text``'s page, KASLR or not (4-level paging)."""
+def kernel_text_mapping(read: Read, pgd: int) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Where the kernel text mapping of the page-table root ``pgd`` puts the kernel image:
+    the virtual and physical address of its first 2 MiB page (``_text``'s, KASLR or not:
+    ``cleanup_highmap`` unmaps all before it), and the runs ``(virtual, physical, size)``
+    of every page it maps from there to the first unmapped 2 MiB (the image's end; the
+    gaps the kernel freed inside it are unmapped and left out). 4-level paging."""
     pgd_entry = _word(read, pgd + 8 * ((x86.START_KERNEL_MAP >> 39) & 511))
     if not pgd_entry & x86.PTE_PRESENT:
         raise NoteNotFound("the page-table root maps no kernel text")
@@ -121,12 +130,43 @@ def kernel_text_mapping(read: Read, pgd: int) -> tuple[int, int]:
     table = read(pud_entry & x86.PTE_ADDRESS_MASK, 4096)
     if table is None or len(table) != 4096:
         raise NoteNotFound("the kernel text's page table is not readable")
-    for index in range(512):
-        entry = int.from_bytes(table[8 * index:8 * index + 8], "little")
-        if entry & (x86.PTE_PRESENT | x86.PTE_HUGE) == x86.PTE_PRESENT | x86.PTE_HUGE:
-            virtual = (0xFFFF << 48) | (511 << 39) | (pud_index << 30) | (index << 21)
-            return virtual, entry & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1)
-    raise NoteNotFound("the kernel text mapping has no 2 MiB page")
+    entries = [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(512)]
+    base = (0xFFFF << 48) | (511 << 39) | (pud_index << 30)
+    first = next((i for i, entry in enumerate(entries)
+                  if entry & (x86.PTE_PRESENT | x86.PTE_HUGE) == x86.PTE_PRESENT | x86.PTE_HUGE), None)
+    if first is None:
+        raise NoteNotFound("the kernel text mapping has no 2 MiB page")
+    runs: list[tuple[int, int, int]] = []
+
+    def add(virtual: int, physical: int, size: int) -> None:
+        if runs and runs[-1][0] + runs[-1][2] == virtual and runs[-1][1] + runs[-1][2] == physical:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + size)
+        else:
+            runs.append((virtual, physical, size))
+
+    for index in range(first, 512):
+        entry, virtual = entries[index], base | (index << 21)
+        if not entry & x86.PTE_PRESENT:
+            break
+        if entry & x86.PTE_HUGE:
+            add(virtual, entry & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1), _HUGE_2M)
+            continue
+        ptes = read(entry & x86.PTE_ADDRESS_MASK, 4096)
+        if ptes is None or len(ptes) != 4096:
+            raise NoteNotFound(f"the kernel image's page table for {virtual:#x} is not readable")
+        for slot in range(512):
+            pte = int.from_bytes(ptes[8 * slot:8 * slot + 8], "little")
+            if pte & x86.PTE_PRESENT:
+                add(virtual | (slot << 12), pte & x86.PTE_ADDRESS_MASK, 4096)
+    virtual_text = base | (first << 21)
+    return virtual_text, entries[first] & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1), runs
+
+
+def _roots(cr3: int) -> list[int]:
+    """The page-table roots CR3 can mean: itself, and with PTI, when it is a user root (the
+    second page of an 8 KiB pair), the kernel's first page before it."""
+    root = cr3 & x86.PTE_ADDRESS_MASK
+    return [root, root & ~_PTI_USER_PGTABLE_BIT] if root & _PTI_USER_PGTABLE_BIT else [root]
 
 
 def parse_note(data: bytes) -> Optional[bytes]:
@@ -151,13 +191,10 @@ def find_vmcoreinfo(read: Read, cr3: int, cr4: int, builds: Sequence[KernelLandm
     """
     if cr4 & _CR4_LA57:
         raise NoteNotFound("the guest uses 5-level paging")
-    roots = [cr3 & x86.PTE_ADDRESS_MASK]
-    if roots[0] & _PTI_USER_PGTABLE_BIT:
-        roots.insert(0, roots[0] & ~_PTI_USER_PGTABLE_BIT)
     problems = []
-    for pgd in roots:
+    for pgd in _roots(cr3):
         try:
-            virtual_text, load = kernel_text_mapping(read, pgd)
+            virtual_text, load, _ = kernel_text_mapping(read, pgd)
         except NoteNotFound as problem:
             problems.append(str(problem))
             continue
@@ -190,6 +227,123 @@ def find_vmcoreinfo(read: Read, cr3: int, cr4: int, builds: Sequence[KernelLandm
                       f"{virtual_text:#x} (guest-physical {load:#x}) points at its note at "
                       f"{note_physical:#x}")
     raise NoteNotFound("; ".join(problems))
+
+
+def translate(read: Read, pgd: int, virtual: int) -> Optional[int]:
+    """The guest-physical address of ``virtual`` through the 4-level root ``pgd``
+    (1 GiB and 2 MiB pages included), or None where it is not mapped or not readable."""
+    table = pgd
+    for shift in (39, 30, 21, 12):
+        data = read(table + 8 * ((virtual >> shift) & 511), 8)
+        if data is None or len(data) != 8:
+            return None
+        entry = int.from_bytes(data, "little")
+        if not entry & x86.PTE_PRESENT:
+            return None
+        if shift in (30, 21) and entry & x86.PTE_HUGE:
+            size = 1 << shift
+            return (entry & x86.PTE_ADDRESS_MASK & ~(size - 1)) | (virtual & (size - 1))
+        table = entry & x86.PTE_ADDRESS_MASK
+    return table | (virtual & 0xFFF)
+
+
+# A page-aligned pointer into the kernel half (4-level: bits 63-47 set, the low 12 clear),
+# as the kernel's `vmcoreinfo_note` holds one.
+_QWORD: Final = struct.Struct("<Q")
+_POINTER_MASK: Final = 0xFFFF_8000_0000_0FFF
+_KERNEL_HALF: Final = 0xFFFF_8000_0000_0000
+#: At most this many distinct pointers are followed: a kernel image holds a few thousand.
+_MAX_POINTERS: Final = 200_000
+#: A distro kernel image (text, data, bss) is a few tens of MiB.
+_MAX_IMAGE: Final = 256 << 20
+
+
+def _fields(text: bytes) -> dict[str, str]:
+    lines = text.decode("ascii", "replace").splitlines()
+    return dict(line.split("=", 1) for line in lines if "=" in line)
+
+
+def _describes(text: bytes, read: Read, pgd: int, virtual_text: int, load: int, pointer: int) -> bool:
+    """Whether a note says what the live kernel is: its phys_base puts ``_text`` where the
+    page tables do, and its swapper_pg_dir maps the kernel text and the note's own address
+    (``pointer``) as the live root does (the top-level entries every root shares)."""
+    fields = _fields(text)
+    try:
+        phys_base = int(fields["NUMBER(phys_base)"], 0)
+        swapper = int(fields.get("SYMBOL(swapper_pg_dir)") or fields["SYMBOL(init_top_pgt)"], 16)
+    except (KeyError, ValueError):
+        return False
+    if phys_base != load - (virtual_text - x86.START_KERNEL_MAP) or swapper < x86.START_KERNEL_MAP:
+        return False
+    swapper_physical = swapper - x86.START_KERNEL_MAP + phys_base
+    for index in {(x86.START_KERNEL_MAP >> 39) & 511, (pointer >> 39) & 511}:
+        theirs, ours = read(swapper_physical + 8 * index, 8), read(pgd + 8 * index, 8)
+        if theirs is None or theirs != ours:
+            return False
+    return True
+
+
+def search_vmcoreinfo(read: Read, cr3: int, cr4: int) -> tuple[bytes, str]:
+    """The guest kernel's VMCOREINFO, for a kernel whose build is not known: the live root's
+    kernel image is searched for the pointer to its note (``vmcoreinfo_note``, in the
+    image's data), each page-aligned kernel pointer there is followed through the page
+    tables, and a VMCOREINFO note found so is kept only if it describes this kernel
+    (:func:`_describes`) and is the only such note. Image data cannot be written from user
+    space, so a note user code forged elsewhere is never reached. 4-level paging.
+
+    :raises NoteNotFound: with the reason, when no note, or more than one, is found.
+    """
+    if cr4 & _CR4_LA57:
+        raise NoteNotFound("the guest uses 5-level paging")
+    problems, found = [], {}
+    for pgd in _roots(cr3):
+        try:
+            found = _notes_in_image(read, pgd)
+        except NoteNotFound as problem:
+            problems.append(str(problem))
+            continue
+        if found:
+            break
+        problems.append("no pointer in the kernel image leads to a VMCOREINFO note of this kernel")
+    if not found:
+        raise NoteNotFound("; ".join(problems))
+    if len(found) > 1:
+        raise NoteNotFound(f"{len(found)} different VMCOREINFO notes describe this kernel: ambiguous")
+    [(text, (physical, virtual_text, load))] = found.items()
+    return text, (f"read from guest memory without pausing the guest: the kernel at {virtual_text:#x} "
+                  f"(guest-physical {load:#x}) holds the only pointer to a note of its own, at {physical:#x}")
+
+
+def _notes_in_image(read: Read, pgd: int) -> dict[bytes, tuple[int, int, int]]:
+    """Every VMCOREINFO note describing this kernel that a page-aligned pointer in its
+    image leads to: text -> (physical, virtual_text, load)."""
+    virtual_text, load, runs = kernel_text_mapping(read, pgd)
+    if sum(size for _, _, size in runs) > _MAX_IMAGE:
+        raise NoteNotFound("the kernel text mapping spans more than a kernel image")
+    end = runs[-1][0] + runs[-1][2]
+    pointers: set[int] = set()
+    for _, physical, size in runs:
+        for offset in range(0, size, _HUGE_2M):
+            chunk = read(physical + offset, min(_HUGE_2M, size - offset))
+            if chunk is None:
+                raise NoteNotFound(f"the kernel image at guest-physical {physical + offset:#x} is not readable")
+            pointers.update(word for (word,) in _QWORD.iter_unpack(chunk[:len(chunk) // 8 * 8])
+                            if word & _POINTER_MASK == _KERNEL_HALF)
+    pointers = {p for p in pointers if not virtual_text <= p < end}
+    if len(pointers) > _MAX_POINTERS:
+        raise NoteNotFound(f"the kernel image holds {len(pointers)} page pointers: too many to follow")
+    found: dict[bytes, tuple[int, int, int]] = {}
+    for pointer in sorted(pointers):
+        physical = translate(read, pgd, pointer)
+        header = read(physical, 12) if physical is not None else None
+        if not header or header[:4] != len(_NOTE_NAME).to_bytes(4, "little"):
+            continue
+        descsz = int.from_bytes(header[4:8], "little")
+        note_size = 12 + (len(_NOTE_NAME) + 3) // 4 * 4 + descsz
+        text = parse_note(read(physical, note_size) or b"") if note_size <= _NOTE_LIMIT else None
+        if text is not None and _describes(text, read, pgd, virtual_text, load, pointer):
+            found.setdefault(text, (physical, virtual_text, load))
+    return found
 
 
 _XP_LINE: Final = re.compile(r"^([0-9a-f]+):((?: 0x[0-9a-f]{16})+)\s*$")
