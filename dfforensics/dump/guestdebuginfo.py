@@ -33,7 +33,10 @@ import drgn
 from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, TypeKindSet
 
 from dfforensics.core.errors import DumpError
+from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
+from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, parse_btf
+from dfforensics.inputs.kallsyms import LAYOUT_ADDRESSES, LAYOUT_OFFSETS, KallsymsError, find_kallsyms
 
 __all__ = (
     "DEBUG_INFO_SOURCE",
@@ -373,26 +376,124 @@ def _vmcoreinfo(prog: Program) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def load_kallsyms(prog: Program) -> None:
+def load_kallsyms(prog: Program) -> bool:
     """Make the kernel's kallsyms tables the program's symbol table.
 
-    Linux 6.0+ (VMCOREINFO names the tables; drgn's ``load_vmlinux_kallsyms`` reads them).
+    Linux 6.0+: VMCOREINFO names the tables (drgn's ``load_vmlinux_kallsyms`` reads
+    them). Before 6.0 (2.6 to 6.0 on x86_64), they are found by their structure in the
+    kernel image's read-only data (:func:`_searched_kallsyms`).
 
-    :raises DumpError: when VMCOREINFO does not name them (before 6.0 without the
-        backport), or they cannot be read.
+    :return: whether the tables were found by search (then :func:`check_searched_kallsyms`
+        should confirm them once types are loaded).
+    :raises DumpError: when the tables cannot be found, are ambiguous, or unreadable.
     """
     from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
 
     info = _vmcoreinfo(prog)
-    if "SYMBOL(kallsyms_num_syms)" not in info:
-        release = info.get("OSRELEASE", "unknown")
-        raise DumpError(f"the dump's VMCOREINFO does not name the kallsyms tables (kernel {release}; "
-                        "Linux 6.0 and later name them): without a vmlinux there are no symbols")
+    searched = "SYMBOL(kallsyms_num_syms)" not in info
     try:
-        index = load_vmlinux_kallsyms(prog)
+        index = _searched_kallsyms(prog, info) if searched else load_vmlinux_kallsyms(prog)
     except (ValueError, LookupError, drgn.FaultError, OSError) as error:
         raise DumpError(f"the kernel's kallsyms tables are unreadable ({error})") from None
     prog.register_symbol_finder("vmlinux-kallsyms", index, enable_index=0)
+    if searched:
+        _check_symbol_agreement(prog, index)
+    return searched
+
+
+# What the dump says a kernel has at an address, besides kallsyms: every SYMBOL() of
+# VMCOREINFO but the one whose value is not an address (mem_section, a pointer under
+# CONFIG_SPARSEMEM_EXTREME: kernel/crash_core.c's VMCOREINFO_SYMBOL_ARRAY prints its value).
+_NOT_ADDRESSES: Final = frozenset({"mem_section"})
+# Read-only data whose contents say which kernel it is: init/version.c.
+_BANNER: Final = "linux_banner"
+
+
+def _vmcoreinfo_addresses(info: dict[str, str]) -> dict[str, int]:
+    found = {}
+    for key, value in info.items():
+        if key.startswith("SYMBOL(") and key.endswith(")") and key[7:-1] not in _NOT_ADDRESSES:
+            try:
+                found[key[7:-1]] = int(value, 16)
+            except ValueError:
+                continue
+    return found
+
+
+def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
+    """Find kallsyms tables VMCOREINFO does not name, check them, and load them in drgn.
+
+    x86_64 Linux 2.6 to 6.0 (the layouts of :data:`KALLSYMS_LAYOUT`), with
+    ``CONFIG_KALLSYMS_ALL`` (the analysis needs data symbols: ``init_task`` ...).
+    """
+    import _drgn
+
+    release = info.get("OSRELEASE", "unknown")
+    layout = value_for(KALLSYMS_LAYOUT, parse_release(release))
+    if layout not in (LAYOUT_OFFSETS, LAYOUT_ADDRESSES):
+        raise DumpError(f"the dump's VMCOREINFO does not name the kallsyms tables (kernel {release}), and "
+                        "their layout in this kernel is not one to search for: without a vmlinux there are no symbols")
+    expected = _vmcoreinfo_addresses(info)
+    if "_stext" not in expected:
+        raise DumpError(f"the dump's VMCOREINFO names neither the kallsyms tables nor _stext (kernel {release}): "
+                        "without a vmlinux there are no symbols")
+    memory = read_only_data(prog, info)
+    try:
+        found = find_kallsyms(memory.regions, layout, expected)
+    except KallsymsError as error:
+        raise DumpError(f"kernel {release}: {error}") from None
+    tables = found.tables
+    first = tables.addresses if tables.addresses is not None else tables.offsets
+    if not memory.holds(first, tables.token_index + 512):
+        raise DumpError(f"the kallsyms tables at {first:#x}..{tables.token_index + 512:#x} are not all in the dump")
+    banners = set(found.addresses_of(_BANNER))
+    wanted = f"Linux version {release} ".encode()
+    try:
+        banner = prog.read(banners.pop(), len(wanted)) if len(banners) == 1 else b""
+    except drgn.FaultError:
+        banner = b""
+    if banner != wanted:
+        raise DumpError(f"the kallsyms tables found at {tables.token_table:#x} do not give the banner of "
+                        f"kernel {release} at linux_banner: not taken")
+    load = getattr(_drgn, "_linux_helper_load_builtin_kallsyms", None)
+    if load is None:
+        raise DumpError(f"this drgn ({drgn.__version__}) cannot load kallsyms tables from their addresses")
+    index = load(prog, tables.names, tables.token_table, tables.token_index, tables.num_syms_address,
+                 tables.offsets or 0, tables.relative_base or 0, tables.addresses or 0, expected["_stext"])
+    prog.cache["dfforensics_kallsyms"] = found
+    return index
+
+
+def _check_symbol_agreement(prog: Program, index: drgn.SymbolIndex) -> None:
+    # drgn decodes the same tables itself: where it disagrees with our reading, neither is taken.
+    found = prog.cache["dfforensics_kallsyms"]
+    for name in ("_stext", _BANNER, "init_task", _BTF_START):
+        ours = set(found.addresses_of(name))
+        if not ours:
+            continue
+        theirs = {symbol.address for symbol in index(prog, name, None, False)}
+        if theirs != ours:
+            raise DumpError(f"drgn reads the kallsyms tables found at {found.tables.token_table:#x} "
+                            f"differently ({name}): not taken")
+
+
+def check_searched_kallsyms(prog: Program) -> None:
+    """Confirm kallsyms found by search against the kernel's own data, read with its types:
+    ``init_task`` is the boot CPU's idle task (``swapper/0``, named by ``init_idle()``
+    since 3.x; ``swapper`` before) and ``init_uts_ns`` holds the dump's release.
+
+    :raises DumpError: if either is not so.
+    """
+    release = _vmcoreinfo(prog).get("OSRELEASE", "")
+    try:
+        comm = prog["init_task"].comm.string_()
+        uts = Object(prog, prog.type("struct uts_namespace"), address=prog.symbol("init_uts_ns").address)
+        uts_release = uts.name.release.string_().decode("ascii", errors="replace")
+    except (LookupError, AttributeError, drgn.FaultError, ValueError) as error:
+        raise DumpError(f"the kallsyms tables found by search cannot be checked ({error}): not taken") from None
+    if not comm.startswith(b"swapper") or uts_release != release:
+        raise DumpError(f"the kallsyms tables found by search disagree with the dump (init_task is {comm!r}, "
+                        f"init_uts_ns says {uts_release!r}): not taken")
 
 
 def set_kernel_image_range(prog: Program) -> None:
@@ -475,7 +576,7 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
         raise DumpError(f"VMCORE {vmcore_path}: truncated or corrupt ({error})") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump")
-    load_kallsyms(prog)
+    searched = load_kallsyms(prog)
     set_kernel_image_range(prog)
     if btf_path is None:
         btf, how = btf_from_memory(prog), DEBUG_INFO_SOURCE
@@ -487,4 +588,6 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
             raise DumpError(f"BTF {btf_path}: {error.strerror or error}") from None
         how = DETACHED_SOURCE.format(path=btf_path)
     use_guest_debug_info(prog, btf)
+    if searched:
+        check_searched_kallsyms(prog)
     return prog, how
