@@ -35,7 +35,7 @@ from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, T
 from dfforensics.core.errors import DumpError
 from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
 from dfforensics.dump.kernelimage import read_only_data
-from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, parse_btf
+from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, parse_btf
 from dfforensics.inputs.kallsyms import LAYOUT_ADDRESSES, LAYOUT_OFFSETS, KallsymsError, find_kallsyms
 
 __all__ = (
@@ -101,6 +101,8 @@ ANONYMOUS_GLOBALS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 _BTF_START: Final = "__start_BTF"
+# The kernel image's read-only data, once read (kernelimage.ReadOnlyData), in prog.cache.
+_RODATA_CACHE: Final = "dfforensics_rodata"
 _BTF_STOP: Final = "__stop_BTF"
 # The direct map of x86_64 kernel text: virtual = physical + this + phys_base
 # (arch/x86/include/asm/page_64_types.h __START_KERNEL_map).
@@ -438,6 +440,7 @@ def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
         raise DumpError(f"the dump's VMCOREINFO names neither the kallsyms tables nor _stext (kernel {release}): "
                         "without a vmlinux there are no symbols")
     memory = read_only_data(prog, info)
+    prog.cache[_RODATA_CACHE] = memory
     try:
         found = find_kallsyms(memory.regions, layout, expected)
     except KallsymsError as error:
@@ -529,17 +532,19 @@ def _read_kernel_image(prog: Program, address: int, size: int) -> bytes:
 
 
 def btf_from_memory(prog: Program) -> Btf:
-    """The kernel's BTF, read from ``__start_BTF``..``__stop_BTF`` (CONFIG_DEBUG_INFO_BTF).
+    """The kernel's BTF, read from ``__start_BTF``..``__stop_BTF`` (CONFIG_DEBUG_INFO_BTF,
+    4.18+), or where kallsyms lacks them, the one BTF blob in the kernel image's read-only
+    data (:func:`dfforensics.inputs.btf.find_btf_blobs`).
 
     Needs the symbols (:func:`load_kallsyms`) first.
 
-    :raises DumpError: if the kernel has no BTF, or it is not in the dump or malformed.
+    :raises DumpError: if the kernel has no BTF, or it is not in the dump, malformed, or
+        (found by search) not the only one.
     """
     try:
         start, stop = prog.symbol(_BTF_START).address, prog.symbol(_BTF_STOP).address
     except LookupError:
-        raise DumpError("the kernel has no BTF in memory (no __start_BTF/__stop_BTF in kallsyms: "
-                        "built without CONFIG_DEBUG_INFO_BTF); a vmlinux or a BTF file is needed") from None
+        return _searched_btf(prog)
     if not 0 < stop - start < 1 << 30:
         raise DumpError(f"__start_BTF..__stop_BTF ({start:#x}..{stop:#x}) is not a BTF blob")
     try:
@@ -547,6 +552,26 @@ def btf_from_memory(prog: Program) -> Btf:
     except drgn.FaultError as error:
         raise DumpError(f"the kernel's BTF ({start:#x}..{stop:#x}) is not in the dump ({error})") from None
     return parse_btf(data, f"in guest memory at {start:#x}")
+
+
+def _searched_btf(prog: Program) -> Btf:
+    """The one BTF blob in the kernel image's read-only data, for kallsyms without __start_BTF."""
+    memory = prog.cache.get(_RODATA_CACHE)
+    if memory is None:
+        memory = read_only_data(prog, _vmcoreinfo(prog))
+    blobs = [(base + offset, data[offset:offset + size]) for base, data in memory.regions
+             for offset, size in find_btf_blobs(data)]
+    blobs = [(address, blob) for address, blob in blobs if memory.holds(address, address + len(blob))]
+    if not blobs:
+        raise DumpError("the kernel has no BTF in memory (no __start_BTF/__stop_BTF in kallsyms, and no BTF header "
+                        f"in its {memory.size} bytes of read-only data: built without CONFIG_DEBUG_INFO_BTF); "
+                        "a vmlinux or a BTF file is needed")
+    if len(blobs) > 1:
+        where = ", ".join(f"{address:#x}" for address, _ in blobs)
+        raise DumpError(f"{len(blobs)} BTF blobs in the kernel's read-only data ({where}) and no __start_BTF in "
+                        "kallsyms: which is the kernel's is unknown; a vmlinux or a BTF file is needed")
+    address, blob = blobs[0]
+    return parse_btf(blob, f"in guest memory at {address:#x} (found by its header)")
 
 
 def use_guest_debug_info(prog: Program, btf: Btf) -> GuestDebugInfo:
