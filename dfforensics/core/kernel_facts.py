@@ -318,8 +318,9 @@ VMCOREINFO_KALLSYMS: Final[Sequence[Fact[bool]]] = (
 # How scripts/kallsyms.c lays the tables out, for the search by structure of kernels whose
 # VMCOREINFO does not name them (dfforensics/inputs/kallsyms.py: "addresses" and "offsets").
 KALLSYMS_LAYOUT: Final[Sequence[Fact[str]]] = (
-    Fact("addresses", (2, 6, 0), (4, 6), "kallsyms_addresses (u64 each), kallsyms_num_syms, kallsyms_names "
-         "(one-byte lengths), kallsyms_markers, kallsyms_token_table, kallsyms_token_index"),
+    Fact("addresses", (2, 6, 0), (4, 6), "scripts/kallsyms.c write_src() before 2213e9a66bb8: kallsyms_addresses "
+         "(u64 each), kallsyms_num_syms, kallsyms_names (one-byte lengths), kallsyms_markers, "
+         "kallsyms_token_table, kallsyms_token_index"),
     Fact("offsets", (4, 6), (6, 1), "2213e9a66bb8 'kallsyms: add support for relative offsets in kallsyms "
          "address table' (4.6): kallsyms_offsets (u32) and kallsyms_relative_base before kallsyms_num_syms; "
          "CONFIG_KALLSYMS_BASE_RELATIVE has no prompt and is y on x86_64 (checked in 5.10.223's "

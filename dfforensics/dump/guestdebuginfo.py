@@ -9,9 +9,14 @@ helpers (``for_each_task``, ``find_task``, ``vma_find``, ``follow_phys``, ``per_
 
 - Symbols: drgn's ``load_vmlinux_kallsyms`` reads the tables VMCOREINFO names (Linux
   6.0+, or a backport of commit f09bddbd86619 "vmcoreinfo: add kallsyms_num_syms
-  symbol"). Before 6.0 this module stops with a clear error: it never guesses.
+  symbol"). Before 6.0 the tables are found by their structure in the kernel image's
+  read-only data (:mod:`dfforensics.inputs.kallsyms`, :mod:`dfforensics.dump.kernelimage`),
+  checked against what the dump says elsewhere (VMCOREINFO's symbols, ``linux_banner``,
+  then ``init_task`` and ``init_uts_ns`` through the BTF), and read by drgn's own
+  kallsyms loader; a search that fails or finds two candidates is an error, never a guess.
 - Types: BTF (:mod:`dfforensics.inputs.btf`), from guest memory between ``__start_BTF``
-  and ``__stop_BTF`` (``CONFIG_DEBUG_INFO_BTF``) or from a detached file made by
+  and ``__stop_BTF`` (``CONFIG_DEBUG_INFO_BTF``; where kallsyms lacks them, the one BTF
+  header in the kernel's read-only data) or from a detached file made by
   ``pahole --btf_encode_detached`` from the same build. drgn types are made only for
   the BTF types asked for, once each; struct members are lazy.
 - Objects: a global's address is its kallsyms address; its type is its BTF ``VAR``
@@ -141,7 +146,7 @@ class GuestDebugInfo:
     """drgn type and object finders backed by one BTF blob and the program's symbols.
 
     Register with :meth:`register`. Supports x86_64 kernels whose BTF and kallsyms are
-    readable (BTF 4.18+; kallsyms through VMCOREINFO 6.0+).
+    readable (BTF 4.18+; kallsyms through VMCOREINFO 6.0+, found by search before).
     """
 
     prog: Program
@@ -584,7 +589,8 @@ def use_guest_debug_info(prog: Program, btf: Btf) -> GuestDebugInfo:
 def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) -> tuple[Program, str]:
     """Open an uncompressed ELF or kdump vmcore with no vmlinux.
 
-    Symbols come from the guest's kallsyms (Linux 6.0+); types from the guest's BTF
+    Symbols come from the guest's kallsyms (named by VMCOREINFO, Linux 6.0+, or found by
+    search, 2.6 to 6.0); types from the guest's BTF
     (CONFIG_DEBUG_INFO_BTF), or from ``btf_path``, a detached BTF of the same build
     (``pahole --btf_encode_detached``).
 
