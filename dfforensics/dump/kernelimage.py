@@ -36,7 +36,7 @@ _PTE_NX: Final = 1 << 63
 # The top-level table's name in VMCOREINFO: init_top_pgt since 4.13 (65ade2f872b4
 # "x86/boot/64: Rename init_level4_pgt and early_level4_pgt"), init_level4_pgt before.
 _ROOT_SYMBOLS: Final = ("init_top_pgt", "init_level4_pgt")
-# KERNEL_IMAGE_SIZE when VMCOREINFO does not give it (before 4.19): the smaller of its two
+# KERNEL_IMAGE_SIZE when VMCOREINFO does not give it (older kernels): the smaller of its two
 # values (512 MiB without CONFIG_RANDOMIZE_BASE), so the walk never reaches modules.
 _DEFAULT_IMAGE_SIZE: Final = 512 << 20
 # More read-only image than any distro kernel has (Debian's 6.1: ~13 MiB with its BTF).
