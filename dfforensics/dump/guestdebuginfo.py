@@ -414,6 +414,7 @@ def load_kallsyms(prog: Program) -> bool:
 _NOT_ADDRESSES: Final = frozenset({"mem_section"})
 # Read-only data whose contents say which kernel it is: init/version.c.
 _BANNER: Final = "linux_banner"
+_HEAD_TEXT_MAX: Final = 2 << 20
 
 
 def _vmcoreinfo_addresses(info: dict[str, str]) -> dict[str, int]:
@@ -454,6 +455,11 @@ def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
     first = tables.addresses if tables.addresses is not None else tables.offsets
     if not memory.holds(first, tables.token_index + 512):
         raise DumpError(f"the kallsyms tables at {first:#x}..{tables.token_index + 512:#x} are not all in the dump")
+    # _text begins the image, _stext its .text: only .head.text (a few KiB) lies between.
+    texts = set(found.addresses_of("_text"))
+    if len(texts) != 1 or not 0 <= expected["_stext"] - min(texts) < _HEAD_TEXT_MAX:
+        raise DumpError(f"the kallsyms tables found at {tables.token_table:#x} put _text "
+                        f"({', '.join(map(hex, sorted(texts))) or 'nowhere'}) where no image starts: not taken")
     banners = set(found.addresses_of(_BANNER))
     wanted = f"Linux version {release} ".encode()
     try:
@@ -466,8 +472,11 @@ def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
     load = getattr(_drgn, "_linux_helper_load_builtin_kallsyms", None)
     if load is None:
         raise DumpError(f"this drgn ({drgn.__version__}) cannot load kallsyms tables from their addresses")
-    index = load(prog, tables.names, tables.token_table, tables.token_index, tables.num_syms_address,
-                 tables.offsets or 0, tables.relative_base or 0, tables.addresses or 0, expected["_stext"])
+    try:
+        index = load(prog, tables.names, tables.token_table, tables.token_index, tables.num_syms_address,
+                     tables.offsets or 0, tables.relative_base or 0, tables.addresses or 0, expected["_stext"])
+    except Exception as error:  # libdrgn reports tables it cannot parse as a bare Exception (BAD_DATA)
+        raise DumpError(f"drgn cannot read the kallsyms tables found at {tables.token_table:#x} ({error})") from None
     prog.cache["dfforensics_kallsyms"] = found
     return index
 

@@ -107,10 +107,10 @@ def read_only_data(prog: Program, info: Mapping[str, str]) -> ReadOnlyData:
     """
     stext = _number(info, "SYMBOL(_stext)")
     root = next((v for v in (_number(info, f"SYMBOL({n})") for n in _ROOT_SYMBOLS) if v is not None), None)
-    if stext is None or root is None:
-        raise DumpError("the dump's VMCOREINFO gives no _stext or no kernel page table (init_top_pgt): "
-                        "the kernel image cannot be found without a vmlinux")
-    phys_base = _number(info, "NUMBER(phys_base)") or 0
+    phys_base = _number(info, "NUMBER(phys_base)")
+    if stext is None or root is None or phys_base is None:
+        raise DumpError("the dump's VMCOREINFO gives no _stext, no kernel page table (init_top_pgt) or no "
+                        "phys_base: the kernel image cannot be found without a vmlinux")
     levels = 5 if _number(info, "NUMBER(pgtable_l5_enabled)") else 4
     image_end = x86.START_KERNEL_MAP + (_number(info, "NUMBER(KERNEL_IMAGE_SIZE)") or _DEFAULT_IMAGE_SIZE)
     if not x86.START_KERNEL_MAP <= stext < image_end:
