@@ -41,7 +41,14 @@ from dfforensics.core.errors import DumpError
 from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
 from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, parse_btf
-from dfforensics.inputs.kallsyms import LAYOUT_ADDRESSES, LAYOUT_OFFSETS, KallsymsError, find_kallsyms
+from dfforensics.inputs.kallsyms import (
+    LAYOUT_ADDRESSES,
+    LAYOUT_OFFSETS,
+    Kallsyms,
+    KallsymsError,
+    KallsymsTables,
+    find_kallsyms,
+)
 
 __all__ = (
     "DEBUG_INFO_SOURCE",
@@ -106,8 +113,10 @@ ANONYMOUS_GLOBALS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 _BTF_START: Final = "__start_BTF"
-# The kernel image's read-only data, once read (kernelimage.ReadOnlyData), in prog.cache.
+# The kernel image's read-only data, once read (kernelimage.ReadOnlyData), and the kallsyms
+# found in it (inputs.kallsyms.Kallsyms), in prog.cache.
 _RODATA_CACHE: Final = "dfforensics_rodata"
+_KALLSYMS_CACHE: Final = "dfforensics_kallsyms"
 _BTF_STOP: Final = "__stop_BTF"
 # The direct map of x86_64 kernel text: virtual = physical + this + phys_base
 # (arch/x86/include/asm/page_64_types.h __START_KERNEL_map).
@@ -434,8 +443,6 @@ def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
     x86_64 Linux 2.6 to 6.0 (the layouts of :data:`KALLSYMS_LAYOUT`), with
     ``CONFIG_KALLSYMS_ALL`` (the analysis needs data symbols: ``init_task`` ...).
     """
-    import _drgn
-
     release = info.get("OSRELEASE", "unknown")
     layout = value_for(KALLSYMS_LAYOUT, parse_release(release))
     if layout not in (LAYOUT_OFFSETS, LAYOUT_ADDRESSES):
@@ -455,35 +462,52 @@ def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
     first = tables.addresses if tables.addresses is not None else tables.offsets
     if not memory.holds(first, tables.token_index + 512):
         raise DumpError(f"the kallsyms tables at {first:#x}..{tables.token_index + 512:#x} are not all in the dump")
+    _check_image_symbols(prog, found, release, expected["_stext"])
+    index = _drgn_kallsyms(prog, tables, expected["_stext"])
+    prog.cache[_KALLSYMS_CACHE] = found
+    return index
+
+
+def _check_image_symbols(prog: Program, found: Kallsyms, release: str, stext: int) -> None:
+    """Refuse tables whose _text does not begin the image or whose linux_banner is not
+    this release's (init/version.c: "Linux version <release> (...", 2.6+)."""
+    where = f"the kallsyms tables found at {found.tables.token_table:#x}"
     # _text begins the image, _stext its .text: only .head.text (a few KiB) lies between.
     texts = set(found.addresses_of("_text"))
-    if len(texts) != 1 or not 0 <= expected["_stext"] - min(texts) < _HEAD_TEXT_MAX:
-        raise DumpError(f"the kallsyms tables found at {tables.token_table:#x} put _text "
-                        f"({', '.join(map(hex, sorted(texts))) or 'nowhere'}) where no image starts: not taken")
+    if len(texts) != 1 or not 0 <= stext - min(texts) < _HEAD_TEXT_MAX:
+        raise DumpError(f"{where} put _text ({', '.join(map(hex, sorted(texts))) or 'nowhere'}) "
+                        "where no image starts: not taken")
     banners = set(found.addresses_of(_BANNER))
+    if not banners:
+        raise DumpError(f"{where} hold no data symbols (no linux_banner: built without CONFIG_KALLSYMS_ALL), "
+                        "and the analysis reads data: a vmlinux is needed")
     wanted = f"Linux version {release} ".encode()
     try:
         banner = prog.read(banners.pop(), len(wanted)) if len(banners) == 1 else b""
     except drgn.FaultError:
         banner = b""
     if banner != wanted:
-        raise DumpError(f"the kallsyms tables found at {tables.token_table:#x} do not give the banner of "
-                        f"kernel {release} at linux_banner: not taken")
+        raise DumpError(f"{where} do not give the banner of kernel {release} at linux_banner: not taken")
+
+
+def _drgn_kallsyms(prog: Program, tables: KallsymsTables, stext: int) -> drgn.SymbolIndex:
+    """drgn's own kallsyms reader (the one ``load_vmlinux_kallsyms`` uses, drgn 0.0.30+)
+    on the tables' addresses, so that symbols are made exactly as on 6.0+ kernels."""
+    import _drgn
+
     load = getattr(_drgn, "_linux_helper_load_builtin_kallsyms", None)
     if load is None:
         raise DumpError(f"this drgn ({drgn.__version__}) cannot load kallsyms tables from their addresses")
     try:
-        index = load(prog, tables.names, tables.token_table, tables.token_index, tables.num_syms_address,
-                     tables.offsets or 0, tables.relative_base or 0, tables.addresses or 0, expected["_stext"])
+        return load(prog, tables.names, tables.token_table, tables.token_index, tables.num_syms_address,
+                    tables.offsets or 0, tables.relative_base or 0, tables.addresses or 0, stext)
     except Exception as error:  # libdrgn reports tables it cannot parse as a bare Exception (BAD_DATA)
         raise DumpError(f"drgn cannot read the kallsyms tables found at {tables.token_table:#x} ({error})") from None
-    prog.cache["dfforensics_kallsyms"] = found
-    return index
 
 
 def _check_symbol_agreement(prog: Program, index: drgn.SymbolIndex) -> None:
     # drgn decodes the same tables itself: where it disagrees with our reading, neither is taken.
-    found = prog.cache["dfforensics_kallsyms"]
+    found = prog.cache[_KALLSYMS_CACHE]
     for name in ("_stext", _BANNER, "init_task", _BTF_START):
         ours = set(found.addresses_of(name))
         if not ours:
