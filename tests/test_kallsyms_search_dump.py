@@ -13,6 +13,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
+from dfforensics.core.errors import DumpError
 from dfforensics.dump import guestdebuginfo
 from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.dump.opendump import open_dump
@@ -176,3 +177,18 @@ def test_the_command_alone_gives_the_verdict_on_5_10():
     report = json.loads(result.stdout)
     assert (report["verdict"], report["df_class"]) == ("match", "cpl-corruption")
     assert report["source"]["debug_info"] == "BTF and kallsyms from guest memory"
+
+
+@pytest.mark.parametrize("scenario, found", [("cpl0-irq-df-7.2", True), ("cpl0-irq-df", False)])
+def test_btf_by_its_header_on_kernels_whose_vmcoreinfo_names_kallsyms(scenario, found):
+    # 7.2 keeps BTF in memory: its header finds the blob __start_BTF begins; 6.1 has none.
+    prog = drgn.Program()
+    prog.set_core_dump(decompressed(str(FIXTURES / scenario / "vmcore.xz"), "VMCORE"))
+    assert guestdebuginfo.load_kallsyms(prog) is False  # named by VMCOREINFO: not searched
+    if found:
+        by_header = guestdebuginfo._searched_btf(prog)
+        assert by_header.where.startswith(f"in guest memory at {prog.symbol('__start_BTF').address:#x}")
+        assert by_header.size == prog.symbol("__stop_BTF").address - prog.symbol("__start_BTF").address
+    else:
+        with pytest.raises(DumpError, match="no BTF header in its .* bytes of read-only data"):
+            guestdebuginfo._searched_btf(prog)
