@@ -42,7 +42,7 @@ import struct
 import sys
 from array import array
 from dataclasses import dataclass
-from typing import Final, Iterator, Mapping, Optional, Sequence
+from typing import Final, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from dfforensics.core.errors import InputError
 
@@ -96,9 +96,9 @@ class KallsymsTables:
     absolute_percpu: bool  # CONFIG_KALLSYMS_ABSOLUTE_PERCPU encoding of the offsets
 
 
-@dataclass(frozen=True)
-class KallsymsSymbol:
-    """One decoded entry: its name, nm type character and address."""
+class KallsymsSymbol(NamedTuple):
+    """One decoded entry: its name, nm type character and address (a tuple: a kernel has
+    10^5 of them)."""
 
     name: str
     kind: str
@@ -299,10 +299,11 @@ def _candidates(data: bytes, base: int, layout: str, expected: Mapping[str, int]
                     continue  # scripts/kallsyms.c sorts the symbols by address
                 symbols = tuple(KallsymsSymbol(name, kind, address)
                                 for (kind, name), address in zip(decoded, addresses))
-                by_name: dict[str, set[int]] = {}
+                held: dict[str, set[int]] = {}
                 for symbol in symbols:
-                    by_name.setdefault(symbol.name, set()).add(symbol.address)
-                if any(name in by_name and address not in by_name[name] for name, address in expected.items()):
+                    if symbol.name in expected:
+                        held.setdefault(symbol.name, set()).add(symbol.address)
+                if any(expected[name] not in addresses for name, addresses in held.items()):
                     continue
                 yield Kallsyms(KallsymsTables(
                     layout=layout, num_syms=count, num_syms_address=base + names_at - _ALIGN,
