@@ -113,11 +113,11 @@ ANONYMOUS_GLOBALS: Final[dict[str, tuple[str, ...]]] = {
 }
 
 _BTF_START: Final = "__start_BTF"
+_BTF_STOP: Final = "__stop_BTF"
 # The kernel image's read-only data, once read (kernelimage.ReadOnlyData), and the kallsyms
 # found in it (inputs.kallsyms.Kallsyms), in prog.cache.
 _RODATA_CACHE: Final = "dfforensics_rodata"
 _KALLSYMS_CACHE: Final = "dfforensics_kallsyms"
-_BTF_STOP: Final = "__stop_BTF"
 # The direct map of x86_64 kernel text: virtual = physical + this + phys_base
 # (arch/x86/include/asm/page_64_types.h __START_KERNEL_map).
 _START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
@@ -427,6 +427,7 @@ _HEAD_TEXT_MAX: Final = 2 << 20
 
 
 def _vmcoreinfo_addresses(info: dict[str, str]) -> dict[str, int]:
+    """VMCOREINFO's ``SYMBOL(name)=hex`` entries that are addresses (every kernel)."""
     found = {}
     for key, value in info.items():
         if key.startswith("SYMBOL(") and key.endswith(")") and key[7:-1] not in _NOT_ADDRESSES:

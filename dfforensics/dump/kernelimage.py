@@ -140,10 +140,10 @@ def read_only_data(prog: Program, info: Mapping[str, str]) -> ReadOnlyData:
             runs.append([virtual, size, physical])
     if not runs:
         raise DumpError("the kernel image has no read-only data mapped (booted with rodata=off, or dumped "
-                        "before mark_rodata_ro): its kallsyms cannot be found without a vmlinux")
+                        "before mark_rodata_ro): its kallsyms and BTF cannot be searched for; a vmlinux is needed")
     if sum(size for _, size, _ in runs) > _MAX_READ:
         raise DumpError(f"the kernel image maps more than {_MAX_READ >> 20} MiB read-only: "
-                        "not searched for kallsyms")
+                        "not searched; a vmlinux is needed")
     found = ReadOnlyData([])
     for virtual, size, physical in runs:
         try:
