@@ -49,8 +49,9 @@ def encode(text: str, tokens: list[str]) -> bytes:
 
 
 def build(symbols: list[tuple[int, str, str]], layout: str = "offsets", relative_base: int = 0,
-          absolute_percpu: bool = True) -> Built:
-    """symbols: (address, nm type, name), sorted by address as scripts/kallsyms.c sorts them."""
+          absolute_percpu: bool = True, marker_width: int = 4) -> Built:
+    """symbols: (address, nm type, name), sorted by address as scripts/kallsyms.c sorts them;
+    markers .long (marker_width 4) or PTR (8, older kernels)."""
     blob = bytearray()
     labels = {}
     if layout == "addresses":
@@ -86,7 +87,7 @@ def build(symbols: list[tuple[int, str, str]], layout: str = "offsets", relative
     _align(blob)
     labels["kallsyms_markers"] = len(blob)
     for marker in markers:
-        blob += struct.pack("<I", marker)
+        blob += struct.pack("<I" if marker_width == 4 else "<Q", marker)
     _align(blob)
     labels["kallsyms_token_table"] = len(blob)
     index = []

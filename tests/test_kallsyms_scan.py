@@ -67,6 +67,15 @@ def test_absolute_addresses_before_4_6():
     assert [(s.address, s.name) for s in found.symbols] == [(a, n) for a, _, n in symbols]
 
 
+@pytest.mark.parametrize("layout, count", [("offsets", 300), ("offsets", 600), ("addresses", 513)])
+def test_markers_as_unsigned_long_in_older_kernels(layout, count):
+    symbols = kernel_symbols(count, percpu=0 if layout == "addresses" else 3)
+    built = build(symbols, layout=layout, relative_base=TEXT, marker_width=8)
+    found = find_kallsyms([(BASE, region(noise(808, 14), built.blob))], layout, STEXT)
+    assert found.tables.markers == BASE + 808 + built.labels["kallsyms_markers"]
+    assert [(s.address, s.name) for s in found.symbols] == [(a, n) for a, _, n in symbols]
+
+
 def test_the_layout_is_a_kernel_fact():
     assert value_for(KALLSYMS_LAYOUT, parse_release("4.4.302")) == LAYOUT_ADDRESSES
     assert value_for(KALLSYMS_LAYOUT, parse_release("5.10.223")) == LAYOUT_OFFSETS

@@ -15,8 +15,9 @@ they are in the dump all the same, in the kernel image's read-only data, laid ou
 ``kallsyms_names``                    N entries: a length byte, then that many token
                                       numbers (the first token's first character is
                                       the nm type)
-``kallsyms_markers``                  ``u32`` × ceil(N/256): where every 256th entry
-                                      of the names starts
+``kallsyms_markers``                  ``u32`` × ceil(N/256) (``unsigned long`` in
+                                      older kernels): where every 256th entry of the
+                                      names starts
 ``kallsyms_token_table``              256 NUL-terminated strings
 ``kallsyms_token_index``              ``u16`` × 256: where each string starts
 ====================================  ===============================================
@@ -71,6 +72,10 @@ _MAX_TOKEN_LEN: Final = 128
 _MAX_NAME_BYTES: Final = 255  # the length byte
 _MAX_SYMBOLS: Final = 1 << 22  # distro kernels hold 100k-250k
 _TOKEN_BYTES = re.compile(rb"[\x21-\x7e\x00]*")  # symbol characters and the NULs between them
+# kallsyms_markers entries: .long (u32) in 5.10.223's scripts/kallsyms.c, PTR (unsigned long)
+# in older ones; the two cannot be mistaken for each other (a u64's zero high half is not
+# an 8-aligned first marker, a pair of u32 is not a rising u64).
+_MARKER_WIDTHS: Final = (4, 8)
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 
@@ -174,22 +179,26 @@ def _token_tables(data: bytes, index_at: int, index: tuple[int, ...]) -> list[tu
     return found
 
 
-def _markers(data: bytes, table_at: int) -> Optional[tuple[int, list[int]]]:
-    """kallsyms_markers before a token table: (offset, markers), first 0, rising."""
-    end = table_at - 4 if table_at >= 4 and _U32.unpack_from(data, table_at - 4)[0] == 0 else table_at
+def _markers(data: bytes, table_at: int, width: int) -> Optional[tuple[int, list[int]]]:
+    """kallsyms_markers of ``width``-byte entries before a token table: (offset, markers),
+    the first 0, each at least 256 two-byte names past the one before."""
+    word = _U32 if width == 4 else _U64
+    # An odd number of u32 markers leaves 4 bytes of padding before the 8-aligned table.
+    padded = width == 4 and table_at >= 4 and _U32.unpack_from(data, table_at - 4)[0] == 0
+    end = table_at - 4 if padded else table_at
     markers: list[int] = []
-    position = end - 4
+    position = end - width
     while position >= 0 and len(markers) <= _MAX_SYMBOLS // 256:
-        value = _U32.unpack_from(data, position)[0]
+        value = word.unpack_from(data, position)[0]
         if markers and not 2 * 256 <= markers[-1] - value <= (_MAX_NAME_BYTES + 1) * 256:
             return None
         markers.append(value)
         if value == 0:
             break
-        position -= 4
+        position -= width
     else:
         return None
-    if position % _ALIGN or (len(markers) % 2 == 1) != (end != table_at):
+    if position % _ALIGN or (width == 4 and (len(markers) % 2 == 1) != padded):
         return None
     markers.reverse()
     return position, markers
@@ -262,57 +271,75 @@ def _addresses(data: bytes, names_at: int, count: int, layout: str, stext_number
     return None
 
 
-def _candidates(data: bytes, base: int, layout: str, expected: Mapping[str, int]) -> Iterator[Kallsyms]:
-    stext = expected["_stext"]
+def _token_candidates(data: bytes) -> Iterator[tuple[int, int, list[bytes]]]:
+    """(token index offset, token table offset, tokens) of every index whose strings agree."""
     for index_at in _index_candidates(data):
         index = _token_index(data, index_at)
-        if index is None:
+        if index is not None:
+            for table_at, tokens in _token_tables(data, index_at, index):
+                yield index_at, table_at, tokens
+
+
+def _names_candidates(data: bytes, markers_at: int, markers: list[int]) -> Iterator[tuple[int, int, list[bytes]]]:
+    """(names offset, count, entries) of every kallsyms_num_syms and kallsyms_names the
+    markers agree with: the count sits 8 bytes before the names, and the last group of
+    names ends where the markers begin, so the names begin within one group's reach."""
+    groups = len(markers)
+    nearest = markers_at - markers[-1] - 2
+    farthest = markers_at - markers[-1] - (_MAX_NAME_BYTES + 1) * 256 - _ALIGN
+    for names_at in range(nearest - nearest % _ALIGN, max(farthest, _ALIGN) - 1, -_ALIGN):
+        count, padding = struct.unpack_from("<II", data, names_at - _ALIGN)
+        if padding or not 256 * (groups - 1) < count <= 256 * groups:
             continue
-        for table_at, tokens in _token_tables(data, index_at, index):
-            found = _markers(data, table_at)
+        entries = _names(data, names_at, count, markers, markers_at)
+        if entries is not None:
+            yield names_at, count, entries
+
+
+def _symbols(data: bytes, names_at: int, count: int, decoded: list[tuple[str, str]], layout: str,
+             expected: Mapping[str, int]) -> Optional[tuple[tuple[KallsymsSymbol, ...], dict[str, Optional[int]], bool]]:
+    """The symbols with their addresses, if these put every expected name where it is
+    expected and are sorted, as scripts/kallsyms.c sorts them; with where the address
+    tables are and whether the offsets are absolute per-CPU."""
+    numbers = [n for n, (_, name) in enumerate(decoded) if name == "_stext"]
+    if len(numbers) != 1:
+        return None
+    placed = _addresses(data, names_at, count, layout, numbers[0], expected["_stext"])
+    if placed is None:
+        return None
+    addresses, where, absolute_percpu = placed
+    if any(later < earlier for earlier, later in zip(addresses, addresses[1:])):
+        return None
+    symbols = tuple(KallsymsSymbol(name, kind, address) for (kind, name), address in zip(decoded, addresses))
+    held: dict[str, set[int]] = {}
+    for symbol in symbols:
+        if symbol.name in expected:
+            held.setdefault(symbol.name, set()).add(symbol.address)
+    if any(expected[name] not in found for name, found in held.items()):
+        return None
+    return symbols, where, absolute_percpu
+
+
+def _candidates(data: bytes, base: int, layout: str, expected: Mapping[str, int]) -> Iterator[Kallsyms]:
+    """Every set of tables in one region that passes every check, from the token index back."""
+    for index_at, table_at, tokens in _token_candidates(data):
+        for width in _MARKER_WIDTHS:
+            found = _markers(data, table_at, width)
             if found is None:
                 continue
             markers_at, markers = found
-            groups = len(markers)
-            # The count sits 8 bytes before the names; the last group of names ends where
-            # the markers begin, so the names begin within one group's reach of there.
-            nearest = markers_at - markers[-1] - 2
-            farthest = markers_at - markers[-1] - (_MAX_NAME_BYTES + 1) * 256 - _ALIGN
-            for names_at in range(nearest - nearest % _ALIGN, max(farthest, _ALIGN) - 1, -_ALIGN):
-                count, padding = struct.unpack_from("<II", data, names_at - _ALIGN)
-                if padding or not 256 * (groups - 1) < count <= 256 * groups:
-                    continue
-                entries = _names(data, names_at, count, markers, markers_at)
-                if entries is None:
-                    continue
+            for names_at, count, entries in _names_candidates(data, markers_at, markers):
                 decoded = _decode(entries, tokens)
-                if decoded is None:
+                made = None if decoded is None else _symbols(data, names_at, count, decoded, layout, expected)
+                if made is None:
                     continue
-                numbers = [n for n, (_, name) in enumerate(decoded) if name == "_stext"]
-                if len(numbers) != 1:
-                    continue
-                placed = _addresses(data, names_at, count, layout, numbers[0], stext)
-                if placed is None:
-                    continue
-                addresses, where, absolute_percpu = placed
-                if any(later < earlier for earlier, later in zip(addresses, addresses[1:])):
-                    continue  # scripts/kallsyms.c sorts the symbols by address
-                symbols = tuple(KallsymsSymbol(name, kind, address)
-                                for (kind, name), address in zip(decoded, addresses))
-                held: dict[str, set[int]] = {}
-                for symbol in symbols:
-                    if symbol.name in expected:
-                        held.setdefault(symbol.name, set()).add(symbol.address)
-                if any(expected[name] not in addresses for name, addresses in held.items()):
-                    continue
+                symbols, where, absolute_percpu = made
+                at = {key: None if value is None else base + value for key, value in where.items()}
                 yield Kallsyms(KallsymsTables(
                     layout=layout, num_syms=count, num_syms_address=base + names_at - _ALIGN,
                     names=base + names_at, markers=base + markers_at, token_table=base + table_at,
-                    token_index=base + index_at,
-                    offsets=None if where["offsets"] is None else base + where["offsets"],
-                    relative_base=None if where["relative_base"] is None else base + where["relative_base"],
-                    addresses=None if where["addresses"] is None else base + where["addresses"],
-                    absolute_percpu=absolute_percpu), symbols)
+                    token_index=base + index_at, offsets=at["offsets"], relative_base=at["relative_base"],
+                    addresses=at["addresses"], absolute_percpu=absolute_percpu), symbols)
 
 
 def find_kallsyms(regions: Sequence[tuple[int, bytes]], layout: str, expected: Mapping[str, int]) -> Kallsyms:
@@ -332,11 +359,13 @@ def find_kallsyms(regions: Sequence[tuple[int, bytes]], layout: str, expected: M
         raise KallsymsError(f"kallsyms layout {layout!r} cannot be searched for")
     if "_stext" not in expected:
         raise KallsymsError("the address of _stext is needed to check kallsyms tables")
-    found: list[Kallsyms] = []
+    by_tables: dict[KallsymsTables, Kallsyms] = {}
     for base, data in regions:
         if base % _ALIGN:
             raise KallsymsError(f"region {base:#x} is not 8-byte aligned")
-        found.extend(_candidates(bytes(data), base, layout, expected))
+        # One marker (up to 256 symbols) reads the same as a u32 and padding or as a u64.
+        by_tables.update((k.tables, k) for k in _candidates(bytes(data), base, layout, expected))
+    found = list(by_tables.values())
     searched = sum(len(data) for _, data in regions)
     if not found:
         raise KallsymsError(f"no kallsyms tables in the kernel's read-only data ({searched} bytes searched "
