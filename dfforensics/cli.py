@@ -90,7 +90,7 @@ def _add_dump_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the crash dump (ELF, kdump-compressed or flattened; .gz/.xz/.zst)")
     parser.add_argument("vmlinux", metavar="VMLINUX", nargs="?",
                         help="the kernel's debug-info vmlinux (.gz/.xz/.zst); without it, types come "
-                             "from the guest's BTF and symbols from its kallsyms (Linux 6.0+)")
+                             "from the guest's BTF and symbols from its kallsyms")
     parser.add_argument("--btf", metavar="FILE",
                         help="without VMLINUX: a detached BTF file of the dump's kernel build "
                              "(pahole --btf_encode_detached), for kernels without CONFIG_DEBUG_INFO_BTF")

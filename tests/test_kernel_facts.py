@@ -75,6 +75,11 @@ def test_rows_follow_each_other_without_gap_or_overlap_and_the_last_is_open(name
     ("ENTRY_TRAIL_CALLER", "7.2.13", "asm_"),
     ("VMCOREINFO_KALLSYMS", "5.10.223", False),
     ("VMCOREINFO_KALLSYMS", "6.0.0", True),
+    ("KALLSYMS_LAYOUT", "4.5.7", "addresses"),
+    ("KALLSYMS_LAYOUT", "4.6.0", "offsets"),
+    ("KALLSYMS_LAYOUT", "5.10.223", "offsets"),
+    ("KALLSYMS_LAYOUT", "6.0.19", "offsets"),
+    ("KALLSYMS_LAYOUT", "6.1.0", "not-searched"),
     ("ORC_REG_PREV_SP", "6.12.117", 1),
     ("ORC_REG_PREV_SP", "7.0.9", 1),
     ("ORC_REG_PREV_SP", "7.1.0", 8),
@@ -117,6 +122,6 @@ def test_candidates_for_an_unknown_version_still_try_every_era_s_top_of_stack():
 def test_every_new_row_cites_a_commit_or_the_source_it_was_checked_in():
     for name in ("TOP_OF_KERNEL_STACK_PADDING_FRED", "TOP_OF_STACK_PERCPU", "CURRENT_TASK_PERCPU",
                  "CEA_RANDOMIZED", "FRED_DEFAULT", "ENTRY_TRAIL_CALLER",
-                 "VMCOREINFO_KALLSYMS", "ORC_REG_PREV_SP"):
+                 "VMCOREINFO_KALLSYMS", "KALLSYMS_LAYOUT", "ORC_REG_PREV_SP"):
         for row in TABLES[name]:
             assert re.search(r"\b[0-9a-f]{12}\b|checked in|no |before|x86_64", row.source), (name, row)

@@ -44,6 +44,7 @@ __all__ = (
     "FRED_DEFAULT",
     "ENTRY_TRAIL_CALLER",
     "VMCOREINFO_KALLSYMS",
+    "KALLSYMS_LAYOUT",
     "ORC_REG_PREV_SP",
 )
 
@@ -312,6 +313,21 @@ VMCOREINFO_KALLSYMS: Final[Sequence[Fact[bool]]] = (
     Fact(False, (2, 6, 0), (6, 0), "no kallsyms symbols in VMCOREINFO (checked in 5.10.223's kernel/crash_core.c)"),
     Fact(True, (6, 0), None, "5fd8fea935a1 'vmcoreinfo: include kallsyms symbols' (6.0); checked in "
          "7.2.13's kernel/vmcore_info.c"),
+)
+
+# How scripts/kallsyms.c lays the tables out, for the search by structure of kernels whose
+# VMCOREINFO does not name them (dfforensics/inputs/kallsyms.py: "addresses" and "offsets").
+KALLSYMS_LAYOUT: Final[Sequence[Fact[str]]] = (
+    Fact("addresses", (2, 6, 0), (4, 6), "scripts/kallsyms.c write_src() before 2213e9a66bb8: kallsyms_addresses "
+         "(u64 each), kallsyms_num_syms, kallsyms_names (one-byte lengths), kallsyms_markers, "
+         "kallsyms_token_table, kallsyms_token_index"),
+    Fact("offsets", (4, 6), (6, 1), "2213e9a66bb8 'kallsyms: add support for relative offsets in kallsyms "
+         "address table' (4.6): kallsyms_offsets (u32) and kallsyms_relative_base before kallsyms_num_syms; "
+         "CONFIG_KALLSYMS_BASE_RELATIVE has no prompt and is y on x86_64 (checked in 5.10.223's "
+         "scripts/kallsyms.c write_src() and init/Kconfig)"),
+    Fact("not-searched", (6, 1), None, "73bbb94466fd 'kallsyms: support \"big\" kernel symbols' (6.1) made "
+         "name lengths one or two bytes, and later releases add and reorder tables; VMCOREINFO names "
+         "the tables from 6.0 (VMCOREINFO_KALLSYMS), so they are not searched for"),
 )
 
 # ORC_REG_PREV_SP in arch/x86/include/asm/orc_types.h: the ORC register numbering an

@@ -9,9 +9,14 @@ helpers (``for_each_task``, ``find_task``, ``vma_find``, ``follow_phys``, ``per_
 
 - Symbols: drgn's ``load_vmlinux_kallsyms`` reads the tables VMCOREINFO names (Linux
   6.0+, or a backport of commit f09bddbd86619 "vmcoreinfo: add kallsyms_num_syms
-  symbol"). Before 6.0 this module stops with a clear error: it never guesses.
+  symbol"). Before 6.0 the tables are found by their structure in the kernel image's
+  read-only data (:mod:`dfforensics.inputs.kallsyms`, :mod:`dfforensics.dump.kernelimage`),
+  checked against what the dump says elsewhere (VMCOREINFO's symbols, ``linux_banner``,
+  then ``init_task`` and ``init_uts_ns`` through the BTF), and read by drgn's own
+  kallsyms loader; a search that fails or finds two candidates is an error, never a guess.
 - Types: BTF (:mod:`dfforensics.inputs.btf`), from guest memory between ``__start_BTF``
-  and ``__stop_BTF`` (``CONFIG_DEBUG_INFO_BTF``) or from a detached file made by
+  and ``__stop_BTF`` (``CONFIG_DEBUG_INFO_BTF``; where kallsyms lacks them, the one BTF
+  header in the kernel's read-only data) or from a detached file made by
   ``pahole --btf_encode_detached`` from the same build. drgn types are made only for
   the BTF types asked for, once each; struct members are lazy.
 - Objects: a global's address is its kallsyms address; its type is its BTF ``VAR``
@@ -33,7 +38,17 @@ import drgn
 from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, TypeKindSet
 
 from dfforensics.core.errors import DumpError
-from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, parse_btf
+from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
+from dfforensics.dump.kernelimage import read_only_data
+from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, parse_btf
+from dfforensics.inputs.kallsyms import (
+    LAYOUT_ADDRESSES,
+    LAYOUT_OFFSETS,
+    Kallsyms,
+    KallsymsError,
+    KallsymsTables,
+    find_kallsyms,
+)
 
 __all__ = (
     "DEBUG_INFO_SOURCE",
@@ -99,6 +114,10 @@ ANONYMOUS_GLOBALS: Final[dict[str, tuple[str, ...]]] = {
 
 _BTF_START: Final = "__start_BTF"
 _BTF_STOP: Final = "__stop_BTF"
+# The kernel image's read-only data, once read (kernelimage.ReadOnlyData), and the kallsyms
+# found in it (inputs.kallsyms.Kallsyms), in prog.cache.
+_RODATA_CACHE: Final = "dfforensics_rodata"
+_KALLSYMS_CACHE: Final = "dfforensics_kallsyms"
 # The direct map of x86_64 kernel text: virtual = physical + this + phys_base
 # (arch/x86/include/asm/page_64_types.h __START_KERNEL_map).
 _START_KERNEL_MAP: Final = 0xFFFFFFFF80000000
@@ -136,7 +155,7 @@ class GuestDebugInfo:
     """drgn type and object finders backed by one BTF blob and the program's symbols.
 
     Register with :meth:`register`. Supports x86_64 kernels whose BTF and kallsyms are
-    readable (BTF 4.18+; kallsyms through VMCOREINFO 6.0+).
+    readable (BTF 4.18+; kallsyms through VMCOREINFO 6.0+, found by search before).
     """
 
     prog: Program
@@ -373,26 +392,150 @@ def _vmcoreinfo(prog: Program) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def load_kallsyms(prog: Program) -> None:
+def load_kallsyms(prog: Program) -> bool:
     """Make the kernel's kallsyms tables the program's symbol table.
 
-    Linux 6.0+ (VMCOREINFO names the tables; drgn's ``load_vmlinux_kallsyms`` reads them).
+    Linux 6.0+: VMCOREINFO names the tables (drgn's ``load_vmlinux_kallsyms`` reads
+    them). Before 6.0 (2.6 to 6.0 on x86_64), they are found by their structure in the
+    kernel image's read-only data (:func:`_searched_kallsyms`).
 
-    :raises DumpError: when VMCOREINFO does not name them (before 6.0 without the
-        backport), or they cannot be read.
+    :return: whether the tables were found by search (then :func:`check_searched_kallsyms`
+        should confirm them once types are loaded).
+    :raises DumpError: when the tables cannot be found, are ambiguous, or unreadable.
     """
     from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
 
     info = _vmcoreinfo(prog)
-    if "SYMBOL(kallsyms_num_syms)" not in info:
-        release = info.get("OSRELEASE", "unknown")
-        raise DumpError(f"the dump's VMCOREINFO does not name the kallsyms tables (kernel {release}; "
-                        "Linux 6.0 and later name them): without a vmlinux there are no symbols")
+    searched = "SYMBOL(kallsyms_num_syms)" not in info
     try:
-        index = load_vmlinux_kallsyms(prog)
+        index = _searched_kallsyms(prog, info) if searched else load_vmlinux_kallsyms(prog)
     except (ValueError, LookupError, drgn.FaultError, OSError) as error:
         raise DumpError(f"the kernel's kallsyms tables are unreadable ({error})") from None
     prog.register_symbol_finder("vmlinux-kallsyms", index, enable_index=0)
+    if searched:
+        _check_symbol_agreement(prog, index)
+    return searched
+
+
+# What the dump says a kernel has at an address, besides kallsyms: every SYMBOL() of
+# VMCOREINFO but the one whose value is not an address (mem_section, a pointer under
+# CONFIG_SPARSEMEM_EXTREME: kernel/crash_core.c's VMCOREINFO_SYMBOL_ARRAY prints its value).
+_NOT_ADDRESSES: Final = frozenset({"mem_section"})
+# Read-only data whose contents say which kernel it is: init/version.c.
+_BANNER: Final = "linux_banner"
+_HEAD_TEXT_MAX: Final = 2 << 20
+
+
+def _vmcoreinfo_addresses(info: dict[str, str]) -> dict[str, int]:
+    """VMCOREINFO's ``SYMBOL(name)=hex`` entries that are addresses (every kernel)."""
+    found = {}
+    for key, value in info.items():
+        if key.startswith("SYMBOL(") and key.endswith(")") and key[7:-1] not in _NOT_ADDRESSES:
+            try:
+                found[key[7:-1]] = int(value, 16)
+            except ValueError:
+                continue
+    return found
+
+
+def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
+    """Find kallsyms tables VMCOREINFO does not name, check them, and load them in drgn.
+
+    x86_64 Linux 2.6 to 6.0 (the layouts of :data:`KALLSYMS_LAYOUT`), with
+    ``CONFIG_KALLSYMS_ALL`` (the analysis needs data symbols: ``init_task`` ...).
+    """
+    release = info.get("OSRELEASE", "unknown")
+    layout = value_for(KALLSYMS_LAYOUT, parse_release(release))
+    if layout not in (LAYOUT_OFFSETS, LAYOUT_ADDRESSES):
+        raise DumpError(f"the dump's VMCOREINFO does not name the kallsyms tables (kernel {release}), and "
+                        "their layout in this kernel is not one to search for: without a vmlinux there are no symbols")
+    expected = _vmcoreinfo_addresses(info)
+    if "_stext" not in expected:
+        raise DumpError(f"the dump's VMCOREINFO names neither the kallsyms tables nor _stext (kernel {release}): "
+                        "without a vmlinux there are no symbols")
+    memory = read_only_data(prog, info)
+    prog.cache[_RODATA_CACHE] = memory
+    try:
+        found = find_kallsyms(memory.regions, layout, expected)
+    except KallsymsError as error:
+        raise DumpError(f"kernel {release}: {error}") from None
+    tables = found.tables
+    first = tables.addresses if tables.addresses is not None else tables.offsets
+    if not memory.holds(first, tables.token_index + 512):
+        raise DumpError(f"the kallsyms tables at {first:#x}..{tables.token_index + 512:#x} are not all in the dump")
+    _check_image_symbols(prog, found, release, expected["_stext"])
+    index = _drgn_kallsyms(prog, tables, expected["_stext"])
+    prog.cache[_KALLSYMS_CACHE] = found
+    return index
+
+
+def _check_image_symbols(prog: Program, found: Kallsyms, release: str, stext: int) -> None:
+    """Refuse tables whose _text does not begin the image or whose linux_banner is not
+    this release's (init/version.c: "Linux version <release> (...", 2.6+)."""
+    where = f"the kallsyms tables found at {found.tables.token_table:#x}"
+    # _text begins the image, _stext its .text: only .head.text (a few KiB) lies between.
+    texts = set(found.addresses_of("_text"))
+    if len(texts) != 1 or not 0 <= stext - min(texts) < _HEAD_TEXT_MAX:
+        raise DumpError(f"{where} put _text ({', '.join(map(hex, sorted(texts))) or 'nowhere'}) "
+                        "where no image starts: not taken")
+    banners = set(found.addresses_of(_BANNER))
+    if not banners:
+        raise DumpError(f"{where} hold no data symbols (no linux_banner: built without CONFIG_KALLSYMS_ALL), "
+                        "and the analysis reads data: a vmlinux is needed")
+    wanted = f"Linux version {release} ".encode()
+    try:
+        banner = prog.read(banners.pop(), len(wanted)) if len(banners) == 1 else b""
+    except drgn.FaultError:
+        banner = b""
+    if banner != wanted:
+        raise DumpError(f"{where} do not give the banner of kernel {release} at linux_banner: not taken")
+
+
+def _drgn_kallsyms(prog: Program, tables: KallsymsTables, stext: int) -> drgn.SymbolIndex:
+    """drgn's own kallsyms reader (the one ``load_vmlinux_kallsyms`` uses, drgn 0.0.30+)
+    on the tables' addresses, so that symbols are made exactly as on 6.0+ kernels."""
+    import _drgn
+
+    load = getattr(_drgn, "_linux_helper_load_builtin_kallsyms", None)
+    if load is None:
+        raise DumpError(f"this drgn ({drgn.__version__}) cannot load kallsyms tables from their addresses")
+    try:
+        return load(prog, tables.names, tables.token_table, tables.token_index, tables.num_syms_address,
+                    tables.offsets or 0, tables.relative_base or 0, tables.addresses or 0, stext)
+    except Exception as error:  # libdrgn reports tables it cannot parse as a bare Exception (BAD_DATA)
+        raise DumpError(f"drgn cannot read the kallsyms tables found at {tables.token_table:#x} ({error})") from None
+
+
+def _check_symbol_agreement(prog: Program, index: drgn.SymbolIndex) -> None:
+    # drgn decodes the same tables itself: where it disagrees with our reading, neither is taken.
+    found = prog.cache[_KALLSYMS_CACHE]
+    for name in ("_stext", _BANNER, "init_task", _BTF_START):
+        ours = set(found.addresses_of(name))
+        if not ours:
+            continue
+        theirs = {symbol.address for symbol in index(prog, name, None, False)}
+        if theirs != ours:
+            raise DumpError(f"drgn reads the kallsyms tables found at {found.tables.token_table:#x} "
+                            f"differently ({name}): not taken")
+
+
+def check_searched_kallsyms(prog: Program) -> None:
+    """Confirm kallsyms found by search against the kernel's own data, read with its types:
+    ``init_task`` is the boot CPU's idle task (``swapper/0``, named by ``init_idle()``
+    since 3.x; ``swapper`` before) and ``init_uts_ns`` holds the dump's release.
+
+    :raises DumpError: if either is not so.
+    """
+    release = _vmcoreinfo(prog).get("OSRELEASE", "")
+    try:
+        comm = prog["init_task"].comm.string_()
+        uts = Object(prog, prog.type("struct uts_namespace"), address=prog.symbol("init_uts_ns").address)
+        uts_release = uts.name.release.string_().decode("ascii", errors="replace")
+    except (LookupError, AttributeError, drgn.FaultError, ValueError) as error:
+        raise DumpError(f"the kallsyms tables found by search cannot be checked ({error}): not taken") from None
+    if not comm.startswith(b"swapper") or uts_release != release:
+        raise DumpError(f"the kallsyms tables found by search disagree with the dump (init_task is {comm!r}, "
+                        f"init_uts_ns says {uts_release!r}): not taken")
 
 
 def set_kernel_image_range(prog: Program) -> None:
@@ -428,17 +571,19 @@ def _read_kernel_image(prog: Program, address: int, size: int) -> bytes:
 
 
 def btf_from_memory(prog: Program) -> Btf:
-    """The kernel's BTF, read from ``__start_BTF``..``__stop_BTF`` (CONFIG_DEBUG_INFO_BTF).
+    """The kernel's BTF, read from ``__start_BTF``..``__stop_BTF`` (CONFIG_DEBUG_INFO_BTF,
+    4.18+), or where kallsyms lacks them, the one BTF blob in the kernel image's read-only
+    data (:func:`dfforensics.inputs.btf.find_btf_blobs`).
 
     Needs the symbols (:func:`load_kallsyms`) first.
 
-    :raises DumpError: if the kernel has no BTF, or it is not in the dump or malformed.
+    :raises DumpError: if the kernel has no BTF, or it is not in the dump, malformed, or
+        (found by search) not the only one.
     """
     try:
         start, stop = prog.symbol(_BTF_START).address, prog.symbol(_BTF_STOP).address
     except LookupError:
-        raise DumpError("the kernel has no BTF in memory (no __start_BTF/__stop_BTF in kallsyms: "
-                        "built without CONFIG_DEBUG_INFO_BTF); a vmlinux or a BTF file is needed") from None
+        return _searched_btf(prog)
     if not 0 < stop - start < 1 << 30:
         raise DumpError(f"__start_BTF..__stop_BTF ({start:#x}..{stop:#x}) is not a BTF blob")
     try:
@@ -446,6 +591,26 @@ def btf_from_memory(prog: Program) -> Btf:
     except drgn.FaultError as error:
         raise DumpError(f"the kernel's BTF ({start:#x}..{stop:#x}) is not in the dump ({error})") from None
     return parse_btf(data, f"in guest memory at {start:#x}")
+
+
+def _searched_btf(prog: Program) -> Btf:
+    """The one BTF blob in the kernel image's read-only data, for kallsyms without __start_BTF."""
+    memory = prog.cache.get(_RODATA_CACHE)
+    if memory is None:
+        memory = read_only_data(prog, _vmcoreinfo(prog))
+    blobs = [(base + offset, data[offset:offset + size]) for base, data in memory.regions
+             for offset, size in find_btf_blobs(data)]
+    blobs = [(address, blob) for address, blob in blobs if memory.holds(address, address + len(blob))]
+    if not blobs:
+        raise DumpError("the kernel has no BTF in memory (no __start_BTF/__stop_BTF in kallsyms, and no BTF header "
+                        f"in its {memory.size} bytes of read-only data: built without CONFIG_DEBUG_INFO_BTF); "
+                        "a vmlinux or a BTF file is needed")
+    if len(blobs) > 1:
+        where = ", ".join(f"{address:#x}" for address, _ in blobs)
+        raise DumpError(f"{len(blobs)} BTF blobs in the kernel's read-only data ({where}) and no __start_BTF in "
+                        "kallsyms: which is the kernel's is unknown; a vmlinux or a BTF file is needed")
+    address, blob = blobs[0]
+    return parse_btf(blob, f"in guest memory at {address:#x} (found by its header)")
 
 
 def use_guest_debug_info(prog: Program, btf: Btf) -> GuestDebugInfo:
@@ -458,7 +623,8 @@ def use_guest_debug_info(prog: Program, btf: Btf) -> GuestDebugInfo:
 def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) -> tuple[Program, str]:
     """Open an uncompressed ELF or kdump vmcore with no vmlinux.
 
-    Symbols come from the guest's kallsyms (Linux 6.0+); types from the guest's BTF
+    Symbols come from the guest's kallsyms (named by VMCOREINFO, Linux 6.0+, or found by
+    search, 2.6 to 6.0); types from the guest's BTF
     (CONFIG_DEBUG_INFO_BTF), or from ``btf_path``, a detached BTF of the same build
     (``pahole --btf_encode_detached``).
 
@@ -475,7 +641,7 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
         raise DumpError(f"VMCORE {vmcore_path}: truncated or corrupt ({error})") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump")
-    load_kallsyms(prog)
+    searched = load_kallsyms(prog)
     set_kernel_image_range(prog)
     if btf_path is None:
         btf, how = btf_from_memory(prog), DEBUG_INFO_SOURCE
@@ -487,4 +653,6 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
             raise DumpError(f"BTF {btf_path}: {error.strerror or error}") from None
         how = DETACHED_SOURCE.format(path=btf_path)
     use_guest_debug_info(prog, btf)
+    if searched:
+        check_searched_kallsyms(prog)
     return prog, how

@@ -383,7 +383,7 @@ def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], vmlinux_p
     from dfforensics.dump import guestdebuginfo
     from dfforensics.inputs.btf import parse_btf
 
-    guestdebuginfo.load_kallsyms(prog)
+    searched = guestdebuginfo.load_kallsyms(prog)
     guestdebuginfo.set_kernel_image_range(prog)
     if btf is None:
         found, how = guestdebuginfo.btf_from_memory(prog), guestdebuginfo.DEBUG_INFO_SOURCE
@@ -395,6 +395,8 @@ def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], vmlinux_p
             raise InputError(f"BTF {btf}: {error.strerror or error}") from None
         how = guestdebuginfo.DETACHED_SOURCE.format(path=btf)
     guestdebuginfo.use_guest_debug_info(prog, found)
+    if searched:
+        guestdebuginfo.check_searched_kallsyms(prog)
     return how
 
 

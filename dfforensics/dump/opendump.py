@@ -290,8 +290,9 @@ def _dump_format(plain_path: str, vmcore_path: str) -> tuple[str, Optional[int],
 
 def open_dump_from_guest(vmcore: str, btf: Optional[str] = None) -> OpenedDump:
     """Open a guest crash dump with no vmlinux: symbols from its kallsyms, types from its
-    BTF (or ``btf``, a detached BTF file of the same build). Linux 6.0+ (VMCOREINFO names
-    the kallsyms tables); the kernel needs CONFIG_DEBUG_INFO_BTF unless ``btf`` is given.
+    BTF (or ``btf``, a detached BTF file of the same build). x86_64 kernels with
+    CONFIG_KALLSYMS_ALL (kallsyms named by VMCOREINFO from 6.0, searched for before); the
+    kernel needs CONFIG_DEBUG_INFO_BTF unless ``btf`` is given.
 
     :raises DumpError: when the dump, its kallsyms or its BTF cannot be used.
     """

@@ -34,6 +34,7 @@ __all__ = (
     "BtfType",
     "Kind",
     "Member",
+    "find_btf_blobs",
     "find_btf_header",
     "parse_btf",
 )
@@ -450,3 +451,39 @@ def find_btf_header(data: bytes | memoryview, start: int = 0) -> Optional[tuple[
         if type_len == 0 or str_len == 0:
             continue
         return offset, hdr_len + max(type_off + type_len, str_off + str_len)
+
+
+# What pahole and the kernel's own BTF writers put first, little-endian (x86_64): the
+# magic, version 1, no flags, and the 24-byte header of the released format.
+_KERNEL_HEADER_START: Final = struct.pack("<HBBI", BTF_MAGIC, _VERSION, 0, _HEADER.size)
+
+
+def find_btf_blobs(data: bytes | memoryview) -> list[tuple[int, int]]:
+    """Every BTF blob in ``data`` laid out as a kernel's vmlinux BTF is: a header as
+    :data:`_KERNEL_HEADER_START`, 4-byte aligned, the type section right after it and
+    the string section right after that (the kernel's ``btf_check_sec_info()`` refuses
+    gaps), strings that begin and end with a NUL, and every type record well-formed.
+
+    For kernels whose kallsyms lack ``__start_BTF`` (Linux 4.18+ with
+    ``CONFIG_DEBUG_INFO_BTF``): the caller takes the blob only if there is one.
+
+    :return: (offset, size) of each.
+    """
+    raw = bytes(data)
+    found = []
+    position = raw.find(_KERNEL_HEADER_START)
+    while position >= 0:
+        if position % 4 == 0 and position + _HEADER.size <= len(raw):
+            _, _, _, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(raw, position)
+            size = hdr_len + type_len + str_len
+            strings = position + hdr_len + str_off
+            if (type_off == 0 and str_off == type_len and type_len and str_len
+                    and position + size <= len(raw) and raw[strings] == 0 and raw[strings + str_len - 1] == 0):
+                try:
+                    Btf(raw[position:position + size], "scan")
+                except BtfError:
+                    pass
+                else:
+                    found.append((position, size))
+        position = raw.find(_KERNEL_HEADER_START, position + 1)
+    return found
