@@ -7,23 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
 
 from dfforensics.inputs.formats import decompressed
-from dumpfiles import sparse_copy
+from dumpfiles import file_offset, sparse_copy
 from dfforensics.dump.stackscan import USER_SCAN_LIMIT, bounded_window
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 VMLINUX = FIXTURES / "kernels" / "linux-6.1" / "vmlinux.xz"
 START_KERNEL_MAP = 0xFFFFFFFF80000000
-
-
-def file_offset(dump: Path, physical: int) -> int:
-    with open(dump, "rb") as file:
-        for segment in ELFFile(file).iter_segments("PT_LOAD"):
-            if segment["p_paddr"] <= physical < segment["p_paddr"] + segment["p_filesz"]:
-                return segment["p_offset"] + physical - segment["p_paddr"]
-    raise AssertionError(f"{physical:#x} not in the dump")
 
 
 def test_garbage_kernel_log_leaves_the_memory_proof_standing(tmp_path):

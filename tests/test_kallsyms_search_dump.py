@@ -18,7 +18,7 @@ from dfforensics.dump import guestdebuginfo
 from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.dump.opendump import open_dump
 from dfforensics.inputs.formats import decompressed
-from dumpfiles import sparse_copy
+from dumpfiles import file_offset, sparse_copy
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 SCENARIO = FIXTURES / "cpl0-irq-df-5.10"
@@ -107,14 +107,6 @@ def test_drgn_helpers_agree_with_dwarf(vmcore):
 
 
 # -- damaged copies of the dump: one clear line, exit 2 --------------------------------------
-
-
-def file_offset(dump: Path, physical: int) -> int:
-    with open(dump, "rb") as file:
-        for segment in ELFFile(file).iter_segments("PT_LOAD"):
-            if segment["p_paddr"] <= physical < segment["p_paddr"] + segment["p_filesz"]:
-                return segment["p_offset"] + physical - segment["p_paddr"]
-    raise AssertionError(f"{physical:#x} not in the dump")
 
 
 def damaged(vmcore: str, tmp_path: Path, writes: list[tuple[int, bytes]]) -> Path:
