@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 from dfforensics.inputs.formats import decompressed
 from dumpfiles import file_offset, sparse_copy
 from dfforensics.dump.stackscan import USER_SCAN_LIMIT, bounded_window
