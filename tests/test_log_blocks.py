@@ -332,3 +332,37 @@ def test_a_xen_pv_cs_line_with_high_bits_still_says_xen():
             "[   92.668874] CS:  10000e030 DS: 002b ES: 002b CR0: 0000000080050033\n")
     assert parse_log(text).paravirt == "Xen PV"
     assert parse_log(text.replace("10000e030", "10000e0300")).paravirt is None
+
+
+# The 7.2 fixture's #DF of a user-mode state (fixtures/cpl0-irq-df-7.2/console.log): the
+# kernel prints that state without the control registers, then again, whole, after the trace.
+USER_MODE_DF = """\
+[  117.148221] traps: PANIC: double fault, error_code: 0x0
+[  117.153557] Oops: double fault: 0000 [#1] SMP
+[  117.154086] CPU: 0 UID: 0 PID: 37 Comm: victim Tainted: G           O        7.2.13 #1 PREEMPTLAZY
+[  117.154322] RIP: 0033:0x100018e4
+[  117.154607] RSP: 002b:00007ffd61b75008 EFLAGS: 00000246
+[  117.154876] RAX: 0000000000000000 RBX: 00007ffd61b957e8 RCX: 0000000000000000
+[  117.154936] FS:  0000000031fe8380 GS:  0000000000000000
+[  117.155297] ---[ end trace 0000000000000000 ]---
+[  117.155406] RIP: 0033:0x100018e4
+[  117.155413] RSP: 002b:00007ffd61b75008 EFLAGS: 00000246
+[  117.155419] RAX: 0000000000000000 RBX: 00007ffd61b957e8 RCX: 0000000000000000
+[  117.155471] CS:  0033 DS: 0000 ES: 0000 CR0: 0000000080050033
+[  117.155479] CR2: 00007ffd61b74ff8 CR3: 0000000000ec3000 CR4: 00000000000006b0
+[  117.155587] Kernel panic - not syncing: Fatal exception in interrupt
+"""
+
+
+def test_cr2_of_a_user_mode_state_comes_from_its_repeat_after_the_trace():
+    report = analyze_log_text(USER_MODE_DF)
+    assert report.double_faults[0].regs.cr2 == 0x7FFD61B74FF8
+    assert any(e.check == "cr2-at-first-push-slot" and e.status.value == "pass"
+               for e in report.double_faults[0].evidence)
+
+
+def test_a_repeat_of_another_state_lends_no_cr2():
+    other = USER_MODE_DF.replace("RSP: 002b:00007ffd61b75008 EFLAGS: 00000246\n[  117.155419]",
+                                 "RSP: 002b:00007ffd61b76008 EFLAGS: 00000246\n[  117.155419]")
+    assert other != USER_MODE_DF
+    assert analyze_log_text(other).double_faults[0].regs.cr2 is None

@@ -271,7 +271,10 @@ def find_double_faults(prog: Program, log_reports: list[DfReport],
         if entry is not None:
             entry.sources.append(DfSource.STACK_TRACE)
             entry.trace = trace
-            if entry.regs.cr2 is None and handler_cr2 is not None:
+            if handler_cr2 is not None:
+                # Read at the #DF's entry: what the log printed later may have changed since.
+                if entry.regs.cr2 is not None and entry.regs.cr2 != handler_cr2:
+                    entry.disagreements.append(f"CR2: #DF handler {handler_cr2:#x}, log {entry.regs.cr2:#x}")
                 entry.regs.cr2 = handler_cr2
                 entry.cr2_source = "the #DF handler's read of CR2 (its stack frame)"
             if entry.task is None:

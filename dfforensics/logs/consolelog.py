@@ -701,6 +701,7 @@ def _parse_block(lines: list[str], first_line: int, report: DfReport) -> None:
         error_code = report.regs.error_code
         report.regs = fault.regs
         report.regs.error_code = error_code
+
         report.arch_bits = 32 if fault.arch_bits == 32 else report.arch_bits
     report.nested_blocks = [block for block in blocks if block is not fault]
     _parse_task_lines(lines, report)
@@ -712,6 +713,33 @@ def _parse_block(lines: list[str], first_line: int, report: DfReport) -> None:
         report.missing = _why_missing(lines)
     elif len(missing) == 4 or (report.regs.rsp is None and missing):
         report.missing = f"the register dump does not show {', '.join(missing)}"
+
+
+_END_TRACE_RE: Final = re.compile(r"---\[ end trace")
+
+
+def _repeated_cr2(lines: list[str], after: int, regs: Registers) -> Optional[int]:
+    """CR2 from the repeat of the faulting block just after ``---[ end trace`` (line
+    ``after``), when that repeat is the same event's dump: a user-mode state is printed
+    first without the control registers (``__show_regs`` with ``SHOW_REGS_USER``), then
+    again whole. Same event means every register both print is equal, RIP and RSP included."""
+    if after >= len(lines) or not _END_TRACE_RE.search(lines[after]):
+        return None
+    repeat = []
+    for line in lines[after + 1:after + 1 + 24]:
+        if _BLOCK_END_RE.search(line) or _find_header(line, DF_HEADERS):
+            break
+        repeat.append(line)
+    again, _ = _parse_registers("\n".join(repeat))
+    if again.cr2 is None:
+        return None
+    mine = {"rip": regs.rip, "cs": regs.cs, "rflags": regs.rflags, "rsp": regs.rsp, "ss": regs.ss, **regs.others}
+    theirs = {"rip": again.rip, "cs": again.cs, "rflags": again.rflags, "rsp": again.rsp, "ss": again.ss,
+              **again.others}
+    shared = [name for name in mine if mine[name] is not None and theirs.get(name) is not None]
+    if {"rip", "rsp"} <= set(shared) and all(mine[name] == theirs[name] for name in shared):
+        return again.cr2
+    return None
 
 
 def _block_lines(lines: list[str], start: int) -> list[str]:
@@ -749,7 +777,10 @@ def _new_report(lines: list[str], index: int, header: Header, match: re.Match[st
         context = FIRMWARE_CONTEXT.search(before)
         if context:
             report.firmware_context = before[context.start():]
-    _parse_block(_block_lines(lines, index), index + 1, report)
+    block = _block_lines(lines, index)
+    _parse_block(block, index + 1, report)
+    if report.regs.cr2 is None and report.regs.rip is not None:
+        report.regs.cr2 = _repeated_cr2(lines, index + len(block), report.regs)
     return report
 
 
