@@ -98,13 +98,19 @@ def test_page_tables_pointing_to_absent_memory_are_unknown_not_absent(tmp_path):
     assert any("could not be read" in w for w in report["warnings"])
 
 
-def test_corrupt_task_struct_is_not_trusted_and_the_verdict_drops(tmp_path):
+def test_corrupt_task_struct_is_not_trusted_and_only_what_needs_no_task_proves(tmp_path):
     def damage(prog, victim):
         yield victim.value_(), random.Random(1).randbytes(prog.type("struct task_struct").size)
 
     report = _analyse(_damaged_copy(tmp_path, damage))
-    assert report["verdict"] == "possible"
     (df,) = report["double_faults"]
+    # No frame is read through the task's mm; what still proves it needs no task: the #DF's
+    # own pt_regs (user CS and RSP, from the IST stack) with CR2 at the first push slot,
+    # CR2 as the kernel printed it in the dump's log (the handler's frame is the task's).
+    proofs = {e["check"]: e["status"] for e in df["evidence"]}
+    assert proofs["cpl0-frames-on-user-stack"] != "pass" and proofs["cr2-at-first-push-slot"] == "pass"
+    assert any(e["check"] == "cr2-source" and "log" in e["detail"] for e in df["evidence"])
+    assert report["verdict"] == "match"
     # The identity falls back to what the log printed, and says so.
     assert (df["pid"], df["comm"]) == (34, "victim")
     assert any("looks corrupt" in w and "the log's" in w for w in report["warnings"])
