@@ -214,9 +214,10 @@ class _Steps(dict):
 
 
 # The cached index (Btf.index_bytes): magic, blob size, blob CRC-32, type count, type-section
-# words, then the record offsets (count + 1), the name order (count) and a CRC-32 of it all.
+# words, named types, then the record offsets (count + 1), the name order (the named types),
+# the kinds (count + 1 bytes, padded to 4) and a CRC-32 of it all.
 _INDEX_MAGIC: Final = b"dffBTFi" + bytes([1 if sys.byteorder == "little" else 2])
-_INDEX_HEADER: Final = struct.Struct("=8sIIII")
+_INDEX_HEADER: Final = struct.Struct("=8sIIIII")
 
 
 class Btf:
@@ -253,7 +254,8 @@ class Btf:
         self._name_order: Optional[array] = None
         self._datasec_vars: Optional[dict[int, tuple[int, int]]] = None
         self._enumerators: Optional[dict[int, tuple[int, int, int]]] = None
-        self._crc: Optional[int] = None
+        # What a cached index is checked against (and load_btf keys it by): ~1 ms for 4 MB.
+        self._crc = zlib.crc32(data)
         if index is None:
             self._offsets = self._index_records()
         else:
@@ -298,15 +300,11 @@ class Btf:
 
     # -- the cached index ------------------------------------------------------------------
 
-    def _blob_crc(self) -> int:
-        if self._crc is None:
-            self._crc = zlib.crc32(self._strings, zlib.crc32(self._words.tobytes()))
-        return self._crc
-
     def index_bytes(self) -> bytes:
         """What this blob's pass and name index found, for :class:`Btf`'s ``index`` next time."""
-        body = _INDEX_HEADER.pack(_INDEX_MAGIC, self.size, self._blob_crc(), self.count, len(self._words))
-        body += self._offsets.tobytes() + self._names().tobytes()
+        order, kinds = self._names(), self._kind_bytes()
+        body = _INDEX_HEADER.pack(_INDEX_MAGIC, self.size, self._crc, self.count, len(self._words), len(order))
+        body += self._offsets.tobytes() + order.tobytes() + kinds + b"\0" * (-len(kinds) % 4)
         return body + struct.pack("=I", zlib.crc32(body))
 
     def _checked_index(self, data: bytes | memoryview, index: bytes) -> tuple[array, array]:
@@ -317,19 +315,24 @@ class Btf:
 
         if len(index) < _INDEX_HEADER.size + 4 or zlib.crc32(index[:-4]) != struct.unpack("=I", index[-4:])[0]:
             raise stale("truncated or damaged")
-        magic, size, crc, count, total = _INDEX_HEADER.unpack_from(index)
+        magic, size, crc, count, total, named = _INDEX_HEADER.unpack_from(index)
         if magic != _INDEX_MAGIC:
             raise stale("another format")
-        if (size, total) != (self.size, len(self._words)) or crc != self._blob_crc():
+        if (size, total) != (self.size, len(self._words)) or crc != self._crc:
             raise stale("another blob")
-        if len(index) != _INDEX_HEADER.size + 4 * (2 * count + 1) + 4:
+        kinds_at = _INDEX_HEADER.size + 4 * (count + 1 + named)
+        if named > count or len(index) != kinds_at + count + 1 + (-(count + 1) % 4) + 4:
             raise stale("wrong length")
         offsets, order = array("I"), array("I")
         middle = _INDEX_HEADER.size + 4 * (count + 1)
         offsets.frombytes(index[_INDEX_HEADER.size:middle])
-        order.frombytes(index[middle:-4])
-        if count and (offsets[0] != 0 or max(offsets) + 3 > total or min(order) < 1 or max(order) > count):
+        order.frombytes(index[middle:kinds_at])
+        kinds = bytes(index[kinds_at:kinds_at + count + 1])
+        if offsets[0] != 0 or (count and max(offsets) + 3 > total) or (named and (min(order) < 1 or max(order) > count)):
             raise stale("out of range")
+        if kinds[0] != 0 or max(kinds) >= len(Kind) or 0 in kinds[1:]:
+            raise stale("unknown kinds")
+        self._kinds = kinds
         return offsets, order
 
     # -- strings and records ---------------------------------------------------------------
@@ -428,22 +431,21 @@ class Btf:
     # -- by name ---------------------------------------------------------------------------
 
     def _names(self) -> array:
-        """Type ids 1..count sorted by their name's bytes (stable: ids of one name ascend)."""
+        """The ids of the named types sorted by their name's bytes (stable: ids of one name ascend)."""
         if self._name_order is None:
-            offsets, words, strings = self._offsets, self._words, self._strings
-            # Each string of the section at its offset, in C: split, sum the lengths, zip.
-            parts = strings.split(b"\0")
-            at = dict(zip(itertools.accumulate(map(len, parts), lambda a, b: a + b + 1, initial=0), parts))
-            keys = list(map(at.get, map(words.__getitem__, offsets)))
-            keys[0] = b""
-            if None in keys:  # a name inside another string (the format allows it) or outside all
-                for type_id in (i for i, key in enumerate(keys) if key is None):
-                    try:
-                        keys[type_id] = self._string_bytes(words[offsets[type_id]])
-                    except BtfError:
-                        raise BtfError(f"BTF {self.where}: type {type_id} has a name outside the "
-                                       "string section") from None
-            self._name_order = array("I", sorted(range(1, len(offsets)), key=keys.__getitem__))
+            strings = self._strings
+            names = array("I", map(self._words.__getitem__, self._offsets))
+            names[0] = 0
+            find = strings.index
+            try:
+                # The string at each name offset (anonymous ones: the empty string at 0); a
+                # name inside another string, which the format allows, is read the same way.
+                keys = [strings[offset:find(0, offset)] for offset in names]
+            except ValueError:
+                bad = next(i for i, offset in enumerate(names) if strings.find(b"\0", offset) < 0)
+                raise BtfError(f"BTF {self.where}: type {bad} has a name outside the string section") from None
+            self._name_order = array("I", sorted(itertools.compress(range(len(names)), names),
+                                                 key=keys.__getitem__))
         return self._name_order
 
     def _name_of(self, type_id: int) -> bytes:
@@ -644,6 +646,7 @@ def load_btf(data: bytes | memoryview, where: str = "blob", build_id: Optional[s
     from dfforensics.inputs import formats
 
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    # The same CRC the index is checked against (Btf computes it again: ~1 ms).
     key = f"{(build_id or 'nobuildid').lower()}-{len(view):x}-{zlib.crc32(view):08x}"
     try:
         cached = formats.read_keyed(key, _INDEX_ENTRY)
