@@ -253,7 +253,7 @@ class Btf:
         self._kinds: Optional[bytes] = None
         self._name_order: Optional[array] = None
         self._datasec_vars: Optional[dict[int, tuple[int, int]]] = None
-        self._enumerators: Optional[dict[int, tuple[int, int, int]]] = None
+        self._enumerators: Optional[tuple[list[int], dict[int, int]]] = None
         # What a cached index is checked against (and load_btf keys it by): ~1 ms for 4 MB.
         self._crc = zlib.crc32(data)
         if index is None:
@@ -502,25 +502,29 @@ class Btf:
     def enumerator(self, name: str) -> Optional[tuple[int, int]]:
         """(enum type id, value) of the enumerator ``name``: the first in id order, ENUMs
         before ENUM64s; None if no enum has it."""
+        words, offsets = self._words, self._offsets
         if self._enumerators is None:
-            words, offsets, index = self._words, self._offsets, {}
-            ranked = [(kind, type_id) for kind in (Kind.ENUM, Kind.ENUM64) for type_id in self.ids_of_kind(kind)]
+            ranked = self.ids_of_kind(Kind.ENUM) + self.ids_of_kind(Kind.ENUM64)
+            kinds, index = self._kind_bytes(), {}
             for rank in range(len(ranked) - 1, -1, -1):  # last first: the first one stays
-                kind, type_id = ranked[rank]
-                at, width = offsets[type_id], 2 if kind == Kind.ENUM else 3
-                names = words[at + 3:at + 3 + width * (words[at + 1] & 0xFFFF):width]
-                index.update(zip(reversed(names), ((rank, type_id, i) for i in range(len(names) - 1, -1, -1))))
-            self._enumerators = index
+                at = offsets[ranked[rank]]
+                width = 2 if kinds[ranked[rank]] == Kind.ENUM else 3
+                index.update(zip(words[at + 3:at + 3 + width * (words[at + 1] & 0xFFFF):width],
+                                 itertools.repeat(rank)))
+            self._enumerators = (ranked, index)
+        ranked, index = self._enumerators
         key, strings, found = name.encode() + b"\0", self._strings, []
         position = strings.find(key)
         while position >= 0:  # every string (or string tail) that spells the name
-            hit = self._enumerators.get(position)
-            if hit is not None:
-                found.append(hit)
+            if position in index:
+                found.append((index[position], position))
             position = strings.find(key, position + 1)
         if not found:
             return None
-        _, type_id, member = min(found)
+        rank, position = min(found)
+        type_id = ranked[rank]
+        at, width = offsets[type_id], 2 if self.kind(type_id) == Kind.ENUM else 3
+        member = words[at + 3:at + 3 + width * (words[at + 1] & 0xFFFF):width].index(position)
         return type_id, self[type_id].members[member].value
 
     def anonymous_structs(self, first_members: Sequence[str]) -> list[int]:
