@@ -57,7 +57,8 @@ PACKAGES = {
 }
 # Where a package is fetched when apt's lists no longer have that version: the security
 # archive, then the snapshot service, which keeps every file ever published.
-MIRRORS = ("https://deb.debian.org/debian-security/", "https://snapshot.debian.org/archive/debian-security/20261202T000000Z/")
+MIRRORS = ("https://deb.debian.org/debian-security/",
+           "https://snapshot.debian.org/archive/debian-security/20261202T000000Z/")
 
 INITRAMFS = os.path.join(ROOT, "fixtures", "live", "initramfs.cpio.xz")
 LOADER = os.path.join(HERE, "distroinit.c")

@@ -328,8 +328,10 @@ class Btf:
         offsets.frombytes(index[_INDEX_HEADER.size:middle])
         order.frombytes(index[middle:kinds_at])
         kinds = bytes(index[kinds_at:kinds_at + count + 1])
-        if offsets[0] != 0 or (count and max(offsets) + 3 > total) or (named and (min(order) < 1 or max(order) > count)):
-            raise stale("out of range")
+        if offsets[0] != 0 or (count and max(offsets) + 3 > total):
+            raise stale("record offsets out of range")
+        if named and (min(order) < 1 or max(order) > count):
+            raise stale("names out of range")
         if kinds[0] != 0 or max(kinds) >= len(Kind) or 0 in kinds[1:]:
             raise stale("unknown kinds")
         self._kinds = kinds
