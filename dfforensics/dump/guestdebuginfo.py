@@ -40,7 +40,7 @@ from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, T
 from dfforensics.core.errors import DumpError
 from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
 from dfforensics.dump.kernelimage import read_only_data
-from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, parse_btf
+from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, load_btf
 from dfforensics.inputs.kallsyms import (
     LAYOUT_ADDRESSES,
     LAYOUT_OFFSETS,
@@ -161,8 +161,6 @@ class GuestDebugInfo:
     prog: Program
     btf: Btf
     _types: dict[int, Type] = field(default_factory=dict)
-    _enumerators: Optional[dict[str, tuple[int, int]]] = None
-    _variables: Optional[dict[str, int]] = None
 
     # -- types -----------------------------------------------------------------------------
 
@@ -301,28 +299,6 @@ class GuestDebugInfo:
                               "(static symbols of several files); which one is meant is unknown")
         return addresses.pop() if addresses else None
 
-    def _variable_index(self) -> dict[str, int]:
-        """BTF VARs by name, from the DATASECs (where pahole puts every VAR it encodes)."""
-        if self._variables is None:
-            variables: dict[str, int] = {}
-            for section in self.btf.ids_of_kind(Kind.DATASEC):
-                for entry in self.btf[section].members:
-                    var = self.btf[entry.type]
-                    if var.kind == Kind.VAR:
-                        variables.setdefault(var.name, var.type)
-            self._variables = variables
-        return self._variables
-
-    def _enumerator_index(self) -> dict[str, tuple[int, int]]:
-        if self._enumerators is None:
-            index: dict[str, tuple[int, int]] = {}
-            for kind in (Kind.ENUM, Kind.ENUM64):
-                for type_id in self.btf.ids_of_kind(kind):
-                    for member in self.btf[type_id].members:
-                        index.setdefault(member.name, (type_id, member.value))
-            self._enumerators = index
-        return self._enumerators
-
     def _declared_type(self, name: str) -> Optional[Type]:
         declaration = UNTYPED_GLOBALS.get(name)
         if declaration is not None:
@@ -330,8 +306,7 @@ class GuestDebugInfo:
         wanted = ANONYMOUS_GLOBALS.get(name)
         if wanted is None:
             return None
-        matches = [t.id for t in (self.btf[i] for i in self.btf.ids_of_kind(Kind.STRUCT))
-                   if not t.name and tuple(m.name for m in t.members[:len(wanted)]) == wanted]
+        matches = self.btf.anonymous_structs(wanted)
         if len(matches) != 1:
             raise LookupError(f"{name!r}: {len(matches)} anonymous structs in the BTF begin with "
                               f"members {', '.join(wanted)}; its type is unknown")
@@ -355,7 +330,7 @@ class GuestDebugInfo:
         if filename is not None:
             return None
         if flags & FindObjectFlags.VARIABLE:
-            type_id = self._variable_index().get(name)
+            type_id = self.btf.variable(name)
             typ = self.type(type_id) if type_id is not None else self._declared_type(name)
             if typ is not None:
                 address = self._address(name)
@@ -369,7 +344,7 @@ class GuestDebugInfo:
                 if address is not None:
                     return Object(prog, self.type(funcs[0]), address=address)
         if flags & FindObjectFlags.CONSTANT:
-            found = self._enumerator_index().get(name)
+            found = self.btf.enumerator(name)
             if found is not None:
                 return Object(prog, self.type(found[0]), found[1])
         return None
@@ -538,6 +513,55 @@ def check_searched_kallsyms(prog: Program) -> None:
                         f"init_uts_ns says {uts_release!r}): not taken")
 
 
+# The kallsyms tables VMCOREINFO names, with the size each has when it is known from the
+# symbol count (kernel/kallsyms_internal.h): kallsyms_names and kallsyms_token_table end
+# where the next table starts, so they are covered only up to it.
+_KALLSYMS_TABLE_SIZES: Final = {
+    "kallsyms_names": lambda count: 0, "kallsyms_token_table": lambda count: 0,
+    "kallsyms_token_index": lambda count: 256 * 2, "kallsyms_num_syms": lambda count: 4,
+    "kallsyms_offsets": lambda count: 4 * count, "kallsyms_relative_base": lambda count: 8,
+    "kallsyms_addresses": lambda count: 8 * count, "kallsyms_markers": lambda count: 0,
+}
+# More than this between the first and last table is not kallsyms (a distro kernel's are ~2 MB).
+_KALLSYMS_SPAN_MAX: Final = 64 << 20
+
+
+def read_ahead_kallsyms(prog: Program) -> None:
+    """Read the kallsyms tables in one read and serve drgn's loader from that copy.
+
+    drgn 0.3.0's loader reads the length byte of each entry of ``kallsyms_names`` with a
+    read of its own (87,000 of them on Debian's 6.1), and in a dump without virtual
+    addresses (QEMU's, paging off) each read walks the page tables: 0.6 s. The copy is
+    read through those same page tables, so drgn sees the bytes it would have read; the
+    tables are read-only data, so for a dump the copy never goes stale. Nothing is done
+    when VMCOREINFO names no tables or they cannot be read: the loader then says why.
+    """
+    info = _vmcoreinfo(prog)
+    tables = {}
+    for name in _KALLSYMS_TABLE_SIZES:
+        value = info.get(f"SYMBOL({name})")
+        if value is not None:
+            try:
+                tables[name] = int(value, 16)
+            except ValueError:
+                return
+    if "kallsyms_num_syms" not in tables:
+        return
+    try:
+        count = prog.read_u32(tables["kallsyms_num_syms"])
+    except drgn.FaultError:
+        return
+    start = min(tables.values())
+    end = max(address + _KALLSYMS_TABLE_SIZES[name](count) for name, address in tables.items())
+    if not 0 < end - start <= _KALLSYMS_SPAN_MAX:
+        return
+    try:
+        copy = prog.read(start, end - start)
+    except drgn.FaultError:
+        return
+    prog.add_memory_segment(start, len(copy), lambda address, size, offset, physical: copy[offset:offset + size])
+
+
 def set_kernel_image_range(prog: Program) -> None:
     """Give drgn's kernel module the image's extent, _text.._end from kallsyms.
 
@@ -590,7 +614,7 @@ def btf_from_memory(prog: Program) -> Btf:
         data = _read_kernel_image(prog, start, stop - start)
     except drgn.FaultError as error:
         raise DumpError(f"the kernel's BTF ({start:#x}..{stop:#x}) is not in the dump ({error})") from None
-    return parse_btf(data, f"in guest memory at {start:#x}")
+    return load_btf(data, f"in guest memory at {start:#x}", _vmcoreinfo(prog).get("BUILD-ID"))
 
 
 def _searched_btf(prog: Program) -> Btf:
@@ -610,7 +634,7 @@ def _searched_btf(prog: Program) -> Btf:
         raise DumpError(f"{len(blobs)} BTF blobs in the kernel's read-only data ({where}) and no __start_BTF in "
                         "kallsyms: which is the kernel's is unknown; a vmlinux or a BTF file is needed")
     address, blob = blobs[0]
-    return parse_btf(blob, f"in guest memory at {address:#x} (found by its header)")
+    return load_btf(blob, f"in guest memory at {address:#x} (found by its header)", _vmcoreinfo(prog).get("BUILD-ID"))
 
 
 def use_guest_debug_info(prog: Program, btf: Btf) -> GuestDebugInfo:
@@ -641,6 +665,7 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
         raise DumpError(f"VMCORE {vmcore_path}: truncated or corrupt ({error})") from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump")
+    read_ahead_kallsyms(prog)
     searched = load_kallsyms(prog)
     set_kernel_image_range(prog)
     if btf_path is None:
@@ -648,7 +673,7 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
     else:
         try:
             with open(btf_path, "rb") as file:
-                btf = parse_btf(file.read(), btf_path)
+                btf = load_btf(file.read(), btf_path, _vmcoreinfo(prog).get("BUILD-ID"))
         except OSError as error:
             raise DumpError(f"BTF {btf_path}: {error.strerror or error}") from None
         how = DETACHED_SOURCE.format(path=btf_path)

@@ -381,8 +381,9 @@ def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], vmlinux_p
                              .replace("the dump's", "the guest's")) from None
         return "DWARF from VMLINUX"
     from dfforensics.dump import guestdebuginfo
-    from dfforensics.inputs.btf import parse_btf
+    from dfforensics.inputs.btf import load_btf
 
+    guestdebuginfo.read_ahead_kallsyms(prog)
     searched = guestdebuginfo.load_kallsyms(prog)
     guestdebuginfo.set_kernel_image_range(prog)
     if btf is None:
@@ -390,7 +391,7 @@ def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], vmlinux_p
     else:
         try:
             with open(btf, "rb") as file:
-                found = parse_btf(file.read(), btf)
+                found = load_btf(file.read(), btf, guestdebuginfo._vmcoreinfo(prog).get("BUILD-ID"))
         except OSError as error:
             raise InputError(f"BTF {btf}: {error.strerror or error}") from None
         how = guestdebuginfo.DETACHED_SOURCE.format(path=btf)

@@ -11,17 +11,25 @@ vmlinux BTF in memory between ``__start_BTF`` and ``__stop_BTF``; pahole's
 
 No drgn here: this layer reads bytes. Records are located in one pass over the type
 section (every record is a whole number of 32-bit words, so the pass indexes a word
-array) and decoded only when asked for; the name index is built on the first lookup
-by name. Every way the bytes can be wrong (truncated, bad magic, an id out of range,
-a chain of references that loops) raises :class:`BtfError`, one line for the user.
+array) and decoded only when asked for; the name index (type ids sorted by name, looked
+up by bisection) is built on the first lookup by name. Both are what a distro kernel's
+~95,000 types cost before the first type is made, and both depend on the blob alone, so
+:func:`load_btf` keeps them in dfforensics' cache per kernel build (:meth:`Btf.index_bytes`)
+and a second dump of the same build skips them. Every way the bytes can be wrong
+(truncated, bad magic, an id out of range, a chain of references that loops) raises
+:class:`BtfError`, one line for the user; a cached index that does not check out is
+rebuilt, never used.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import struct
 import sys
+import zlib
 from array import array
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Final, Iterator, Optional, Sequence
 
@@ -36,6 +44,7 @@ __all__ = (
     "Member",
     "find_btf_blobs",
     "find_btf_header",
+    "load_btf",
     "parse_btf",
 )
 
@@ -85,6 +94,15 @@ _EXTRA_WORDS: Final = {
     Kind.FUNC_PROTO: (0, 2), Kind.VAR: (1, 0), Kind.DATASEC: (0, 3), Kind.FLOAT: (0, 0),
     Kind.DECL_TAG: (1, 0), Kind.TYPE_TAG: (0, 0), Kind.ENUM64: (0, 3),
 }
+# The same, by kind number (what the pass indexes: a tuple is faster than the enum); -1: no such kind.
+_FIXED_WORDS: Final = tuple(3 + _EXTRA_WORDS[Kind(k)][0] if Kind(k) in _EXTRA_WORDS else -1
+                            for k in range(len(Kind))) + (-1,) * (32 - len(Kind))
+_WORDS_PER_ENTRY: Final = tuple(_EXTRA_WORDS[Kind(k)][1] if Kind(k) in _EXTRA_WORDS else 0
+                                for k in range(len(Kind))) + (0,) * (32 - len(Kind))
+# The bits of a record's info word that decide its length: kind and vlen.
+_LENGTH_BITS: Final = 0x1F00FFFF
+# The top byte of an info word (kind_flag, two unused bits, the kind) to the kind alone.
+_KIND_OF_TOP_BYTE: Final = bytes(b & 0x1F for b in range(256))
 # Kinds whose third word is a size; for the others it is a type id.
 _SIZED: Final = frozenset({Kind.INT, Kind.STRUCT, Kind.UNION, Kind.ENUM, Kind.ENUM64,
                            Kind.DATASEC, Kind.FLOAT})
@@ -181,14 +199,39 @@ def _checked_layout(fields: tuple[int, ...], available: int, where: str) -> tupl
     return hdr_len, type_off, type_len, str_off, str_len
 
 
+class _Steps(dict):
+    """Record length in words by the info word's kind and vlen bits, computed once per pair.
+
+    The pass looks every record's length up here: a kernel's 95,000 records have a few
+    hundred distinct (kind, vlen) pairs, and a dict hit is the cheapest step Python has.
+    """
+
+    def __missing__(self, bits: int) -> int:
+        fixed = _FIXED_WORDS[bits >> 24]
+        if fixed < 0:
+            raise KeyError(bits >> 24)
+        step = self[bits] = fixed + _WORDS_PER_ENTRY[bits >> 24] * (bits & 0xFFFF)
+        return step
+
+
+# The cached index (Btf.index_bytes): magic, blob size, blob CRC-32, type count, type-section
+# words, named types, then the record offsets (count + 1), the name order (the named types),
+# the kinds (count + 1 bytes, padded to 4) and a CRC-32 of it all.
+_INDEX_MAGIC: Final = b"dffBTFi" + bytes([1 if sys.byteorder == "little" else 2])
+_INDEX_HEADER: Final = struct.Struct("=8sIIIII")
+
+
 class Btf:
     """A parsed BTF blob: types by id (1..``count``; 0 is void), looked up by name lazily.
 
     Supports BTF version 1 as every kernel since 4.18 writes it (ENUM64 from 6.0,
     DECL_TAG/TYPE_TAG from 5.16/5.17); base BTF only (split module BTF is not read).
+    ``index`` is what :meth:`index_bytes` returned for the same blob; it is checked,
+    and :class:`BtfError` is raised if it is not that blob's (:func:`load_btf` then
+    rebuilds it).
     """
 
-    def __init__(self, data: bytes | memoryview, where: str = "blob") -> None:
+    def __init__(self, data: bytes | memoryview, where: str = "blob", index: Optional[bytes] = None) -> None:
         data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         found = _header(data, 0)
         if found is None:
@@ -207,28 +250,32 @@ class Btf:
         self._strings = bytes(data[hdr_len + str_off:hdr_len + str_off + str_len])
         if self._strings and self._strings[0] != 0:
             raise BtfError(f"BTF {where}: the string section does not start with an empty string")
-        self._offsets = self._index_records()
         self._decoded: dict[int, BtfType] = {}
-        self._by_name: Optional[dict[str, list[int]]] = None
-        self._by_kind: Optional[dict[Kind, list[int]]] = None
+        self._kinds: Optional[bytes] = None
+        self._name_order: Optional[array] = None
+        self._datasec_vars: Optional[dict[int, tuple[int, int]]] = None
+        self._enumerators: Optional[tuple[list[int], dict[int, int]]] = None
+        # What a cached index is checked against (and load_btf keys it by): ~1 ms for 4 MB.
+        self._crc = zlib.crc32(data)
+        if index is None:
+            self._offsets = self._index_records()
+        else:
+            self._offsets, self._name_order = self._checked_index(data, index)
 
     # -- the one pass over the type section ------------------------------------------------
 
     def _index_records(self) -> array:
         """Word offset of each record (index 0 stands for void), validating kinds and lengths."""
-        words, offsets = self._words, array("I", [0])
-        position, total = 0, len(words)
-        while position < total:
-            if position + 3 > total:
-                raise BtfError(f"BTF {self.where}: truncated type record {len(offsets)}")
-            info = words[position + 1]
-            kind_number, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-            try:
-                fixed, per_entry = _EXTRA_WORDS[Kind(kind_number)]
-            except (ValueError, KeyError):
-                raise BtfError(f"BTF {self.where}: type {len(offsets)} has unknown kind {kind_number}") from None
-            offsets.append(position)
-            position += 3 + fixed + per_entry * vlen
+        words, offsets, steps = self._words, array("I", [0]), _Steps()
+        append, position, total = offsets.append, 0, len(words)
+        try:
+            while position < total:
+                append(position)
+                position += steps[words[position + 1] & _LENGTH_BITS]
+        except IndexError:
+            raise BtfError(f"BTF {self.where}: truncated type record {len(offsets) - 1}") from None
+        except KeyError as error:
+            raise BtfError(f"BTF {self.where}: type {len(offsets) - 1} has unknown kind {error.args[0]}") from None
         if position != total:
             raise BtfError(f"BTF {self.where}: the last type record ({len(offsets) - 1}) is truncated")
         return offsets
@@ -238,18 +285,74 @@ class Btf:
         """The number of types (the highest type id)."""
         return len(self._offsets) - 1
 
+    def _kind_bytes(self) -> bytes:
+        """Each id's kind number as one byte (index 0: void), from the info words' top bytes."""
+        if self._kinds is None:
+            infos = array("I", map(self._words.__getitem__, map((1).__add__, self._offsets[1:])))
+            top = infos.tobytes()[3 if sys.byteorder == "little" else 0::4]
+            self._kinds = b"\0" + top.translate(_KIND_OF_TOP_BYTE)
+        return self._kinds
+
+    def kind(self, type_id: int) -> Kind:
+        """The kind of ``type_id`` (1..count) without decoding its record."""
+        if not 1 <= type_id <= self.count:
+            raise BtfError(f"BTF {self.where}: no type {type_id} (types are 1..{self.count})")
+        return Kind(self._kind_bytes()[type_id])
+
+    # -- the cached index ------------------------------------------------------------------
+
+    def index_bytes(self) -> bytes:
+        """What this blob's pass and name index found, for :class:`Btf`'s ``index`` next time."""
+        order, kinds = self._names(), self._kind_bytes()
+        body = _INDEX_HEADER.pack(_INDEX_MAGIC, self.size, self._crc, self.count, len(self._words), len(order))
+        body += self._offsets.tobytes() + order.tobytes() + kinds + b"\0" * (-len(kinds) % 4)
+        return body + struct.pack("=I", zlib.crc32(body))
+
+    def _checked_index(self, data: bytes | memoryview, index: bytes) -> tuple[array, array]:
+        # Checked so that a stale or damaged entry is refused, never read: its own CRC, then
+        # that it describes these bytes, then bounds that keep every later lookup in range.
+        def stale(why: str) -> BtfError:
+            return BtfError(f"BTF {self.where}: the cached index is not this blob's ({why})")
+
+        if len(index) < _INDEX_HEADER.size + 4 or zlib.crc32(index[:-4]) != struct.unpack("=I", index[-4:])[0]:
+            raise stale("truncated or damaged")
+        magic, size, crc, count, total, named = _INDEX_HEADER.unpack_from(index)
+        if magic != _INDEX_MAGIC:
+            raise stale("another format")
+        if (size, total) != (self.size, len(self._words)) or crc != self._crc:
+            raise stale("another blob")
+        kinds_at = _INDEX_HEADER.size + 4 * (count + 1 + named)
+        if named > count or len(index) != kinds_at + count + 1 + (-(count + 1) % 4) + 4:
+            raise stale("wrong length")
+        offsets, order = array("I"), array("I")
+        middle = _INDEX_HEADER.size + 4 * (count + 1)
+        offsets.frombytes(index[_INDEX_HEADER.size:middle])
+        order.frombytes(index[middle:kinds_at])
+        kinds = bytes(index[kinds_at:kinds_at + count + 1])
+        if offsets[0] != 0 or (count and max(offsets) + 3 > total):
+            raise stale("record offsets out of range")
+        if named and (min(order) < 1 or max(order) > count):
+            raise stale("names out of range")
+        if kinds[0] != 0 or max(kinds) >= len(Kind) or 0 in kinds[1:]:
+            raise stale("unknown kinds")
+        self._kinds = kinds
+        return offsets, order
+
     # -- strings and records ---------------------------------------------------------------
 
     def string(self, offset: int) -> str:
         """The NUL-terminated string at ``offset`` of the string section."""
+        return self._string_bytes(offset).decode("utf-8", errors="replace")
+
+    def _string_bytes(self, offset: int) -> bytes:
         if offset >= len(self._strings) or offset < 0:
             if offset == 0:
-                return ""
+                return b""
             raise BtfError(f"BTF {self.where}: string offset {offset} is outside the string section")
         end = self._strings.find(b"\0", offset)
         if end < 0:
             raise BtfError(f"BTF {self.where}: the string at {offset} has no terminating NUL")
-        return self._strings[offset:end].decode("utf-8", errors="replace")
+        return self._strings[offset:end]
 
     def _check_id(self, type_id: int, referrer: int) -> int:
         if not 0 <= type_id <= self.count:
@@ -266,7 +369,10 @@ class Btf:
         if found is None:
             if not 1 <= type_id <= self.count:
                 raise BtfError(f"BTF {self.where}: no type {type_id} (types are 1..{self.count})")
-            found = self._decode(type_id)
+            try:
+                found = self._decode(type_id)
+            except IndexError:  # only a record the pass did not measure (a damaged index) gets here
+                raise BtfError(f"BTF {self.where}: type {type_id} runs past the type section") from None
             self._decoded[type_id] = found
         return found
 
@@ -327,42 +433,118 @@ class Btf:
 
     # -- by name ---------------------------------------------------------------------------
 
-    def _name_index(self) -> dict[str, list[int]]:
-        if self._by_name is None:
-            by_name: dict[str, list[int]] = {}
-            strings, offsets, words = self._strings, self._offsets, self._words
-            for type_id in range(1, len(offsets)):
-                name_off = words[offsets[type_id]]
-                if name_off:
-                    end = strings.find(b"\0", name_off)
-                    if end < 0 or name_off >= len(strings):
-                        raise BtfError(f"BTF {self.where}: type {type_id} has a name outside the string section")
-                    by_name.setdefault(strings[name_off:end].decode("utf-8", errors="replace"),
-                                       []).append(type_id)
-            self._by_name = by_name
-        return self._by_name
+    def _names(self) -> array:
+        """The ids of the named types sorted by their name's bytes (stable: ids of one name ascend)."""
+        if self._name_order is None:
+            strings = self._strings
+            names = array("I", map(self._words.__getitem__, self._offsets))
+            names[0] = 0
+            find = strings.index
+            try:
+                # The string at each name offset (anonymous ones: the empty string at 0); a
+                # name inside another string, which the format allows, is read the same way.
+                keys = [strings[offset:find(0, offset)] for offset in names]
+            except ValueError:
+                bad = next(i for i, offset in enumerate(names) if strings.find(b"\0", offset) < 0)
+                raise BtfError(f"BTF {self.where}: type {bad} has a name outside the string section") from None
+            self._name_order = array("I", sorted(itertools.compress(range(len(names)), names),
+                                                 key=keys.__getitem__))
+        return self._name_order
+
+    def _name_of(self, type_id: int) -> bytes:
+        return self._string_bytes(self._words[self._offsets[type_id]])
 
     def ids_named(self, name: str, kinds: Optional[Sequence[Kind]] = None) -> list[int]:
         """The ids of the types called ``name`` (of one of ``kinds``, if given), in id order."""
-        ids = self._name_index().get(name, [])
+        order, key = self._names(), name.encode()
+        if not key:
+            return []  # anonymous types have no name to be found by
+        try:
+            first = bisect_left(order, key, key=self._name_of)
+            ids = list(order[first:bisect_right(order, key, lo=first, key=self._name_of)])
+        except BtfError:
+            return []  # a damaged index's names; the records say so when read
         if kinds is None:
-            return list(ids)
-        return [type_id for type_id in ids if self[type_id].kind in kinds]
+            return ids
+        kind_of = self._kind_bytes()
+        return [type_id for type_id in ids if kind_of[type_id] in kinds]
 
     def ids_of_kind(self, kind: Kind) -> list[int]:
-        """The ids of every type of one kind, in id order (the index is built on first use)."""
-        if self._by_kind is None:
-            by_kind: dict[Kind, list[int]] = {}
-            words, offsets = self._words, self._offsets
-            for type_id in range(1, len(offsets)):
-                by_kind.setdefault(Kind((words[offsets[type_id] + 1] >> 24) & 0x1F), []).append(type_id)
-            self._by_kind = by_kind
-        return list(self._by_kind.get(kind, ()))
+        """The ids of every type of one kind, in id order."""
+        kinds, wanted, ids = self._kind_bytes(), bytes([kind]), []
+        position = kinds.find(wanted, 1)
+        while position >= 0:
+            ids.append(position)
+            position = kinds.find(wanted, position + 1)
+        return ids
 
     def types(self) -> Iterator[BtfType]:
         """Every type, in id order (decodes them all: for tests and tools, not the lazy path)."""
         for type_id in range(1, self.count + 1):
             yield self[type_id]
+
+    # -- what the object finder asks, answered from the words ------------------------------
+
+    def variable(self, name: str) -> Optional[int]:
+        """The type id of the global ``name``: its first VAR in a DATASEC (where pahole puts
+        every VAR it encodes), in DATASEC order; None if there is none."""
+        if self._datasec_vars is None:
+            words, offsets, order = self._words, self._offsets, {}
+            for section in reversed(self.ids_of_kind(Kind.DATASEC)):
+                at = offsets[section]
+                entries = words[at + 3:at + 3 + 3 * (words[at + 1] & 0xFFFF):3]
+                # Last first, so that for a VAR in several places its first one is kept.
+                order.update(zip(reversed(entries), ((section, i) for i in range(len(entries) - 1, -1, -1))))
+            self._datasec_vars = order
+        found = [(self._datasec_vars[v], v) for v in self.ids_named(name, (Kind.VAR,)) if v in self._datasec_vars]
+        if not found:
+            return None
+        var = min(found)[1]
+        return self._check_id(self._words[self._offsets[var] + 2], var)
+
+    def enumerator(self, name: str) -> Optional[tuple[int, int]]:
+        """(enum type id, value) of the enumerator ``name``: the first in id order, ENUMs
+        before ENUM64s; None if no enum has it."""
+        words, offsets = self._words, self._offsets
+        if self._enumerators is None:
+            ranked = self.ids_of_kind(Kind.ENUM) + self.ids_of_kind(Kind.ENUM64)
+            kinds, index = self._kind_bytes(), {}
+            for rank in range(len(ranked) - 1, -1, -1):  # last first: the first one stays
+                at = offsets[ranked[rank]]
+                width = 2 if kinds[ranked[rank]] == Kind.ENUM else 3
+                index.update(zip(words[at + 3:at + 3 + width * (words[at + 1] & 0xFFFF):width],
+                                 itertools.repeat(rank)))
+            self._enumerators = (ranked, index)
+        ranked, index = self._enumerators
+        key, strings, found = name.encode() + b"\0", self._strings, []
+        position = strings.find(key)
+        while position >= 0:  # every string (or string tail) that spells the name
+            if position in index:
+                found.append((index[position], position))
+            position = strings.find(key, position + 1)
+        if not found:
+            return None
+        rank, position = min(found)
+        type_id = ranked[rank]
+        at, width = offsets[type_id], 2 if self.kind(type_id) == Kind.ENUM else 3
+        member = words[at + 3:at + 3 + width * (words[at + 1] & 0xFFFF):width].index(position)
+        return type_id, self[type_id].members[member].value
+
+    def anonymous_structs(self, first_members: Sequence[str]) -> list[int]:
+        """The ids of the unnamed STRUCTs whose first members have these names, in id order."""
+        words, offsets, wanted = self._words, self._offsets, [m.encode() for m in first_members]
+        found = []
+        for type_id in self.ids_of_kind(Kind.STRUCT):
+            at = offsets[type_id]
+            if words[at] or (words[at + 1] & 0xFFFF) < len(wanted):
+                continue
+            try:
+                names = [self._string_bytes(words[at + 3 + 3 * i]) for i in range(len(wanted))]
+            except BtfError:
+                continue  # a bad name: not the struct looked for; reading it says what is wrong
+            if names == wanted:
+                found.append(type_id)
+        return found
 
     # -- following references --------------------------------------------------------------
 
@@ -487,3 +669,45 @@ def find_btf_blobs(data: bytes | memoryview) -> list[tuple[int, int]]:
                     found.append((position, size))
         position = raw.find(_KERNEL_HEADER_START, position + 1)
     return found
+
+
+# The cache entry's name (after its key): what `dfforensics cache` lists.
+_INDEX_ENTRY: Final = "btf-index"
+
+
+def load_btf(data: bytes | memoryview, where: str = "blob", build_id: Optional[str] = None) -> Btf:
+    """:func:`parse_btf`, with the pass and the name index kept in dfforensics' cache.
+
+    The entry is keyed by the kernel's build ID (when the dump names one) and the blob's
+    size and CRC-32, so another build, or another BTF of the same build, has an entry of
+    its own. One that does not check out (cut short, damaged, another blob's) is removed
+    and made again. A cache that cannot be written costs only the saving.
+
+    :raises BtfError: if the blob is not well-formed BTF.
+    """
+    from dfforensics.core.errors import DumpError
+    from dfforensics.inputs import formats
+
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
+    # The same CRC the index is checked against (Btf computes it again: ~1 ms).
+    key = f"{(build_id or 'nobuildid').lower()}-{len(view):x}-{zlib.crc32(view):08x}"
+    try:
+        cached = formats.read_keyed(key, _INDEX_ENTRY)
+    except DumpError:
+        cached = None
+    if cached is not None:
+        try:
+            return Btf(view, where, index=cached)
+        except BtfError as error:
+            if "cached index" not in str(error):
+                raise  # the blob itself is bad: no index makes it good
+            try:
+                formats.discard_keyed(key, _INDEX_ENTRY)
+            except DumpError:
+                pass
+    btf = Btf(view, where)
+    try:
+        formats.write_keyed(key, _INDEX_ENTRY, btf.index_bytes())
+    except DumpError:
+        pass
+    return btf

@@ -36,7 +36,7 @@ __all__ = (
     "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
     "Vmcoreinfo", "cache_dir", "check_input_file", "check_vmcoreinfo", "compression_of", "decompressed",
     "dump_kernel_identity", "dump_kind", "parse_vmcoreinfo", "read_dump_format",
-    "read_kdump_header", "reassembled", "sniff",
+    "read_kdump_header", "reassembled", "sniff", "read_keyed", "write_keyed", "discard_keyed",
 )
 
 SNIFF_BYTES: Final = 4096
@@ -421,6 +421,68 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
             os.unlink(partial)
     evict(directory, keep=target, limit=limit)
     return target
+
+
+def _keyed_target(key: str, name: str) -> str:
+    if not (key.isascii() and key.replace("-", "").isalnum() and len(key) <= 128):
+        import hashlib  # only for keys that cannot name a file: loading OpenSSL costs ~2 ms
+
+        key = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return os.path.join(cache_dir(), f"{key}-{name}")
+
+
+def read_keyed(key: str, name: str) -> Optional[bytes]:
+    """The bytes stored under ``key`` by :func:`write_keyed`, or None.
+
+    For what is derived from an input's content rather than made from a file (the
+    BTF index of a kernel build). Only a whole entry is returned (its size record
+    matches); whether its bytes are right is for the caller to check.
+    """
+    target = _keyed_target(key, name)
+    if not _valid_entry(target):
+        return None
+    try:
+        with open(target, "rb") as file:
+            data = file.read()
+        os.utime(target)  # used now: the last to be evicted
+    except OSError:
+        return None
+    return data
+
+
+def write_keyed(key: str, name: str, data: bytes) -> None:
+    """Store ``data`` under ``key``, atomically, as an entry of the cache (its LRU cap applies).
+
+    :raises DumpError: (ErrorKind.CACHE) if the cache cannot be written.
+    """
+    target = _keyed_target(key, name)
+    directory = os.path.dirname(target)
+    limit = _size_setting("DFFORENSICS_CACHE_MAX", DEFAULT_CACHE_MAX)
+    check_free_space(directory)
+    _discard(target)
+    try:
+        fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    except OSError as error:
+        raise _cache_error(directory, error) from None
+    try:
+        with os.fdopen(fd, "wb") as out:
+            _CacheFile(out, directory).write(data)
+        try:
+            os.replace(partial, target)
+        except OSError as error:
+            raise _cache_error(directory, error) from None
+        _write_size_record(target, len(data))
+    except OSError as error:
+        raise _cache_error(directory, error) from None
+    finally:
+        if os.path.lexists(partial):
+            os.unlink(partial)
+    evict(directory, keep=target, limit=limit)
+
+
+def discard_keyed(key: str, name: str) -> None:
+    """Remove the entry stored under ``key`` (one found wrong), if there is one."""
+    _discard(_keyed_target(key, name))
 
 
 def discard_cached(path: str) -> None:
