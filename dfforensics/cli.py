@@ -291,11 +291,9 @@ def _looks_like_dump(data: bytes) -> bool:
 
 
 def _looks_binary(data: bytes) -> bool:
-    sample = data[:65536]
-    if b"\0" in sample:
-        return True
-    control = sum(1 for byte in sample if byte < 32 and byte not in b"\t\n\r\f\v\x1b")
-    return control > len(sample) // 100
+    from dfforensics.logs.logbytes import looks_binary
+
+    return looks_binary(data)
 
 
 def _write(text: str, output: Optional[str]) -> None:

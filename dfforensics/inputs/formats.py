@@ -35,6 +35,7 @@ from dfforensics.core.errors import DumpError, ErrorKind
 __all__ = (
     "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
     "Vmcoreinfo", "cache_dir", "check_input_file", "check_vmcoreinfo", "compression_of", "decompressed",
+    "discard_partials",
     "dump_kernel_identity", "dump_kind", "parse_vmcoreinfo", "read_dump_format",
     "read_kdump_header", "reassembled", "sniff",
 )
@@ -360,9 +361,28 @@ def _discard(path: str) -> None:
             raise _cache_error(os.path.dirname(path), error) from None
 
 
+def _partial_prefix(group: Optional[int] = None) -> str:
+    # Named by process group: a triage server that SIGKILLs its child mid-write (time
+    # limit) knows the group, not the child's files, and the child's finally never runs.
+    return f".partial-g{os.getpgrp() if group is None else group}-"
+
+
+def discard_partials(group: int, directory: Optional[str] = None) -> None:
+    """Remove the partial files the processes of ``group`` left in the cache when killed."""
+    directory = directory or cache_dir()
+    prefix = _partial_prefix(group)
+    try:
+        names = os.listdir(directory)
+    except OSError as error:
+        raise _cache_error(directory, error) from None
+    for name in names:
+        if name.startswith(prefix):
+            _discard(os.path.join(directory, name))
+
+
 def _write_size_record(target: str, size: int) -> None:
     directory = os.path.dirname(target)
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    fd, partial = tempfile.mkstemp(dir=directory, prefix=_partial_prefix())
     try:
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(f"{size}\n")
@@ -400,7 +420,7 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     limit = _size_setting("DFFORENSICS_CACHE_MAX", DEFAULT_CACHE_MAX)  # a bad setting: before any write
     check_free_space(directory)
     try:
-        fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+        fd, partial = tempfile.mkstemp(dir=directory, prefix=_partial_prefix())
     except OSError as error:
         raise _cache_error(directory, error) from None
     try:
