@@ -176,7 +176,7 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
     of kind ``incomplete``, so that it is reported, never skipped silently.
     """
     paired: set[str] = set()  # the logs some dump has claimed
-    logs: list[str] = []
+    logs: list[tuple[str, Optional[str]]] = []  # with their notes
     seen_real: set[str] = set()
     identities: dict[str, str] = {}
     for path, archive in _walk(paths):
@@ -208,7 +208,7 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
             kind = "incomplete"
         if kind is None:
             if _looks_like_log(path):
-                logs.append(path)
+                logs.append((path, note))
             elif named:
                 kind, problem, problem_kind = _unusable(path, named) or _rejected(path, named, compression)
                 yield Item(path, kind, compression, stat.st_size, stat.st_mtime, problem=problem,
@@ -226,10 +226,10 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
                 item.duplicate_of = first
         paired.update(beside)
         yield item
-    for path in logs:
+    for path, note in logs:
         if path not in paired:
             try:
                 stat = os.stat(path)
             except OSError:
                 continue  # gone since the walk saw it
-            yield Item(path, "log", None, stat.st_size, stat.st_mtime)
+            yield Item(path, "log", None, stat.st_size, stat.st_mtime, note=note)

@@ -90,7 +90,7 @@ def _vmcore_row(job: Job) -> Row:
                    vmlinux=job.vmlinux)
 
 
-def _guest_debuginfo_row(job: Job) -> tuple[Optional[Row], Optional[str]]:
+def _guest_debuginfo_row(job: Job) -> tuple[Optional[Row], Optional[InputError]]:
     """The dump analysed with types from its BTF and symbols from its kallsyms, or why not."""
     from dfforensics.dump.analysis import analyze_vmcore_files
 
@@ -99,7 +99,7 @@ def _guest_debuginfo_row(job: Job) -> tuple[Optional[Row], Optional[str]]:
     except InputError as error:
         if error.kind in (ErrorKind.MEMORY, ErrorKind.CACHE):
             raise
-        return None, str(error)
+        return None, error
     why = f" ({job.vmlinux_note})" if job.vmlinux_note else ""
     return replace(row_from_report(report, "btf"),
                    note=f"no debug vmlinux for {job.release or 'this kernel'}{why}: types from the "
@@ -113,12 +113,20 @@ def _without_vmlinux_row(job: Job) -> Row:
         row, guest_problem = _guest_debuginfo_row(job)
         if row is not None:
             return row
+    if guest_problem is not None and not job.log and guest_problem.kind in _BAD_DUMP:
+        # Opening it for its BTF found the dump itself unreadable: that is its row,
+        # not the debug info it lacks.
+        return error_row(guest_problem.kind, str(guest_problem))
     row = _log_row(job) if job.log else _no_debuginfo_row(job)
     if guest_problem is None:
         return row
     if row.status == "ok":
         return replace(row, note=f"{row.note}; no BTF either: {guest_problem}")
     return replace(row, error=f"{row.error}; no BTF either: {guest_problem}")
+
+
+# What a dump's own open says when the dump is bad, whatever debug info it is given.
+_BAD_DUMP: Final = (ErrorKind.NOT_A_DUMP, ErrorKind.CORRUPT_DUMP)
 
 
 def run_job(job: Job) -> Row:

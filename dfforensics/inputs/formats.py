@@ -3,7 +3,8 @@ Input formats
 -------------
 
 What a dump or vmlinux file is by its bytes, in one place and without drgn
-(triage's parent process plans with it while its workers import drgn):
+(triage's parent sniffs files with it; its workers decompress and read the
+dumps with it, each on its dump's limits):
 
 - sniffing: compression magic (gzip, xz, zstd, bzip2) and dump magic (ELF
   core, makedumpfile's kdump-compressed format and its flattened stream);
@@ -405,10 +406,15 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     import hashlib  # here: loading OpenSSL costs ~2 ms, and uncompressed inputs never get here
 
     info = os.stat(path)
-    key = hashlib.sha256(
-        f"{tag}\0{os.path.realpath(path)}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}".encode()
-    ).hexdigest()[:24]
     directory = cache_dir()
+    real = os.path.realpath(path)
+    # An entry of the cache itself (a flattened dump decompressed, to be reassembled)
+    # is never changed in place, only replaced (a new inode), but its mtime moves each
+    # time it is used (LRU): keyed by it, its reassembled copy would be made again.
+    changed = info.st_mtime_ns if os.path.dirname(real) != os.path.realpath(directory) else 0
+    key = hashlib.sha256(
+        f"{tag}\0{real}\0{info.st_size}\0{changed}\0{info.st_ino}".encode()
+    ).hexdigest()[:24]
     target = os.path.join(directory, f"{key}-{name}")
     if _valid_entry(target):
         try:
