@@ -14,12 +14,14 @@ import json
 import lzma
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from dfforensics.inputs.formats import decompressed
 from test_cli_vmcore_errors import user_core
@@ -83,6 +85,7 @@ EXPECTED = {
     "kdump/notes-size/vmcore": ("error", "corrupt-dump"),
     "kdump/notes-offset/vmcore": ("error", "corrupt-dump"),
     "kdump/vmcoreinfo-size/vmcore": ("error", "corrupt-dump"),
+    "kdump/compressed/vmcore.zst": ("error", "corrupt-dump"),
     "special/fifo/vmcore": ("error", "input"),
     "special/empty/vmcore": ("error", "not-a-dump"),
     "special/loop/vmcore": ("error", "input"),
@@ -126,6 +129,11 @@ def build_archive(root: Path, outside: Path) -> None:
     for name, field, value in (("notes-size", 56, 1 << 40), ("notes-offset", 48, 1 << 40),
                                ("vmcoreinfo-size", 32, 1 << 33)):
         kdump_pointing_past_the_end(root / "kdump" / name / "vmcore", field, value)
+    # Compressed: refused by the worker that decompressed it, whose copy must not stay.
+    kdump_pointing_past_the_end(root / "kdump/compressed/vmcore", 56, 1 << 40)
+    (root / "kdump/compressed/vmcore.zst").write_bytes(
+        zstandard.ZstdCompressor().compress((root / "kdump/compressed/vmcore").read_bytes()))
+    (root / "kdump/compressed/vmcore").unlink()
 
     os.mkfifo(root / "special/fifo/vmcore")
     (root / "special/empty/vmcore").write_bytes(b"")
@@ -225,6 +233,8 @@ def test_the_errors_say_what_is_wrong(run):
         "garbage/c5/dmesg.txt": "binary data",
         "garbage/user-core/vmcore.gz": "not a Linux kernel dump",
         "kdump/notes-size/vmcore": "past the end",
+        # The user's file, not its decompressed copy in the cache.
+        "kdump/compressed/vmcore.zst": "kdump/compressed/vmcore.zst: corrupt kdump header",
         "mutated/osrelease/vmcore": "OSRELEASE",
         "mutated/kerneloffset/vmcore": "KERNELOFFSET=f",
         "mutated/aarch64/vmcore": "AARCH64",
@@ -251,3 +261,49 @@ def test_nothing_is_left_in_the_cache_for_rejected_inputs(run):
     # once. No bomb, no rejected dump.
     vmlinux = len(list(KERNELS.rglob("vmlinux*")))
     assert sorted(entries) == sorted(["vmlinux"] * vmlinux + ["vmcore.flat", "reassembled"]), left
+
+
+def test_ctrl_c_in_the_middle_of_a_bomb_ends_the_run_and_leaves_no_partial_copy(tmp_path):
+    from procs import descendants, pids_running, wait_for
+
+    archive, cache = tmp_path / "archive", tmp_path / "cache"
+    archive.mkdir()
+    with open(decompressed(str(DUMP), "VMCORE"), "rb") as source:
+        zstd_bomb(archive / "vmcore.zst", source.read(4096), 32 << 30)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dfforensics.cli", "triage", str(archive), "--format", "jsonl",
+         "-o", str(tmp_path / "rows.jsonl"), "--timeout", "600", "--jobs", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+        env={**os.environ, "DFFORENSICS_CACHE": str(cache)})
+    try:
+        # Interrupted while the bomb is being written into the cache.
+        assert wait_for(lambda: cache.exists() and any(name.startswith(".partial-") for name in os.listdir(cache)),
+                        seconds=300)
+        workers = set(pids_running(b"dfforensics.batch.worker")) & descendants(process.pid)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 130, stderr
+    assert stderr.strip().splitlines()[-1] == "dfforensics: error: interrupted"
+    assert workers and not wait_for(lambda: workers & set(pids_running(b"dfforensics.batch.worker")),
+                                    seconds=1.0), "workers left running"
+    assert [name for name in os.listdir(cache) if not name.endswith(("vmlinux", "vmlinux.size"))] == []
+
+
+def test_only_candidates_get_items_and_a_dumps_own_log_is_not_one_apart(tmp_path):
+    from dfforensics.batch.discover import iter_discover
+
+    (tmp_path / "README").write_text("what this archive is\n")
+    (tmp_path / "notes.gz").write_bytes(gzip.compress(b"not a dump\n"))
+    (tmp_path / "vmcore.md5").write_text("d41d8cd98f00b204e9800998ecf8427e  vmcore\n")
+    shutil.copy(KDUMP, tmp_path / "vmcore")
+    (tmp_path / "vmcore-dmesg.txt").write_bytes(b"\xc5" * 10_000)  # the dump's, garbage or not
+    (tmp_path / "console").write_bytes(b"")
+    items = {Path(item.path).name: item for item in iter_discover([str(tmp_path)])}
+    assert sorted(items) == ["console", "vmcore"]
+    assert items["vmcore"].log == str(tmp_path / "vmcore-dmesg.txt")
+    assert (items["console"].kind, items["console"].problem_kind.value) == ("not-a-log", "input")
+    assert items["console"].problem.endswith("empty file")

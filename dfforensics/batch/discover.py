@@ -114,8 +114,11 @@ def _unusable(path: str, named: str) -> Optional[tuple[str, str, ErrorKind]]:
     except DumpError as error:
         if os.path.islink(path) and not os.path.lexists(os.path.realpath(path)):
             return "unreadable", f"{path}: a dangling symlink (to {os.readlink(path)})", ErrorKind.INPUT
-        kind = "not-a-dump" if "empty file" in str(error) and named == "dump" else "unreadable"
-        return kind, str(error), ErrorKind.NOT_A_DUMP if kind == "not-a-dump" else ErrorKind.INPUT
+        if not str(error).endswith("empty file"):
+            return "unreadable", str(error), ErrorKind.INPUT
+        if named == "dump":
+            return "not-a-dump", str(error), ErrorKind.NOT_A_DUMP
+        return "not-a-log", str(error), ErrorKind.INPUT
     return None
 
 
@@ -171,12 +174,15 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
 
     Each dump is yielded as soon as it is recognised (so triage can start on it
     while the walk goes on), the lone logs at the end, when every dump has
-    claimed its own. Every file that is neither is left out; a kdump
-    ``vmcore-incomplete`` (kdump was still writing when it stopped) is an item
-    of kind ``incomplete``, so that it is reported, never skipped silently.
+    claimed its own. A kdump ``vmcore-incomplete`` (kdump was still writing
+    when it stopped) is an item of kind ``incomplete``, and a file named as a
+    dump or a console log that is not one an item of kind ``not-a-dump``,
+    ``not-a-log`` or ``unreadable`` (with its ``problem``), so that they are
+    reported, never skipped silently; every other file is left out.
     """
     paired: set[str] = set()  # the logs some dump has claimed
     logs: list[tuple[str, Optional[str]]] = []  # with their notes
+    not_logs: list[tuple[str, Optional[str]]] = []  # named as console logs, and not
     seen_real: set[str] = set()
     identities: dict[str, str] = {}
     for path, archive in _walk(paths):
@@ -209,6 +215,9 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
         if kind is None:
             if _looks_like_log(path):
                 logs.append((path, note))
+            elif named == "log":
+                # Like a log, it may yet be a dump's (its row is then the dump's).
+                not_logs.append((path, note))
             elif named:
                 kind, problem, problem_kind = _unusable(path, named) or _rejected(path, named, compression)
                 yield Item(path, kind, compression, stat.st_size, stat.st_mtime, problem=problem,
@@ -233,3 +242,12 @@ def iter_discover(paths: Iterable[str]) -> Iterator[Item]:
             except OSError:
                 continue  # gone since the walk saw it
             yield Item(path, "log", None, stat.st_size, stat.st_mtime, note=note)
+    for path, note in not_logs:
+        if path not in paired:
+            try:
+                stat = os.stat(path)
+            except OSError:
+                continue
+            kind, problem, problem_kind = _unusable(path, "log") or _rejected(path, "log", None)
+            yield Item(path, kind, None, stat.st_size, stat.st_mtime, problem=problem,
+                       problem_kind=problem_kind, note=note)

@@ -156,12 +156,6 @@ class _Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def ask(self, job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
-        """The row of one job, or an error row if the server dies or stops answering."""
-        answer = self.request("run", job, timeout, timeout, memory_bytes)
-        assert isinstance(answer, Row)
-        return answer
-
     def request(self, op: str, job: Job, timeout: float, limit: float, memory_bytes: Optional[int],
                 **extra: Any) -> Union[Row, dict[str, Any]]:
         """The answer to one request (worker.py): a row, or the plan of a ``plan`` or

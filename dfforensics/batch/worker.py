@@ -148,9 +148,16 @@ def run_job(job: Job) -> Row:
 
 def _plan(job: Job) -> dict[str, Any]:
     """The kernel a dump names, read after decompressing (or reassembling) it into the cache."""
-    from dfforensics.inputs.formats import decompressed, dump_kernel_identity
+    from dfforensics.inputs.formats import decompressed, discard_cached, dump_kernel_identity
 
-    identity = dump_kernel_identity(decompressed(job.path, "VMCORE"), job.kind)
+    plain = decompressed(job.path, "VMCORE")
+    try:
+        identity = dump_kernel_identity(plain, job.kind)
+    except InputError as error:
+        if error.kind in _BAD_DUMP:
+            discard_cached(plain)  # the cache keeps only inputs that can be used
+        # Name the user's file, not its copy in the cache.
+        raise InputError(str(error).replace(plain, job.path), error.kind) from None
     return {"release": identity.release, "build_id": identity.build_id, "source": identity.source}
 
 
