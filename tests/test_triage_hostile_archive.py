@@ -26,7 +26,7 @@ import zstandard
 from dfforensics.inputs.formats import decompressed
 from test_cli_vmcore_errors import user_core
 from test_robustness_inputs import (DUMP, FLAT, KDUMP, LOG, _elf_core_with_note, aarch64, kernel_offset_f,
-                                    non_utf8_release, patched_dump)
+                                    non_utf8_release, patched_dump, wrong_release)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 KERNELS = FIXTURES / "kernels"
@@ -81,6 +81,7 @@ EXPECTED = {
     "cut/xz/vmcore.xz": ("error", "corrupt-dump"),
     "mutated/osrelease/vmcore": ("error", "corrupt-dump"),
     "mutated/kerneloffset/vmcore": ("error", "corrupt-dump"),
+    "mutated/release/vmcore": ("error", "corrupt-dump"),
     "mutated/aarch64/vmcore": ("error", "not-a-dump"),
     "kdump/notes-size/vmcore": ("error", "corrupt-dump"),
     "kdump/notes-offset/vmcore": ("error", "corrupt-dump"),
@@ -123,7 +124,7 @@ def build_archive(root: Path, outside: Path) -> None:
     (root / "cut/xz/vmcore.xz").write_bytes(whole[:len(whole) // 2])
 
     for name, patch in (("osrelease", non_utf8_release), ("kerneloffset", kernel_offset_f),
-                        ("aarch64", aarch64)):
+                        ("release", wrong_release), ("aarch64", aarch64)):
         patched_dump(plain, root / "mutated" / name / "vmcore", patch)
 
     for name, field, value in (("notes-size", 56, 1 << 40), ("notes-offset", 48, 1 << 40),
@@ -237,6 +238,7 @@ def test_the_errors_say_what_is_wrong(run):
         "kdump/compressed/vmcore.zst": "kdump/compressed/vmcore.zst: corrupt kdump header",
         "mutated/osrelease/vmcore": "OSRELEASE",
         "mutated/kerneloffset/vmcore": "KERNELOFFSET=f",
+        "mutated/release/vmcore": "OSRELEASE 6.1.999 is not the release of the kernel in its memory",
         "mutated/aarch64/vmcore": "AARCH64",
     }
     for path, words in expected_words.items():
