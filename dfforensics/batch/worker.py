@@ -318,15 +318,17 @@ def run_forked(request: dict[str, Any]) -> dict[str, Any]:
 def serve(requests: TextIO, rows: TextIO) -> int:
     """Answer one request line with one row line until ``requests`` ends."""
     # Imported here, once: what every forked child would otherwise import again.
-    # hashlib too: under a small memory cap a child could not map OpenSSL any more.
-    # The decompressors too, for a plan under the cap.
+    # hashlib and zstandard too: under a small memory cap a child could not map
+    # OpenSSL or the zstd library any more.
     import hashlib  # noqa: F401
 
     import zstandard  # noqa: F401
 
     import dfforensics.batch.debuginfo  # noqa: F401
     import dfforensics.dump.analysis  # noqa: F401
+    import dfforensics.inputs.elffacts  # noqa: F401  (pyelftools: 30 ms a plan would pay)
     import dfforensics.logs.analysis  # noqa: F401
+    import dfforensics.logs.logbytes  # noqa: F401
 
     for line in requests:
         rows.write(json.dumps(run_forked(json.loads(line))) + "\n")
