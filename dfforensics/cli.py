@@ -225,13 +225,13 @@ def _run_triage(argv: Sequence[str]) -> int:
 
     args = _triage_parser().parse_args(argv)
     _check_triage_arguments(args)
+    if args.resume and args.output and os.path.isfile(args.output):
+        _drop_half_line(args.output)
     carried = triage.load_rows(args.output) if args.resume else []
     done = {triage.row_key(row) for row in carried}
     new_file = not (args.resume and args.output and os.path.exists(args.output)
                     and os.path.getsize(args.output))
     stream = _open_output(args)
-    if args.resume and not new_file and not _ends_with_newline(args.output):
-        stream.write("\n")  # an interrupted run may have left half a line
     try:
         try:
             rows = triage.run_triage(args.paths, args.jobs, args.format, stream, args.debuginfo_dir,
@@ -255,10 +255,32 @@ def _run_triage(argv: Sequence[str]) -> int:
     return EXIT_OK
 
 
-def _ends_with_newline(path: str) -> bool:
-    with open(path, "rb") as file:
-        file.seek(-1, os.SEEK_END)
-        return file.read(1) == b"\n"
+def _drop_half_line(path: str) -> None:
+    """Cut the half line an interrupted run may have left at the end of its rows
+    file (ours, never an input), so that the rows appended after it, and the file
+    as a whole, still parse; its item is simply done again."""
+    try:
+        with open(path, "r+b") as file:
+            size = file.seek(0, os.SEEK_END)
+            if not size:
+                return
+            file.seek(max(0, size - 1))
+            if file.read(1) == b"\n":
+                return
+            # Back to the last newline, reading the tail in blocks (a row is short).
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                file.seek(start)
+                block = file.read(end - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    file.truncate(start + cut + 1)
+                    return
+                end = start
+            file.truncate(0)
+    except OSError as error:
+        raise InputError(f"{path}: cannot write: {error.strerror or error}") from None
 
 
 def _read_text(path: str) -> str:
@@ -291,11 +313,9 @@ def _looks_like_dump(data: bytes) -> bool:
 
 
 def _looks_binary(data: bytes) -> bool:
-    sample = data[:65536]
-    if b"\0" in sample:
-        return True
-    control = sum(1 for byte in sample if byte < 32 and byte not in b"\t\n\r\f\v\x1b")
-    return control > len(sample) // 100
+    from dfforensics.logs.logbytes import looks_binary
+
+    return looks_binary(data)
 
 
 def _write(text: str, output: Optional[str]) -> None:

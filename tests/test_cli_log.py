@@ -79,6 +79,8 @@ def test_stdin_is_read():
     (lambda d: d, "is a directory"),
     (lambda d: (d / "empty.log").write_text("") and d / "empty.log" or d / "empty.log", "empty file"),
     (lambda d: (d / "bin.log").write_bytes(os.urandom(4096) + b"\0") and d / "bin.log", "binary data"),
+    # No NUL, no control character, and no text either (issue 22).
+    (lambda d: (d / "c5.log").write_bytes(b"\xc5" * 200_000) and d / "c5.log", "binary data"),
     (lambda d: (d / "core").write_bytes(b"\x7fELF\x02\x01\x01" + b"\0" * 100) and d / "core", "a dump?"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(tmp_path, make, message):
@@ -124,3 +126,11 @@ def test_a_stated_environment_that_contradicts_the_log_is_warned_about():
     report = json.loads(result.stdout)
     assert report["df_class"] == "bare-metal"
     assert any("contradicts the log" in warning for warning in report["warnings"])
+
+
+def test_a_log_with_a_few_bytes_that_are_no_utf8_is_still_text():
+    from dfforensics.logs.logbytes import looks_binary
+
+    # A Latin-1 byte on every line (a hostname, a serial console's noise) is not binary.
+    assert not looks_binary(b"[    1.000000] serial8250: caf\xe9 console ok\n" * 2000)
+    assert looks_binary(b"\xc5" * 200_000)

@@ -67,6 +67,12 @@ def kernel_offset_f(head: bytearray) -> None:
     head[value.start(1):value.end(1)] = b"f".ljust(len(value.group(1)), b" ")
 
 
+def wrong_release(head: bytearray) -> None:
+    # The BUILD-ID still names the kernel: VMLINUX matches it, the release does not.
+    at = head.index(b"OSRELEASE=6.1.192") + len(b"OSRELEASE=")
+    head[at:at + 7] = b"6.1.999"
+
+
 def aarch64(head: bytearray) -> None:
     head[18:20] = struct.pack("<H", 183)  # e_machine EM_AARCH64
 
@@ -74,6 +80,7 @@ def aarch64(head: bytearray) -> None:
 @pytest.mark.parametrize("patch, words", [
     (non_utf8_release, ["corrupt VMCOREINFO", "OSRELEASE"]),
     (kernel_offset_f, ["corrupt VMCOREINFO", "KERNELOFFSET=f"]),
+    (wrong_release, ["corrupt VMCOREINFO", "OSRELEASE 6.1.999", "6.1.192"]),
     (aarch64, ["AARCH64", "x86_64"]),
 ])
 def test_damaged_dump_is_one_error_line(plain_dump, tmp_path, patch, words):
@@ -131,6 +138,13 @@ def test_a_fifo_is_refused_not_read(tmp_path, position):
             "module": [DUMP, VMLINUX, "--module-debuginfo", fifo]}[position]
     # Reading a FIFO nobody writes would block: the timeout turns that into a failure.
     assert_one_error(run(*args, timeout=120), "not a regular file")
+
+
+def test_garbage_module_debug_info_is_one_error_line_not_ignored(tmp_path):
+    garbage = tmp_path / "dftest.ko"
+    garbage.write_bytes(b"\x13\x37" * 50_000)
+    assert_one_error(run(DUMP, VMLINUX, "--module-debuginfo", garbage), "module debug info",
+                     str(garbage), "not an ELF file")
 
 
 def cache_env(cache: Path) -> dict:

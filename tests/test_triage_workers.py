@@ -15,7 +15,7 @@ import pytest
 from dfforensics.batch.debuginfo import VmlinuxFinder
 from dfforensics.batch.jobs import Job, Row
 from dfforensics.batch.discover import iter_discover
-from dfforensics.batch.triage import _Workers, plan_job
+from dfforensics.batch.triage import _Workers
 from procs import children_of, gone, wait_for
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -27,7 +27,13 @@ def job(tmp_path_factory) -> Job:
     root = tmp_path_factory.mktemp("one")
     (root / "vmcore.xz").write_bytes((FIXTURES / "wild-rsp-df" / "vmcore.xz").read_bytes())
     (item,) = iter_discover([str(root)])
-    return plan_job(item, VmlinuxFinder([str(KERNELS)]))
+    pool = _Workers(jobs=1)
+    try:
+        planned, row = pool.triage(item, VmlinuxFinder([str(KERNELS)]), False, 600, None)
+    finally:
+        pool.close()
+    assert row.status == "ok" and planned.vmlinux, row
+    return planned
 
 
 @pytest.fixture

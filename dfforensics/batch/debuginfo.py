@@ -23,7 +23,8 @@ from dfforensics.inputs.formats import DumpIdentity, decompressed
 if TYPE_CHECKING:
     from dfforensics.inputs.elffacts import VmlinuxFacts
 
-__all__ = ("Lookup", "VmlinuxFinder", "fetch_from_debuginfod")
+__all__ = ("Lookup", "VmlinuxFinder", "facts_from_wire", "facts_to_wire", "fetch_from_debuginfod",
+           "match_banner")
 
 _COMPRESSED_SUFFIXES: Final = ("", ".xz", ".gz", ".zst")
 _MAX_SCAN_FILES: Final = 20000
@@ -134,39 +135,67 @@ class VmlinuxFinder:
                     if name.startswith("vmlinux") or name.endswith(".debug"):
                         yield os.path.join(root, name)
 
-    def lookup(self, identity: DumpIdentity, dump: str, kind: str) -> Lookup:
-        """The vmlinux of one (uncompressed) dump, or why there is none.
+    def lookup(self, identity: DumpIdentity, kind: str) -> Optional[Lookup]:
+        """The vmlinux of one dump by the kernel it names, or why there is none;
+        None when it must be matched by banner (:meth:`banner_candidates`).
 
         A dump that names its kernel is matched by :meth:`find`. An ELF core
         that names none (a QEMU dump of a guest without ``-device vmcoreinfo``)
         is matched by banner: the vmlinux whose ``linux_banner`` is in the
         dump's memory at a load address, tried when there are few candidates.
+        That reads the dump, so it is not done here but by the dump's worker
+        (:func:`match_banner`), on the dump's limits.
         """
         if identity:
             return Lookup(self.find(identity), None)
         if kind != "elf-core":
             return Lookup(None, identity.source)
-        return self._lookup_by_banner(dump)
+        return None
 
-    def _lookup_by_banner(self, dump: str) -> Lookup:
-        from dfforensics.inputs.elffacts import CorePhysicalMemory, kernel_load_address
-
+    def banner_candidates(self) -> tuple[list[tuple[str, "VmlinuxFacts"]], Optional[str]]:
+        """The vmlinux files to match a dump's memory against, with their facts
+        (read once per run), or none and why."""
         if not self.directories:
-            return Lookup(None, "the dump has no VMCOREINFO naming its kernel, and no "
-                                "--debuginfo-dir to match a vmlinux's banner against its memory")
-        candidates = list(itertools.islice(self._tree_files(), _MAX_BANNER_CANDIDATES + 1))
-        if len(candidates) > _MAX_BANNER_CANDIDATES:
-            return Lookup(None, f"the dump has no VMCOREINFO naming its kernel, and the "
-                                f"--debuginfo-dir trees hold more than {_MAX_BANNER_CANDIDATES} "
-                                "vmlinux files, too many to match by banner against its memory")
-        try:
-            with CorePhysicalMemory(dump) as memory:
-                for path in candidates:
-                    facts = self._candidate_facts(path)
-                    if facts is not None and kernel_load_address(memory.read, facts) is not None:
-                        return Lookup(path, None)
-        except (OSError, ValueError, ELFError) as error:
-            return Lookup(None, f"the dump has no VMCOREINFO and its memory cannot be read ({error})")
-        return Lookup(None, f"the dump has no VMCOREINFO naming its kernel, and the linux_banner of "
-                            f"none of the {len(candidates)} vmlinux files under --debuginfo-dir is "
-                            "in its memory")
+            return [], ("the dump has no VMCOREINFO naming its kernel, and no "
+                        "--debuginfo-dir to match a vmlinux's banner against its memory")
+        paths = list(itertools.islice(self._tree_files(), _MAX_BANNER_CANDIDATES + 1))
+        if len(paths) > _MAX_BANNER_CANDIDATES:
+            return [], (f"the dump has no VMCOREINFO naming its kernel, and the "
+                        f"--debuginfo-dir trees hold more than {_MAX_BANNER_CANDIDATES} "
+                        "vmlinux files, too many to match by banner against its memory")
+        candidates = [(path, facts) for path in paths if (facts := self._candidate_facts(path)) is not None]
+        if not candidates:
+            return [], _no_banner_match(len(paths))
+        return candidates, None
+
+
+def _no_banner_match(count: int) -> str:
+    return (f"the dump has no VMCOREINFO naming its kernel, and the linux_banner of "
+            f"none of the {count} vmlinux files under --debuginfo-dir is in its memory")
+
+
+def match_banner(dump: str, candidates: list[tuple[str, "VmlinuxFacts"]]) -> Lookup:
+    """The candidate whose ``linux_banner`` is in the (uncompressed) ELF core's memory."""
+    from dfforensics.inputs.elffacts import CorePhysicalMemory, kernel_load_address
+
+    try:
+        with CorePhysicalMemory(dump) as memory:
+            for path, facts in candidates:
+                if kernel_load_address(memory.read, facts) is not None:
+                    return Lookup(path, None)
+    except (OSError, ValueError, ELFError) as error:
+        return Lookup(None, f"the dump has no VMCOREINFO and its memory cannot be read ({error})")
+    return Lookup(None, _no_banner_match(len(candidates)))
+
+
+def facts_to_wire(path: str, facts: "VmlinuxFacts") -> dict:
+    """A candidate's facts as JSON, for the worker that matches them against a dump."""
+    return {"path": path, "build_id": facts.build_id, "banner": facts.banner.hex() if facts.banner else None,
+            "release": facts.release, "symbols": dict(facts.symbols)}
+
+
+def facts_from_wire(wire: dict) -> "VmlinuxFacts":
+    from dfforensics.inputs.elffacts import VmlinuxFacts
+
+    banner = bytes.fromhex(wire["banner"]) if wire.get("banner") else None
+    return VmlinuxFacts(wire.get("build_id"), banner, wire.get("release"), dict(wire.get("symbols") or {}))

@@ -31,7 +31,9 @@ class Job:
     path: str
     size: int
     mtime: float
-    #: elf-core, kdump-compressed, flattened, log, incomplete or unreadable-compressed.
+    #: elf-core, kdump-compressed, flattened, log, incomplete, unreadable-compressed, or
+    #: (named as a dump or a console log, and refused by discovery) unreadable,
+    #: not-a-dump or not-a-log.
     kind: str
     log: Optional[str] = None
     vmlinux: Optional[str] = None
@@ -45,6 +47,8 @@ class Job:
     #: Without a debug vmlinux, fall back to the console log rather than read the
     #: guest's BTF and kallsyms (--require-debuginfo).
     require_debuginfo: bool = False
+    #: What discovery says of the item (a symlink leaving the archive), put in its row's note.
+    note: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +81,9 @@ class Row:
 
     def of_job(self, job: Job) -> "Row":
         """This result as the row of ``job``: the item's own fields filled in."""
-        return replace(self, path=job.path, size=job.size, mtime=job.mtime, kind=job.kind, log=job.log)
+        note = "; ".join(part for part in (job.note, self.note) if part) or None
+        return replace(self, path=job.path, size=job.size, mtime=job.mtime, kind=job.kind, log=job.log,
+                       note=note)
 
 
 def error_row(kind: ErrorKind, message: str, status: str = "error") -> Row:

@@ -25,16 +25,16 @@ import time
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
-from typing import Final, Iterable, Iterator, Optional, TextIO
+from typing import Any, Final, Iterable, Iterator, Optional, TextIO, Union
 
-from dfforensics.batch.debuginfo import VmlinuxFinder
+from dfforensics.batch.debuginfo import Lookup, VmlinuxFinder, facts_to_wire
 from dfforensics.batch.discover import Item, iter_discover
 from dfforensics.batch.jobs import ROW_FIELDS, Job, Row, error_row, job_to_wire, row_from_wire, row_to_wire
 from dfforensics.batch.worker import row_from_worker, timeout_row
 from dfforensics.core.errors import ErrorKind, InputError
-from dfforensics.inputs.formats import DUMP_KINDS, decompressed, dump_kernel_identity
+from dfforensics.inputs.formats import DUMP_KINDS, DumpIdentity, discard_partials
 
-__all__ = ("ROW_FIELDS", "cpu_slots", "plan_job", "plan_jobs", "run_triage", "run_isolated", "summary_text", "load_done")
+__all__ = ("ROW_FIELDS", "cpu_slots", "job_of", "run_triage", "triage_isolated", "summary_text", "load_done")
 
 
 def cpu_slots(jobs: int, cpus: Optional[Iterable[int]] = None) -> list[frozenset[int]]:
@@ -108,25 +108,12 @@ def load_done(output: Optional[str]) -> set[tuple[str, int, float]]:
     return {row_key(row) for row in load_rows(output)}
 
 
-def plan_job(item: Item, finder: VmlinuxFinder, require_debuginfo: bool = False) -> Job:
-    """Turn one discovered item into a worker job, finding its dump's vmlinux."""
-    job = Job(item.path, item.size, item.mtime, item.kind, item.log, duplicate_of=item.duplicate_of,
-              require_debuginfo=require_debuginfo)
-    if item.kind not in DUMP_KINDS or item.duplicate_of:
-        return job
-    try:
-        plain = decompressed(item.path, "VMCORE") if item.compression else item.path
-        identity = dump_kernel_identity(plain, item.kind)
-        found = finder.lookup(identity, plain, item.kind)
-    except InputError as error:
-        return replace(job, plan_error=str(error), plan_error_kind=error.kind)
-    return replace(job, release=identity.release, vmlinux=found.vmlinux, vmlinux_note=found.why_none)
-
-
-def plan_jobs(items: Iterable[Item], debuginfo_dirs: list[str], require_debuginfo: bool = False) -> list[Job]:
-    """Turn discovered items into worker jobs (one vmlinux lookup per kernel)."""
-    finder = VmlinuxFinder(debuginfo_dirs)
-    return [plan_job(item, finder, require_debuginfo) for item in items]
+def job_of(item: Item, require_debuginfo: bool = False) -> Job:
+    """The job of one discovered item, not planned yet: planning reads the dump,
+    so it is done by the dump's worker (:meth:`_Workers.triage`), not here."""
+    return Job(item.path, item.size, item.mtime, item.kind, item.log, duplicate_of=item.duplicate_of,
+               require_debuginfo=require_debuginfo, plan_error=item.problem,
+               plan_error_kind=item.problem_kind, note=item.note)
 
 
 def _immediate_row(job: Job) -> Optional[Row]:
@@ -169,9 +156,14 @@ class _Server:
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def ask(self, job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
-        """The row of one job, or an error row if the server dies or stops answering."""
-        request = json.dumps({"job": job_to_wire(job), "timeout": timeout, "memory_bytes": memory_bytes})
+    def request(self, op: str, job: Job, timeout: float, limit: float, memory_bytes: Optional[int],
+                **extra: Any) -> Union[Row, dict[str, Any]]:
+        """The answer to one request (worker.py): a row, or the plan of a ``plan`` or
+        ``banner`` step; an error row if the server dies or stops answering.
+
+        ``timeout`` is what is left of the dump's time, ``limit`` its whole limit."""
+        request = json.dumps({"op": op, "job": job_to_wire(job), "timeout": timeout, "limit": limit,
+                              "memory_bytes": memory_bytes, **extra})
         try:
             assert self.process.stdin is not None and self.process.stdout is not None
             self.process.stdin.write(request.encode() + b"\n")
@@ -183,9 +175,10 @@ class _Server:
             line = b""
         except TimeoutError:
             self.kill()
-            return timeout_row(timeout)
+            return timeout_row(limit, op)
         if line:
-            return row_from_wire(json.loads(line))
+            answer = json.loads(line)
+            return answer["plan"] if "plan" in answer else row_from_wire(answer)
         self.kill()  # its child, if one was running, must not outlive it
         self.log.seek(0)
         return row_from_worker(self.process.returncode, "", self.log.read().decode(errors="replace"))
@@ -196,6 +189,12 @@ class _Server:
         except (ProcessLookupError, PermissionError):
             pass
         self.process.wait()
+        # A child killed with it in the middle of a decompression leaves its partial
+        # file (named by the server's process group) behind.
+        try:
+            discard_partials(self.process.pid)
+        except InputError:
+            pass
 
     def close(self) -> None:
         """Let the server end after its last job; kill it if it does not."""
@@ -283,19 +282,83 @@ class _Workers:
         return slot.server
 
     def run(self, job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
+        """The row of a planned job (its vmlinux already chosen)."""
         immediate = _immediate_row(job)
         if immediate is not None:
             return immediate
         # As many pool threads as slots, so get() never waits.
         slot = self.free.get()
         try:
-            with self.lock:
-                if self.stopping:
-                    return error_row(ErrorKind.INTERRUPTED, "run interrupted")
-                server = self._live_server(slot)
-            return server.ask(job, timeout, memory_bytes)
+            answer = self._step(slot, "run", job, time.monotonic() + timeout, timeout, memory_bytes)
+            assert isinstance(answer, Row)
+            return answer
         finally:
             self.free.put(slot)
+
+    def triage(self, item: Item, finder: VmlinuxFinder, require_debuginfo: bool, timeout: float,
+               memory_bytes: Optional[int]) -> tuple[Job, Row]:
+        """Plan one item and run it: its job and its row.
+
+        Every step that reads the dump (decompressing it, reading the kernel it
+        names, matching a banner against its memory, the analysis) runs in a
+        worker's child on the dump's one time limit and memory cap, so a bomb
+        costs its own row and no more than its limit. Only the vmlinux lookup,
+        which reads the debug-info trees and debuginfod (with their own limits,
+        once per kernel), runs here, and does not count against the dump's
+        limit; the row's ``seconds`` is the whole of it.
+        """
+        start = time.monotonic()
+        job = job_of(item, require_debuginfo)
+        immediate = _immediate_row(job)
+        if immediate is not None:
+            return job, immediate
+        slot = self.free.get()
+        try:
+            job, row = self._plan_and_run(slot, job, finder, start + timeout, timeout, memory_bytes)
+        finally:
+            self.free.put(slot)
+        return job, replace(row, seconds=round(time.monotonic() - start, 3))
+
+    def _step(self, slot: _Slot, op: str, job: Job, deadline: float, limit: float,
+              memory_bytes: Optional[int], **extra: Any) -> Union[Row, dict[str, Any]]:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return timeout_row(limit, op)
+        with self.lock:
+            if self.stopping:
+                return error_row(ErrorKind.INTERRUPTED, "run interrupted")
+            server = self._live_server(slot)
+        return server.request(op, job, left, limit, memory_bytes, **extra)
+
+    def _plan_and_run(self, slot: _Slot, job: Job, finder: VmlinuxFinder, deadline: float, limit: float,
+                      memory_bytes: Optional[int]) -> tuple[Job, Row]:
+        if job.kind in DUMP_KINDS:
+            plan = self._step(slot, "plan", job, deadline, limit, memory_bytes)
+            if isinstance(plan, Row):
+                return job, plan
+            identity = DumpIdentity(plan.get("release"), plan.get("build_id"), plan.get("source") or "")
+            looking = time.monotonic()
+            try:
+                found = finder.lookup(identity, job.kind)
+                candidates: list = []
+                if found is None:
+                    candidates, why_none = finder.banner_candidates()
+                    found = Lookup(None, why_none)
+            except InputError as error:
+                return job, error_row(error.kind, str(error))
+            # The lookup reads the debug-info trees, not the dump (the first dump of a
+            # kernel pays for decompressing its vmlinux): not the dump's time.
+            deadline += time.monotonic() - looking
+            if candidates:
+                match = self._step(slot, "banner", job, deadline, limit, memory_bytes,
+                                   candidates=[facts_to_wire(path, facts) for path, facts in candidates])
+                if isinstance(match, Row):
+                    return job, match
+                found = Lookup(match.get("vmlinux"), match.get("why_none"))
+            job = replace(job, release=identity.release, vmlinux=found.vmlinux, vmlinux_note=found.why_none)
+        row = self._step(slot, "run", job, deadline, limit, memory_bytes)
+        assert isinstance(row, Row)
+        return job, row
 
     def stop_all(self) -> None:
         with self.lock:
@@ -311,17 +374,26 @@ class _Workers:
                 slot.server = None
 
 
-def run_isolated(job: Job, timeout: float, memory_bytes: Optional[int]) -> Row:
-    """Run one job in its own worker process; what a Dask worker runs for each dump."""
+# One finder per set of trees in a process: a Dask worker runs many dumps, and
+# its finder remembers what the vmlinux files it opened say.
+_FINDERS: dict[tuple[str, ...], VmlinuxFinder] = {}
+_FINDERS_LOCK: Final = threading.Lock()
+
+
+def triage_isolated(item: Item, debuginfo_dirs: list[str], require_debuginfo: bool, timeout: float,
+                    memory_bytes: Optional[int]) -> tuple[Job, Row]:
+    """Plan and run one item in worker processes of its own; what a Dask worker runs for each dump."""
+    with _FINDERS_LOCK:
+        finder = _FINDERS.setdefault(tuple(debuginfo_dirs), VmlinuxFinder(debuginfo_dirs))
     workers = _Workers()
     try:
-        return workers.run(job, timeout, memory_bytes)
+        return workers.triage(item, finder, require_debuginfo, timeout, memory_bytes)
     finally:
         workers.close()
 
 
-def _dask_results(scheduler: str, planned: list[Job], timeout: float,
-                  memory_bytes: Optional[int]) -> Iterator[tuple[Job, Row]]:
+def _dask_results(scheduler: str, items: list[Item], debuginfo_dirs: list[str], require_debuginfo: bool,
+                  timeout: float, memory_bytes: Optional[int]) -> Iterator[tuple[Job, Row]]:
     """Yield (job, row) as a Dask cluster finishes them; each still runs in its own process."""
     try:
         from distributed import Client, as_completed as dask_completed
@@ -332,13 +404,14 @@ def _dask_results(scheduler: str, planned: list[Job], timeout: float,
     except (OSError, TimeoutError) as error:
         raise InputError(f"cannot reach the Dask scheduler {scheduler}: {error}") from None
     try:
-        futures = {client.submit(run_isolated, job, timeout, memory_bytes, pure=False): job
-                   for job in planned}
+        futures = {client.submit(triage_isolated, item, debuginfo_dirs, require_debuginfo, timeout,
+                                 memory_bytes, pure=False): item
+                   for item in items}
         for future in dask_completed(futures):
-            job = futures[future]
             try:
-                row = future.result()
+                job, row = future.result()
             except Exception as error:  # a lost Dask worker costs only this row
+                job = job_of(futures[future], require_debuginfo)
                 row = error_row(ErrorKind.WORKER_CRASH, f"Dask task failed: {error}")
             yield job, row
     finally:
@@ -363,11 +436,11 @@ class _Progress:
     walked, so the totals grow until :meth:`all_found`; until then they are
     shown as ``N+`` and no ETA."""
 
-    def __init__(self, stream: TextIO, jobs: Iterable[Job] = ()):
+    def __init__(self, stream: TextIO, items: Iterable[Item] = ()):
         self.dumps, self.logs, self.stream = _Count(), _Count(), stream
         self.final = False
-        for job in jobs:
-            self.found(job.kind)
+        for item in items:
+            self.found(item.kind)
         self.final = self.dumps.total + self.logs.total > 0
         self.start = time.monotonic()
         self.enabled = stream.isatty()
@@ -459,25 +532,25 @@ def run_triage(
         progress.step(row)
 
     if scheduler:
-        planned = plan_jobs(pending_items, debuginfo_dirs, require_debuginfo)
-        progress = _Progress(progress_stream, planned)
+        items = list(pending_items)
+        progress = _Progress(progress_stream, items)
         try:
-            for job, result in _dask_results(scheduler, planned, timeout, memory_bytes):
+            for job, result in _dask_results(scheduler, items, debuginfo_dirs, require_debuginfo, timeout,
+                                             memory_bytes):
                 record(job, result, progress)
         finally:
             progress.close()
         return rows
 
-    # Workers start on the first dump found while the walk and the vmlinux lookups
-    # go on: both run once per archive and would otherwise hold up every worker.
+    # Workers start on the first dump found while the walk goes on; each dump is
+    # planned by its worker (decompression is the dump's own cost, on its limits).
     finder = VmlinuxFinder(debuginfo_dirs)
     workers = _Workers(jobs, slots=cpu_slots(jobs))
     progress = _Progress(progress_stream)
     running: dict[Future, None] = {}
 
     def plan_and_run(item: Item) -> tuple[Job, Row]:
-        job = plan_job(item, finder, require_debuginfo)
-        return job, workers.run(job, timeout, memory_bytes)
+        return workers.triage(item, finder, require_debuginfo, timeout, memory_bytes)
 
     def collect(block: bool) -> None:
         if not running:

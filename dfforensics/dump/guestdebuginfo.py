@@ -37,7 +37,7 @@ from typing import Callable, Final, Optional
 import drgn
 from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, TypeKindSet
 
-from dfforensics.core.errors import DumpError
+from dfforensics.core.errors import DumpError, ErrorKind
 from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
 from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, load_btf
@@ -657,14 +657,23 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
     :raises DumpError: when the dump, its kallsyms or its BTF cannot be used.
     """
     prog = Program()
+    # Each with the kind open_dump gives it: what condemns the file itself (not a
+    # dump, corrupt) is its row in triage, and its copy leaves the cache.
     try:
         prog.set_core_dump(vmcore_path)
-    except (ValueError, OSError, drgn.FaultError) as error:
+    except ValueError as error:
+        kind = (ErrorKind.NO_VMCOREINFO if "vmcoreinfo" in str(error).lower() or "QEMU" in str(error)
+                else ErrorKind.NOT_A_DUMP)
+        raise DumpError(f"VMCORE {vmcore_path}: {error}", kind) from None
+    except OSError as error:
         raise DumpError(f"VMCORE {vmcore_path}: {error}") from None
+    except drgn.FaultError as error:
+        raise DumpError(f"VMCORE {vmcore_path}: truncated or corrupt ({error})", ErrorKind.CORRUPT_DUMP) from None
     except Exception as error:  # libdrgn reports libelf/libkdumpfile failures as bare Exception
-        raise DumpError(f"VMCORE {vmcore_path}: truncated or corrupt ({error})") from None
+        raise DumpError(f"VMCORE {vmcore_path}: truncated or corrupt ({error})", ErrorKind.CORRUPT_DUMP) from None
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
-        raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump")
+        raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump (a user-space core?)",
+                        ErrorKind.NOT_A_DUMP)
     read_ahead_kallsyms(prog)
     searched = load_kallsyms(prog)
     set_kernel_image_range(prog)

@@ -73,6 +73,29 @@ def _check_release_match(prog: drgn.Program, facts: "VmlinuxFacts", vmcore: str,
                         f"{facts.release} != the dump's {release}", ErrorKind.MISMATCH)
 
 
+def _check_release_in_memory(prog: drgn.Program, vmcore: str) -> None:
+    """Refuse a VMCOREINFO whose OSRELEASE is not the release of the kernel in memory.
+
+    Where the build IDs match, VMLINUX is the dump's kernel whatever OSRELEASE says,
+    so nothing else compares them; but the analysis picks its per-version kernel
+    facts by that release. The kernel's own ``linux_banner`` (now that VMLINUX
+    says where it is) names the true one.
+    """
+    from dfforensics.inputs.elffacts import release_from_banner
+
+    release = parse_vmcoreinfo(prog["VMCOREINFO"].string_()).release
+    if not release:
+        return
+    try:
+        banner = prog.read(prog.symbol("linux_banner").address, 256).split(b"\0")[0]
+    except (drgn.FaultError, LookupError):
+        return  # not in the dump: nothing to compare with
+    actual = release_from_banner(banner) if banner.startswith(b"Linux version ") else None
+    if actual and actual != release:
+        raise DumpError(f"VMCORE {vmcore}: corrupt VMCOREINFO: OSRELEASE {release} is not the release "
+                        f"of the kernel in its memory, {actual} (its linux_banner)", ErrorKind.CORRUPT_DUMP)
+
+
 def _check_banner_match(prog: drgn.Program, facts: "VmlinuxFacts", vmcore: str, vmlinux: str) -> None:
     if facts.banner:
         try:
@@ -224,6 +247,18 @@ def _check_linux_x86_64(prog: drgn.Program, vmcore: str) -> None:
                         "x86_64 guests only", ErrorKind.NOT_A_DUMP)
 
 
+def _check_module_file(path: str, shown: str) -> None:
+    """drgn passes over a file that is not ELF without a word: say so instead."""
+    try:
+        with open(path, "rb") as file:
+            magic = file.read(4)
+    except OSError as error:
+        raise DumpError(f"module debug info {shown}: cannot read: {error.strerror or error}",
+                        ErrorKind.DEBUGINFO) from None
+    if magic != b"\x7fELF":
+        raise DumpError(f"module debug info {shown}: not an ELF file", ErrorKind.DEBUGINFO)
+
+
 def _load_modules(prog: drgn.Program, module_paths: Sequence[str]) -> None:
     try:
         # Also finds the loaded kernel modules, for the ones given and for symbolizing the rest.
@@ -271,7 +306,11 @@ def open_dump(vmcore: str, vmlinux: str, module_debuginfo: Sequence[str] = ()) -
         core = _open_core(vmcore_path, vmlinux_path, vmcore, vmlinux)
     with _Rejecting(vmlinux_path):
         _load_vmlinux(core.prog, vmlinux_path, core.facts, vmcore, vmlinux)
+    with _Rejecting(plain_path, vmcore_path):
+        _check_release_in_memory(core.prog, vmcore)
     with _Rejecting(*module_paths):
+        for path, shown in zip(module_paths, module_debuginfo):
+            _check_module_file(path, shown)
         _load_modules(core.prog, module_paths)
     notes = [core.rebuilt_how] if core.rebuilt_how else []
     source = "rebuilt from VMLINUX" if core.rebuilt_how else "the dump's VMCOREINFO note"

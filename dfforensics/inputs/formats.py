@@ -3,7 +3,8 @@ Input formats
 -------------
 
 What a dump or vmlinux file is by its bytes, in one place and without drgn
-(triage's parent process plans with it while its workers import drgn):
+(triage's parent sniffs files with it; its workers decompress and read the
+dumps with it, each on its dump's limits):
 
 - sniffing: compression magic (gzip, xz, zstd, bzip2) and dump magic (ELF
   core, makedumpfile's kdump-compressed format and its flattened stream);
@@ -35,6 +36,7 @@ from dfforensics.core.errors import DumpError, ErrorKind
 __all__ = (
     "DUMP_KINDS", "DUMP_LEVEL_USER_DATA", "DUMP_LEVEL_ZERO_PAGES", "DumpIdentity", "KdumpHeader",
     "Vmcoreinfo", "cache_dir", "check_input_file", "check_vmcoreinfo", "compression_of", "decompressed",
+    "discard_partials",
     "dump_kernel_identity", "dump_kind", "parse_vmcoreinfo", "read_dump_format",
     "read_kdump_header", "reassembled", "sniff", "read_keyed", "write_keyed", "discard_keyed",
 )
@@ -360,9 +362,28 @@ def _discard(path: str) -> None:
             raise _cache_error(os.path.dirname(path), error) from None
 
 
+def _partial_prefix(group: Optional[int] = None) -> str:
+    # Named by process group: a triage server that SIGKILLs its child mid-write (time
+    # limit) knows the group, not the child's files, and the child's finally never runs.
+    return f".partial-g{os.getpgrp() if group is None else group}-"
+
+
+def discard_partials(group: int, directory: Optional[str] = None) -> None:
+    """Remove the partial files the processes of ``group`` left in the cache when killed."""
+    directory = directory or cache_dir()
+    prefix = _partial_prefix(group)
+    try:
+        names = os.listdir(directory)
+    except OSError as error:
+        raise _cache_error(directory, error) from None
+    for name in names:
+        if name.startswith(prefix):
+            _discard(os.path.join(directory, name))
+
+
 def _write_size_record(target: str, size: int) -> None:
     directory = os.path.dirname(target)
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    fd, partial = tempfile.mkstemp(dir=directory, prefix=_partial_prefix())
     try:
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(f"{size}\n")
@@ -385,10 +406,15 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     import hashlib  # here: loading OpenSSL costs ~2 ms, and uncompressed inputs never get here
 
     info = os.stat(path)
-    key = hashlib.sha256(
-        f"{tag}\0{os.path.realpath(path)}\0{info.st_size}\0{info.st_mtime_ns}\0{info.st_ino}".encode()
-    ).hexdigest()[:24]
     directory = cache_dir()
+    real = os.path.realpath(path)
+    # An entry of the cache itself (a flattened dump decompressed, to be reassembled)
+    # is never changed in place, only replaced (a new inode), but its mtime moves each
+    # time it is used (LRU): keyed by it, its reassembled copy would be made again.
+    changed = info.st_mtime_ns if os.path.dirname(real) != os.path.realpath(directory) else 0
+    key = hashlib.sha256(
+        f"{tag}\0{real}\0{info.st_size}\0{changed}\0{info.st_ino}".encode()
+    ).hexdigest()[:24]
     target = os.path.join(directory, f"{key}-{name}")
     if _valid_entry(target):
         try:
@@ -400,7 +426,7 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     limit = _size_setting("DFFORENSICS_CACHE_MAX", DEFAULT_CACHE_MAX)  # a bad setting: before any write
     check_free_space(directory)
     try:
-        fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+        fd, partial = tempfile.mkstemp(dir=directory, prefix=_partial_prefix())
     except OSError as error:
         raise _cache_error(directory, error) from None
     try:
