@@ -20,6 +20,7 @@ import types
 import math
 import os
 import signal
+import threading
 import sys
 import time
 from datetime import datetime, timezone
@@ -148,12 +149,24 @@ def _watch(args: argparse.Namespace) -> int:
     # VMCOREINFO without pausing it, even with no VMLINUX.
     known = _known_kernels()
     state: dict[str, Optional[str]] = {path: None for path in args.qemu}
-    # SIGTERM (systemd, kill) ends the watch like Ctrl-C: between two reads, never in one.
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # Ctrl-C and SIGTERM (systemd, kill) end the watch between two sweeps, never in one: the
+    # signal only asks, and the loop looks between guests and while it waits. (Raised in the
+    # middle of a sweep, KeyboardInterrupt can land in a drgn callback, which swallows it.)
+    # A second signal ends it at once.
+    stop = threading.Event()
+
+    def request_stop(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while True:
+        while not stop.is_set():
             started = time.monotonic()
             for path in args.qemu:
+                if stop.is_set():
+                    break
                 try:
                     report = _sweep(path, args, known)
                 except InputError as error:
@@ -176,11 +189,13 @@ def _watch(args: argparse.Namespace) -> int:
                     _event(stream, {"guest": path, "event": "sweep", "verdict": sweep.verdict.value,
                                     "summary": sweep.summary, "seconds": report.source.get("seconds_connected")})
                 state[path] = now
-            time.sleep(max(0.0, args.every - (time.monotonic() - started)))
+            stop.wait(max(0.0, args.every - (time.monotonic() - started)))
+        return 0
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
         if stream is not sys.stdout:
             stream.close()
 

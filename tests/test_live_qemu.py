@@ -208,6 +208,18 @@ def test_without_vmlinux_no_sweep_pauses_the_guest(guests, tmp_path, detached_bt
     assert clean.status() == "running"
 
 
+def test_ctrl_c_at_any_moment_of_back_to_back_sweeps_ends_the_watch(guests, tmp_path):
+    # A signal that lands inside drgn (one of its Python callbacks) must still end the loop:
+    # sweeps back to back, interrupted at several moments of a round.
+    clean = guests["clean"]
+    for number, delay in enumerate((0.05, 0.2, 0.45, 0.7, 1.0)):
+        out = tmp_path / f"events-{number}.jsonl"
+        status, err = watch(out, ["--qemu", str(clean.qmp), str(clean.vmlinux), "--every", "0.01"],
+                            rounds_after=delay)
+        assert status == 0 and "Traceback" not in err, err
+    assert clean.status() == "running"
+
+
 def test_dfsweep_in_drgn_opened_with_qemu(guests):
     bug = guests["bug"]
     drgn = Path(sys.executable).with_name("drgn")
