@@ -29,12 +29,15 @@ import json
 import lzma
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import liveguest  # noqa: E402  (the tests' QMP client)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -164,26 +167,6 @@ def build_initramfs(image_deb, out):
     return image
 
 
-class Qmp:
-    def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX)
-        self.sock.settimeout(600)
-        self.sock.connect(path)
-        self.file = self.sock.makefile("rw")
-        self.file.readline()
-        self.cmd("qmp_capabilities")
-
-    def cmd(self, name, **arguments):
-        self.file.write(json.dumps({"execute": name, "arguments": arguments}) + "\n")
-        self.file.flush()
-        while True:
-            reply = json.loads(self.file.readline())
-            if "return" in reply:
-                return reply["return"]
-            if "error" in reply:
-                raise RuntimeError(f"QMP {name}: {reply['error']}")
-
-
 def boot_and_dump(vmlinuz, initramfs, out, mem, timeout=600):
     run = tempfile.mkdtemp(prefix="gendistro-", dir=out)
     qmp_path, console = os.path.join(run, "qmp.sock"), os.path.join(run, "console.log")
@@ -203,7 +186,7 @@ def boot_and_dump(vmlinuz, initramfs, out, mem, timeout=600):
         if FW_CFG_LOADED not in text:
             raise SystemExit(f"the guest did not load qemu_fw_cfg.ko: {text[-2000:]}")
         time.sleep(2)  # the workers run a while: their stacks hold something
-        qmp = Qmp(qmp_path)
+        qmp = liveguest.Qmp(qmp_path, timeout=600)
         vmcore = os.path.join(out, "vmcore")
         qmp.cmd("stop")
         qmp.cmd("dump-guest-memory", paging=False, protocol=f"file:{vmcore}")
