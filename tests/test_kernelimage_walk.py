@@ -3,7 +3,7 @@ built in memory: permissions combine across levels as the MMU combines them (wri
 only if every level allows it, executable only if none forbids it), 2 MiB pages count,
 and what is not present is skipped."""
 
-from dfforensics.dump.kernelimage import _walk
+from dfforensics.dump.kernelimage import mapped_chunks
 
 P, RW, PS, NX = 0x1, 0x2, 0x80, 1 << 63
 MAP = 0xFFFFFFFF80000000  # __START_KERNEL_map: PML4 slot 511, PDPT slot 510
@@ -26,7 +26,7 @@ def tables() -> dict[int, list[int]]:
 
 def test_permissions_combine_across_levels_and_huge_pages_count():
     built = tables()
-    chunks = _walk(lambda physical: tuple(built[physical]), 0x1000, 4, MAP + (16 << 20), MAP + (32 << 20))
+    chunks = mapped_chunks(lambda physical: tuple(built[physical]), 0x1000, 4, MAP + (16 << 20), MAP + (32 << 20))
     assert chunks == [
         (MAP + (16 << 20), 2 << 20, 0x1000000, False, True),
         (MAP + (22 << 20), 0x1000, 0x1600000, True, False),
@@ -38,5 +38,5 @@ def test_permissions_combine_across_levels_and_huge_pages_count():
 
 def test_a_walk_starting_inside_a_huge_page_begins_where_asked():
     built = tables()
-    chunks = _walk(lambda physical: tuple(built[physical]), 0x1000, 4, MAP + (17 << 20), MAP + (18 << 20))
+    chunks = mapped_chunks(lambda physical: tuple(built[physical]), 0x1000, 4, MAP + (17 << 20), MAP + (18 << 20))
     assert chunks == [(MAP + (17 << 20), 1 << 20, 0x1100000, False, True)]

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from dfforensics.dump.livevmcoreinfo import (KernelLandmarks, NoteNotFound, find_vmcoreinfo, kernel_text_mapping,
+from dfforensics.dump.livevmcoreinfo import (KernelLandmarks, NoteNotFound, find_vmcoreinfo, kernel_image_runs,
                                              parse_note, search_vmcoreinfo, translate)
 
 BANNER = b"Linux version 6.1.192 (builder@fixtures) #1 SMP"
@@ -157,10 +157,10 @@ def test_landmarks_round_trip_through_their_saved_form_and_bad_forms_are_none():
 
 def test_the_image_runs_leave_out_the_pages_the_kernel_freed_and_unmapped():
     memory, _ = guest(freed_page=7)
-    virtual_text, load, runs = kernel_text_mapping(memory.read, PGD)
+    virtual_text, load, runs = kernel_image_runs(memory.read, PGD)
     assert (virtual_text, load) == (TEXT_LINK + KASLR, LOAD)
     gap = virtual_text + (2 << 21) + (7 << 12)
-    assert [(v - virtual_text, size) for v, _, size in runs] == [(0, (2 << 21) + (7 << 12)),
+    assert [(v - virtual_text, size) for v, size, _ in runs] == [(0, (2 << 21) + (7 << 12)),
                                                                  (gap + 4096 - virtual_text, (1 << 21) - 8 * 4096 + (1 << 21))]
     assert translate(memory.read, PGD, gap) is None
     assert translate(memory.read, PGD, PAGE_OFFSET + NOTE + 12) == NOTE + 12

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Callable, Final, Mapping, Optional
+from typing import Callable, Final, Iterable, Mapping, Optional
 
 import drgn
 from drgn import Program
@@ -27,7 +27,7 @@ from drgn import Program
 from dfforensics.core import x86
 from dfforensics.core.errors import DumpError
 
-__all__ = ("ReadOnlyData", "read_only_data")
+__all__ = ("ReadOnlyData", "contiguous_runs", "mapped_chunks", "read_only_data")
 
 _PAGE: Final = 4096
 _ENTRIES = struct.Struct("<512Q")
@@ -69,10 +69,11 @@ def _number(info: Mapping[str, str], key: str) -> Optional[int]:
         return None
 
 
-def _walk(read: Callable[[int], tuple[int, ...]], root: int, levels: int, start: int,
-          end: int) -> list[tuple[int, int, int, bool, bool]]:
+def mapped_chunks(read: Callable[[int], tuple[int, ...]], root: int, levels: int, start: int,
+                  end: int) -> list[tuple[int, int, int, bool, bool]]:
     """The mapped chunks of [start, end): (virtual, size, physical, writable, executable),
-    with the permissions of every level combined as the MMU combines them."""
+    with the permissions of every level combined as the MMU combines them. ``read`` gives
+    the 512 entries of the table at a physical address. Pure: no drgn."""
     chunks: list[tuple[int, int, int, bool, bool]] = []
 
     def visit(table: int, shift: int, low: int, high: int, writable: bool, executable: bool) -> None:
@@ -95,6 +96,18 @@ def _walk(read: Callable[[int], tuple[int, ...]], root: int, levels: int, start:
 
     visit(root, 39 + 9 * (levels - 4), start, end, True, True)
     return chunks
+
+
+def contiguous_runs(chunks: Iterable[tuple[int, int, int, bool, bool]]) -> list[tuple[int, int, int]]:
+    """Chunks of :func:`mapped_chunks` joined where they are contiguous in both address
+    spaces: (virtual, size, physical)."""
+    runs: list[list[int]] = []
+    for virtual, size, physical, _, _ in chunks:
+        if runs and runs[-1][0] + runs[-1][1] == virtual and runs[-1][2] + runs[-1][1] == physical:
+            runs[-1][1] += size
+        else:
+            runs.append([virtual, size, physical])
+    return [(virtual, size, physical) for virtual, size, physical in runs]
 
 
 def read_only_data(prog: Program, info: Mapping[str, str]) -> ReadOnlyData:
@@ -124,20 +137,12 @@ def read_only_data(prog: Program, info: Mapping[str, str]) -> ReadOnlyData:
         return tables[physical]
 
     try:
-        chunks = _walk(read_table, root - x86.START_KERNEL_MAP + phys_base, levels,
-                       stext & ~(_PAGE - 1), image_end)
+        chunks = mapped_chunks(read_table, root - x86.START_KERNEL_MAP + phys_base, levels,
+                               stext & ~(_PAGE - 1), image_end)
     except (drgn.FaultError, ValueError) as error:
         raise DumpError(f"the kernel's page tables are not in the dump ({error})") from None
 
-    # Runs contiguous in both address spaces, read-only and not executable.
-    runs: list[list[int]] = []
-    for virtual, size, physical, writable, executable in chunks:
-        if writable or executable:
-            continue
-        if runs and runs[-1][0] + runs[-1][1] == virtual and runs[-1][2] + runs[-1][1] == physical:
-            runs[-1][1] += size
-        else:
-            runs.append([virtual, size, physical])
+    runs = contiguous_runs(chunk for chunk in chunks if not chunk[3] and not chunk[4])  # read-only, NX
     if not runs:
         raise DumpError("the kernel image has no read-only data mapped (booted with rodata=off, or dumped "
                         "before mark_rodata_ro): its kallsyms and BTF cannot be searched for; a vmlinux is needed")

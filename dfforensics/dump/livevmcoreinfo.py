@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from typing import Callable, Final, Optional, Sequence
 
 from dfforensics.core import x86
+from dfforensics.dump.kernelimage import contiguous_runs, mapped_chunks
 
-__all__ = ("HumanMonitor", "KernelLandmarks", "NoteNotFound", "find_vmcoreinfo", "parse_note",
-           "search_vmcoreinfo", "translate")
+__all__ = ("HumanMonitor", "KernelLandmarks", "NoteNotFound", "find_vmcoreinfo", "kernel_image_runs",
+           "kernel_text_start", "parse_note", "search_vmcoreinfo", "translate")
 
 Read = Callable[[int, int], Optional[bytes]]
 
@@ -114,52 +115,59 @@ def _word(read: Read, physical: int) -> int:
     return int.from_bytes(data, "little")
 
 
-def kernel_text_mapping(read: Read, pgd: int) -> tuple[int, int, list[tuple[int, int, int]]]:
-    """Where the kernel text mapping of the page-table root ``pgd`` puts the kernel image:
-    the virtual and physical address of its first 2 MiB page (``_text``'s, KASLR or not:
-    ``cleanup_highmap`` unmaps all before it), and the runs ``(virtual, physical, size)``
-    of every page it maps from there to the first unmapped 2 MiB (the image's end; the
-    gaps the kernel freed inside it are unmapped and left out). 4-level paging."""
-    pgd_entry = _word(read, pgd + 8 * ((x86.START_KERNEL_MAP >> 39) & 511))
+def _table_reader(read: Read) -> Callable[[int], tuple[int, ...]]:
+    """The 512 entries of the page table at a physical address, each table read once."""
+    tables: dict[int, tuple[int, ...]] = {}
+
+    def entries(physical: int) -> tuple[int, ...]:
+        if physical not in tables:
+            data = read(physical, 4096)
+            if data is None or len(data) != 4096:
+                raise NoteNotFound(f"the page table at guest-physical {physical:#x} is not readable")
+            tables[physical] = _ENTRIES.unpack(data)
+        return tables[physical]
+
+    return entries
+
+
+def _text_pmds(tables: Callable[[int], tuple[int, ...]], pgd: int) -> tuple[int, tuple[int, ...], int]:
+    """The kernel text mapping's page directory: the virtual base it maps, its entries, and
+    the index of its first 2 MiB page (``_text``'s, KASLR or not: ``cleanup_highmap``
+    unmaps all before it). 4-level paging."""
+    pgd_entry = tables(pgd)[(x86.START_KERNEL_MAP >> 39) & 511]
     if not pgd_entry & x86.PTE_PRESENT:
         raise NoteNotFound("the page-table root maps no kernel text")
     pud_index = (x86.START_KERNEL_MAP >> 30) & 511
-    pud_entry = _word(read, (pgd_entry & x86.PTE_ADDRESS_MASK) + 8 * pud_index)
+    pud_entry = tables(pgd_entry & x86.PTE_ADDRESS_MASK)[pud_index]
     if not pud_entry & x86.PTE_PRESENT or pud_entry & x86.PTE_HUGE:
         raise NoteNotFound("the page-table root maps no kernel text with 2 MiB pages")
-    table = read(pud_entry & x86.PTE_ADDRESS_MASK, 4096)
-    if table is None or len(table) != 4096:
-        raise NoteNotFound("the kernel text's page table is not readable")
-    entries = [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(512)]
-    base = (0xFFFF << 48) | (511 << 39) | (pud_index << 30)
+    entries = tables(pud_entry & x86.PTE_ADDRESS_MASK)
     first = next((i for i, entry in enumerate(entries)
                   if entry & (x86.PTE_PRESENT | x86.PTE_HUGE) == x86.PTE_PRESENT | x86.PTE_HUGE), None)
     if first is None:
         raise NoteNotFound("the kernel text mapping has no 2 MiB page")
-    runs: list[tuple[int, int, int]] = []
+    return (0xFFFF << 48) | (511 << 39) | (pud_index << 30), entries, first
 
-    def add(virtual: int, physical: int, size: int) -> None:
-        if runs and runs[-1][0] + runs[-1][2] == virtual and runs[-1][1] + runs[-1][2] == physical:
-            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + size)
-        else:
-            runs.append((virtual, physical, size))
 
-    for index in range(first, 512):
-        entry, virtual = entries[index], base | (index << 21)
-        if not entry & x86.PTE_PRESENT:
-            break
-        if entry & x86.PTE_HUGE:
-            add(virtual, entry & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1), _HUGE_2M)
-            continue
-        ptes = read(entry & x86.PTE_ADDRESS_MASK, 4096)
-        if ptes is None or len(ptes) != 4096:
-            raise NoteNotFound(f"the kernel image's page table for {virtual:#x} is not readable")
-        for slot in range(512):
-            pte = int.from_bytes(ptes[8 * slot:8 * slot + 8], "little")
-            if pte & x86.PTE_PRESENT:
-                add(virtual | (slot << 12), pte & x86.PTE_ADDRESS_MASK, 4096)
+def kernel_text_start(read: Read, pgd: int) -> tuple[int, int]:
+    """(virtual, physical) of the first 2 MiB page the kernel text mapping of the root
+    ``pgd`` maps: where ``_text`` is, KASLR or not."""
+    base, entries, first = _text_pmds(_table_reader(read), pgd)
+    return base | (first << 21), entries[first] & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1)
+
+
+def kernel_image_runs(read: Read, pgd: int) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """:func:`kernel_text_start`, and the runs ``(virtual, size, physical)`` of every page
+    the mapping maps from ``_text`` to its first unmapped 2 MiB (the image's end; the gaps
+    the kernel freed inside it are unmapped and left out)."""
+    tables = _table_reader(read)
+    base, entries, first = _text_pmds(tables, pgd)
+    last = first
+    while last + 1 < 512 and entries[last + 1] & x86.PTE_PRESENT:
+        last += 1
     virtual_text = base | (first << 21)
-    return virtual_text, entries[first] & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1), runs
+    chunks = mapped_chunks(tables, pgd, 4, virtual_text, base | ((last + 1) << 21))
+    return virtual_text, entries[first] & x86.PTE_ADDRESS_MASK & ~(_HUGE_2M - 1), contiguous_runs(chunks)
 
 
 def _roots(cr3: int) -> list[int]:
@@ -194,7 +202,7 @@ def find_vmcoreinfo(read: Read, cr3: int, cr4: int, builds: Sequence[KernelLandm
     problems = []
     for pgd in _roots(cr3):
         try:
-            virtual_text, load, _ = kernel_text_mapping(read, pgd)
+            virtual_text, load = kernel_text_start(read, pgd)
         except NoteNotFound as problem:
             problems.append(str(problem))
             continue
@@ -232,24 +240,21 @@ def find_vmcoreinfo(read: Read, cr3: int, cr4: int, builds: Sequence[KernelLandm
 def translate(read: Read, pgd: int, virtual: int) -> Optional[int]:
     """The guest-physical address of ``virtual`` through the 4-level root ``pgd``
     (1 GiB and 2 MiB pages included), or None where it is not mapped or not readable."""
-    table = pgd
-    for shift in (39, 30, 21, 12):
-        data = read(table + 8 * ((virtual >> shift) & 511), 8)
-        if data is None or len(data) != 8:
-            return None
-        entry = int.from_bytes(data, "little")
-        if not entry & x86.PTE_PRESENT:
-            return None
-        if shift in (30, 21) and entry & x86.PTE_HUGE:
-            size = 1 << shift
-            return (entry & x86.PTE_ADDRESS_MASK & ~(size - 1)) | (virtual & (size - 1))
-        table = entry & x86.PTE_ADDRESS_MASK
-    return table | (virtual & 0xFFF)
+    return _translate(_table_reader(read), pgd, virtual)
+
+
+def _translate(tables: Callable[[int], tuple[int, ...]], pgd: int, virtual: int) -> Optional[int]:
+    try:
+        chunks = mapped_chunks(tables, pgd, 4, virtual, virtual + 1)
+    except NoteNotFound:
+        return None
+    return chunks[0][2] if chunks else None
 
 
 # A page-aligned pointer into the kernel half (4-level: bits 63-47 set, the low 12 clear),
 # as the kernel's `vmcoreinfo_note` holds one.
 _QWORD: Final = struct.Struct("<Q")
+_ENTRIES: Final = struct.Struct("<512Q")
 _POINTER_MASK: Final = 0xFFFF_8000_0000_0FFF
 _KERNEL_HALF: Final = 0xFFFF_8000_0000_0000
 #: At most this many distinct pointers are followed: a kernel image holds a few thousand.
@@ -317,12 +322,12 @@ def search_vmcoreinfo(read: Read, cr3: int, cr4: int) -> tuple[bytes, str]:
 def _notes_in_image(read: Read, pgd: int) -> dict[bytes, tuple[int, int, int]]:
     """Every VMCOREINFO note describing this kernel that a page-aligned pointer in its
     image leads to: text -> (physical, virtual_text, load)."""
-    virtual_text, load, runs = kernel_text_mapping(read, pgd)
-    if sum(size for _, _, size in runs) > _MAX_IMAGE:
+    virtual_text, load, runs = kernel_image_runs(read, pgd)
+    if sum(size for _, size, _ in runs) > _MAX_IMAGE:
         raise NoteNotFound("the kernel text mapping spans more than a kernel image")
-    end = runs[-1][0] + runs[-1][2]
+    end = runs[-1][0] + runs[-1][1]
     pointers: set[int] = set()
-    for _, physical, size in runs:
+    for _, size, physical in runs:
         for offset in range(0, size, _HUGE_2M):
             chunk = read(physical + offset, min(_HUGE_2M, size - offset))
             if chunk is None:
@@ -333,8 +338,9 @@ def _notes_in_image(read: Read, pgd: int) -> dict[bytes, tuple[int, int, int]]:
     if len(pointers) > _MAX_POINTERS:
         raise NoteNotFound(f"the kernel image holds {len(pointers)} page pointers: too many to follow")
     found: dict[bytes, tuple[int, int, int]] = {}
+    tables = _table_reader(read)
     for pointer in sorted(pointers):
-        physical = translate(read, pgd, pointer)
+        physical = _translate(tables, pgd, pointer)
         header = read(physical, 12) if physical is not None else None
         if not header or header[:4] != len(_NOTE_NAME).to_bytes(4, "little"):
             continue
