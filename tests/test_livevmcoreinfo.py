@@ -200,3 +200,17 @@ def test_two_different_notes_of_this_kernel_are_ambiguous():
     memory.put(0xA00000, note(NOTE_TEXT + b"CRASHTIME=1\n"))
     with pytest.raises(NoteNotFound, match="2 different VMCOREINFO notes"):
         search_vmcoreinfo(memory.read, cr3, 0x6B0)
+
+
+def test_builds_seen_are_kept_in_the_cache_for_later_runs_and_a_bad_entry_is_ignored(tmp_path, monkeypatch):
+    from dfforensics.dump.live import KnownKernels
+    from dfforensics.inputs.formats import write_keyed
+
+    monkeypatch.setenv("DFFORENSICS_CACHE", str(tmp_path))  # empty: no build any sweep saw
+    first = KnownKernels.in_cache()
+    assert first.candidates("/run/a.qmp") == []
+    first.remember("/run/a.qmp", LANDMARKS)
+    assert KnownKernels.in_cache().candidates("/run/b.qmp") == [LANDMARKS]
+    assert KnownKernels().candidates("/run/b.qmp") == []  # not made from the cache: nothing saved
+    write_keyed("live", "kernels", b"{not json")
+    assert KnownKernels.in_cache().candidates("/run/b.qmp") == []

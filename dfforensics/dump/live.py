@@ -32,7 +32,7 @@ import socket
 import stat
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Final, Optional
 
 import drgn
 from drgn import Program
@@ -134,33 +134,30 @@ class _Connection:
 
 class KnownKernels:
     """The kernel builds seen before, so that a guest running one of them is read
-    without a pause even with no VMLINUX: the build each socket ran last, and, when
-    ``saved_in`` is given, every build any sweep saw, kept in that file (the user's
-    cache: ``live-kernels.json``) for later runs."""
+    without a pause even with no VMLINUX: the build each socket ran last, and, made by
+    :meth:`in_cache`, every build any sweep saw, kept in the user's cache (the entry
+    ``live-kernels``) for later runs."""
 
-    #: Builds kept in the file, newest first: a host runs a handful of guest kernels.
+    #: Builds kept in the cache, newest first: a host runs a handful of guest kernels.
     KEPT = 64
+    _ENTRY: Final = ("live", "kernels")
 
-    def __init__(self, saved_in: Optional[str] = None) -> None:
+    def __init__(self, saved: bool = False) -> None:
         self._by_socket: dict[str, KernelLandmarks] = {}
-        self._file = saved_in
-        self._saved: list[KernelLandmarks] = self._load() if saved_in else []
+        self._keep = saved
+        self._saved: list[KernelLandmarks] = self._load() if saved else []
 
     @classmethod
     def in_cache(cls) -> "KnownKernels":
-        from dfforensics.inputs.formats import cache_dir
-
-        try:
-            return cls(os.path.join(cache_dir(), "live-kernels.json"))
-        except InputError:
-            return cls()  # no usable cache: nothing remembered, every sweep still runs
+        return cls(saved=True)
 
     def _load(self) -> list[KernelLandmarks]:
+        from dfforensics.inputs.formats import read_keyed
+
         try:
-            with open(self._file, encoding="utf-8") as file:  # type: ignore[arg-type]
-                records = json.load(file)
-        except (OSError, ValueError):
-            return []
+            records = json.loads(read_keyed(*self._ENTRY) or b"[]")
+        except (InputError, ValueError):
+            return []  # no usable cache, or an entry not ours: nothing remembered
         if not isinstance(records, list):
             return []
         return [found for found in map(KernelLandmarks.from_saved, records[:self.KEPT]) if found is not None]
@@ -171,23 +168,18 @@ class KnownKernels:
         return ([last] if last else []) + [build for build in self._saved if build != last]
 
     def remember(self, path: str, landmarks: Optional[KernelLandmarks]) -> None:
+        from dfforensics.inputs.formats import write_keyed
+
         if landmarks is None:
             return
         self._by_socket[path] = landmarks
-        if self._file is None or (self._saved and self._saved[0] == landmarks):
+        if not self._keep or (self._saved and self._saved[0] == landmarks):
             return
         self._saved = ([landmarks] + [build for build in self._saved if build != landmarks])[:self.KEPT]
-        partial = f"{self._file}.partial-{os.getpid()}"
         try:
-            with open(partial, "w", encoding="utf-8") as file:
-                json.dump([build.saved() for build in self._saved], file)
-            os.replace(partial, self._file)
-        except OSError:
-            # Only a pause saved next time is lost: the sweep itself is unaffected.
-            try:
-                os.unlink(partial)
-            except OSError:
-                pass
+            write_keyed(*self._ENTRY, json.dumps([build.saved() for build in self._saved]).encode())
+        except InputError:
+            pass  # only a pause saved next time is lost: the sweep itself is unaffected
 
 
 @dataclass
@@ -214,19 +206,32 @@ DRGN_DUMP_SOURCE = ("read by drgn with a one-byte dump-guest-memory: QEMU paused
                     "(about half a millisecond)")
 
 
-def _vmcoreinfo_without_pause(path: str, builds: list[KernelLandmarks],
-                              timeout: float) -> tuple[Optional[bytes], str]:
-    """The guest's VMCOREINFO read with HMP ``info registers`` and ``xp``, or None and why not."""
+def _vmcoreinfo_without_pause(path: str, builds: list[KernelLandmarks], search: bool,
+                              timeout: float) -> tuple[Optional[bytes], str, bool]:
+    """The guest's VMCOREINFO read without a pause: (note, how, whether the search found it),
+    or (None, why not, False). One HMP connection reads the live page-table root, and, for
+    a known build, the note itself with ``xp``; else, where ``search``, the image is searched
+    (:func:`_vmcoreinfo_by_search`)."""
+    problems = [] if builds else ["no VMLINUX, and no earlier sweep saw this build"]
     monitor = None
     try:
         monitor = HumanMonitor(connect_qmp(path, timeout))
         cr3, cr4 = monitor.control_registers()
-        return find_vmcoreinfo(monitor.read_physical, cr3, cr4, builds)
+        if builds:
+            try:
+                text, how = find_vmcoreinfo(monitor.read_physical, cr3, cr4, builds)
+                return text, how, False
+            except NoteNotFound as problem:
+                problems.append(f"the known build's note could not be read: {problem}")
     except (NoteNotFound, OSError, ValueError) as problem:
-        return None, f"the known build's note could not be read: {problem}"
+        return None, "; ".join(problems + [f"the live page-table root could not be read: {problem}"]), False
     finally:
         if monitor is not None:
             monitor.close()
+    if not search:
+        return None, "; ".join(problems), False
+    text, how = _vmcoreinfo_by_search(path, cr3, cr4, timeout)
+    return (text, how, True) if text is not None else (None, "; ".join(problems + [how]), False)
 
 
 def _landmarks_of(prog: Program) -> Optional[KernelLandmarks]:
@@ -266,16 +271,11 @@ def open_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = Non
         facts = vmlinux_facts(vmlinux_path, vmlinux)
         given = KernelLandmarks.from_symbols(facts.banner or b"", facts.symbols)
         builds = [given] if given else builds
-    vmcoreinfo, how = (_vmcoreinfo_without_pause(path, builds, timeout) if builds
-                       else (None, "no VMLINUX, and no earlier sweep saw this build"))
-    searched = vmcoreinfo is None and vmlinux_path is None
-    if searched:
-        vmcoreinfo, why_not = _vmcoreinfo_by_search(path, timeout)
-        how = why_not if vmcoreinfo is not None else f"{how}; {why_not}"
+    vmcoreinfo, how, searched = _vmcoreinfo_without_pause(path, builds, vmlinux_path is None, timeout)
     if vmcoreinfo is None:
         how = f"{DRGN_DUMP_SOURCE}; it could not be read without: {how}"
     guest = _open(path, vmcoreinfo, how, vmlinux, vmlinux_path, btf, timeout)
-    if searched and vmcoreinfo is not None and not _kernel_points_at(guest.prog, vmcoreinfo):
+    if searched and not _kernel_points_at(guest.prog, vmcoreinfo):
         # The note found is not the one the kernel's own symbols lead to: drgn's way.
         guest.close()
         guest = _open(path, None, f"{DRGN_DUMP_SOURCE}; the note found in memory was not the one "
@@ -315,19 +315,10 @@ def _open(path: str, vmcoreinfo: Optional[bytes], how: str, vmlinux: Optional[st
 _BOOTSTRAP_VMCOREINFO = b"OSRELEASE=unknown\nPAGESIZE=4096\nKERNELOFFSET=0\nSYMBOL(swapper_pg_dir)=ffffffff82000000\n"
 
 
-def _vmcoreinfo_by_search(path: str, timeout: float) -> tuple[Optional[bytes], str]:
-    """VMCOREINFO found by :func:`search_vmcoreinfo`, or None and why not. The live root
-    comes from HMP ``info registers``; physical memory is read by a drgn program that
-    knows no kernel yet (given a stand-in VMCOREINFO, drgn skips its dump)."""
-    monitor = None
-    try:
-        monitor = HumanMonitor(connect_qmp(path, timeout))
-        cr3, cr4 = monitor.control_registers()
-    except (NoteNotFound, OSError, ValueError) as problem:
-        return None, f"the note was not searched for: {problem}"
-    finally:
-        if monitor is not None:
-            monitor.close()
+def _vmcoreinfo_by_search(path: str, cr3: int, cr4: int, timeout: float) -> tuple[Optional[bytes], str]:
+    """VMCOREINFO found by :func:`search_vmcoreinfo` from the live root ``cr3``, or None
+    and why not. Physical memory is read by a drgn program that knows no kernel yet
+    (given a stand-in VMCOREINFO, drgn skips its dump)."""
     connection = _Connection(connect_qmp(path, timeout))
     prog = Program(vmcoreinfo=_BOOTSTRAP_VMCOREINFO)
     try:
