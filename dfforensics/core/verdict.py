@@ -29,7 +29,7 @@ from typing import Callable, Final, Optional, Sequence
 from dfforensics.core import kernel_facts, signature, x86
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import (
-    DfClass, DoubleFault, Evidence, FrameKind, RegionKind, Status, SweepResult, SweepVerdict, Verdict,
+    DfClass, DoubleFault, Evidence, Frame, FrameKind, RegionKind, Status, SweepResult, SweepVerdict, Verdict,
 )
 from dfforensics.core.observation import Medium, Observation, Residency, SweepObservation
 
@@ -203,24 +203,42 @@ def _cr2_source(obs: Observation) -> Optional[Evidence]:
 
 # --- the three proofs ----------------------------------------------------------
 
+@dataclass(frozen=True)
+class _Trails:
+    """Frames sorted by the kernel entry code's trail below them (:func:`signature.entry_trail_shown`)."""
+
+    #: The version's entry code (``error_entry``, ``asm_``), None where it is not known.
+    caller: Optional[str]
+    #: Frames that count: the trail is there, or it cannot be told.
+    kept: list[Frame]
+    #: Frame-shaped words whose trail is not the entry code's: look-alikes.
+    lookalikes: list[Frame]
+    #: How many of the kept frames show the trail.
+    trailed: int
+
+
+def _trails(frames: Sequence[Frame], version: Optional[Version]) -> _Trails:
+    caller = kernel_facts.value_for(kernel_facts.ENTRY_TRAIL_CALLER, version)
+    shown = [(frame, signature.entry_trail_shown(frame, caller)) for frame in frames]
+    return _Trails(caller, [f for f, trail in shown if trail is not False],
+                   [f for f, trail in shown if trail is False], sum(trail is True for _, trail in shown))
+
+
 def _proof_frames_on_user_stack(obs: Observation) -> Evidence:
     """(i) CPU-pushed frames on a user stack."""
     check = "cpl0-frames-on-user-stack"
-    caller = kernel_facts.value_for(kernel_facts.ENTRY_TRAIL_CALLER, obs.version)
-    candidates = [f for f in obs.frames if f.kind is FrameKind.CPL0_USER_STACK]
-    user_frames = [f for f in candidates if signature.entry_trail_shown(f, caller) is not False]
-    if user_frames:
-        trailed = sum(signature.entry_trail_shown(f, caller) is True for f in user_frames)
+    trails = _trails([f for f in obs.frames if f.kind is FrameKind.CPL0_USER_STACK], obs.version)
+    if trails.kept:
         return Evidence(check, Status.PASS,
-                        f"{len(user_frames)} self-consistent frame(s) pushed without a stack "
-                        f"switch onto a user stack, first at {user_frames[0].address:#x}"
-                        + (f"; {trailed} with the kernel entry code's return address below their pt_regs"
-                           if trailed else ""))
-    if candidates:
+                        f"{len(trails.kept)} self-consistent frame(s) pushed without a stack "
+                        f"switch onto a user stack, first at {trails.kept[0].address:#x}"
+                        + (f"; {trails.trailed} with the kernel entry code's return address below their "
+                           "pt_regs" if trails.trailed else ""))
+    if trails.lookalikes:
         return Evidence(check, Status.UNKNOWN,
-                        f"{len(candidates)} frame-shaped candidate(s) on the user stack lack the kernel entry "
-                        f"code's trail (no return address into {caller}... below their pt_regs): user code "
-                        "such as a user-mode IRETQ leaves such words")
+                        f"{len(trails.lookalikes)} frame-shaped candidate(s) on the user stack lack the kernel "
+                        f"entry code's trail (no return address into {trails.caller}... below their pt_regs): "
+                        "user code such as a user-mode IRETQ leaves such words")
     if obs.user_stack_read:
         return Evidence(check, Status.FAIL, "the user stack was read and holds no self-consistent frame")
     return Evidence(check, Status.UNKNOWN, obs.user_stack_problem or "no user stack memory in the input")
@@ -628,9 +646,8 @@ def judge_sweep(obs: SweepObservation) -> SweepResult:
     something that could hold frames was not read)."""
     pages_present = sum(stack.pages_present for stack in obs.stacks)
     pages_missing = sum(stack.pages_missing for stack in obs.stacks)
-    caller = kernel_facts.value_for(kernel_facts.ENTRY_TRAIL_CALLER, obs.version)
-    frames = [f for f in obs.frames if signature.entry_trail_shown(f, caller) is not False]
-    lookalikes = [f for f in obs.frames if signature.entry_trail_shown(f, caller) is False]
+    trails = _trails(obs.frames, obs.version)
+    frames, lookalikes = trails.kept, trails.lookalikes
     gaps = _sweep_gaps(obs, pages_present, pages_missing)
     problems = list(obs.problems) + list(obs.stacks_not_located)
     stacks = list(obs.stacks)
@@ -640,7 +657,7 @@ def judge_sweep(obs: SweepObservation) -> SweepResult:
         first = lookalikes[0]
         found = first.entry_return_symbol or f"{first.entry_return:#x}"
         lookalike = (f"{len(lookalikes)} frame-shaped candidate(s) lack the kernel entry code's trail "
-                     f"(the word below their pt_regs is not a return address into {caller}...; at "
+                     f"(the word below their pt_regs is not a return address into {trails.caller}...; at "
                      f"{first.address:#x} it is {found}): user code such as a user-mode IRETQ leaves "
                      "such words, a real frame whose trail was overwritten does too")
         gaps.append(lookalike)
@@ -651,11 +668,10 @@ def judge_sweep(obs: SweepObservation) -> SweepResult:
     if frames:
         tasks = {(frame.pid, frame.tid) for frame in frames}
         verdict = SweepVerdict.CPL0_FRAMES_FOUND
-        trailed = sum(signature.entry_trail_shown(f, caller) is True for f in frames)
         summary = (f"{len(frames)} CPU-pushed frame(s) on the user stacks of {len(tasks)} "
                    "task(s) prove CPL-0 event delivery"
-                   + (f" ({trailed} with the kernel entry code's return address below their pt_regs)"
-                      if trailed else ""))
+                   + (f" ({trails.trailed} with the kernel entry code's return address below their pt_regs)"
+                      if trails.trailed else ""))
     elif gaps:
         verdict = SweepVerdict.INCOMPLETE
         summary = "no frame found, but " + "; ".join(gaps)
