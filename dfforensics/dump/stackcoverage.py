@@ -182,7 +182,7 @@ def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding
                 coverage.mappings += 1
                 if frames:
                     namer = namer_for(proc.task)
-                    frames = [_named(f, namer, proc.pid, tid) for f in frames]
+                    frames = [named(f, namer, pid=proc.pid, tid=tid) for f in frames]
                     stack.frame_addresses = [f.address for f in frames]
                     result.frames.extend(frames)
                     result.reads_with_frames.append((low, high, pages))
@@ -191,10 +191,6 @@ def read_left_stacks(prog: Program, processes: Iterable[ProcessStacks], encoding
             coverage.pages_beyond_bound += cut
             coverage.processes_beyond_bound.append(f"{proc.comm} (pid {proc.pid}): {cut} pages beyond the bound")
     return result
-
-
-def _named(frame: Frame, namer: Callable[[int], Optional[str]], pid: int, tid: Optional[int]) -> Frame:
-    return named(frame, namer, pid=pid, tid=tid)
 
 
 def _read_range(prog: Program, proc: ProcessStacks, low: int, high: int, name: str, reason: str,
