@@ -725,14 +725,11 @@ def _repeated_cr2(lines: list[str], after: int, regs: Registers) -> Optional[int
     again whole. Same event means every register both print is equal, RIP and RSP included."""
     if after >= len(lines) or not _END_TRACE_RE.search(lines[after]):
         return None
-    repeat = []
-    for line in lines[after + 1:after + 1 + 24]:
-        if _BLOCK_END_RE.search(line) or _find_header(line, DF_HEADERS):
-            break
-        repeat.append(line)
-    again, _ = _parse_registers("\n".join(repeat))
-    if again.cr2 is None:
+    repeat = next((block for block in _register_blocks(lines[after:after + 1 + 24], after + 1)
+                   if block.where == "repeat"), None)
+    if repeat is None or repeat.regs.cr2 is None:
         return None
+    again = repeat.regs
     mine = {"rip": regs.rip, "cs": regs.cs, "rflags": regs.rflags, "rsp": regs.rsp, "ss": regs.ss, **regs.others}
     theirs = {"rip": again.rip, "cs": again.cs, "rflags": again.rflags, "rsp": again.rsp, "ss": again.ss,
               **again.others}
