@@ -14,7 +14,7 @@ import sys
 from typing import NoReturn, Optional, Sequence, TextIO
 
 from dfforensics.core.errors import InputError
-from dfforensics.core.process import exit_without_teardown, skip_drgn_plugins
+from dfforensics.core.process import exit_without_teardown, import_drgn_helpers_on_demand, skip_drgn_plugins
 
 __all__ = ("main",)
 
@@ -434,6 +434,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run() -> NoReturn:
     """The ``dfforensics`` command: :func:`main`, then exit without interpreter teardown."""
+    import_drgn_helpers_on_demand()
     exit_without_teardown(main())
 
 

@@ -31,7 +31,7 @@ from typing import Any, Final, NoReturn, Optional, TextIO
 
 from dfforensics.batch.jobs import Job, Row, error_row, job_from_wire, row_from_wire, row_to_wire
 from dfforensics.core.errors import ErrorKind, InputError
-from dfforensics.core.process import exit_without_teardown, skip_drgn_plugins
+from dfforensics.core.process import exit_without_teardown, import_drgn_helpers_on_demand, skip_drgn_plugins
 
 __all__ = ("answer", "row_from_worker", "run", "run_job", "row_from_report", "serve", "timeout_row")
 
@@ -338,6 +338,7 @@ def serve(requests: TextIO, rows: TextIO) -> int:
 
 def main(argv: Optional[list[str]] = None) -> int:
     skip_drgn_plugins()
+    import_drgn_helpers_on_demand()
     args = sys.argv[1:] if argv is None else argv
     if args != ["--serve"]:
         sys.stderr.write("usage: python -m dfforensics.batch.worker --serve\n")
