@@ -58,6 +58,19 @@ def test_signed_enum64():
     assert parse_btf(w.blob())[e].members[0].value == -2
 
 
+def test_enumerator_answers_are_kept_and_misses_stay_misses():
+    # drgn asks every object finder for names no enum has (UTS_RELEASE, THREAD_SIZE), again
+    # and again: the kept answer must be the one a fresh lookup gives, a miss included.
+    w = BtfWriter()
+    e = w.add(Kind.ENUM, "state", 4, vlen=2, extra=w.words(w.name("RUNNING"), 0, w.name("STOPPED"), 4))
+    w.name("THREAD_SIZE")  # a string no enumerator names
+    btf = parse_btf(w.blob())
+    for _ in range(2):
+        assert btf.enumerator("STOPPED") == (e, 4)
+        assert btf.enumerator("THREAD_SIZE") is None
+        assert btf.enumerator("RUNNING") == (e, 0)
+
+
 # -- crafted bytes: malformed input raises one clear error --------------------------------
 
 

@@ -8,7 +8,6 @@ helper modules they use, and end without tearing the interpreter down. Library
 use (the API, the drgn commands) does none of this.
 """
 
-import importlib.abc
 import importlib.machinery
 import os
 import sys
@@ -34,10 +33,12 @@ def skip_drgn_plugins() -> None:
         os.environ["DRGN_DISABLE_PLUGINS"] = "*"
 
 
-class _HelperPackageLoader(importlib.abc.Loader):
+# The import protocols are duck-typed: no importlib.abc base classes, whose module imports
+# importlib.resources and with it tempfile, pathlib and shutil (~10 ms of every start).
+class _HelperPackageLoader:
     """Makes the package module without running its ``__init__`` until a name of its own is asked."""
 
-    def __init__(self, package_loader: importlib.abc.Loader) -> None:
+    def __init__(self, package_loader: Any) -> None:
         self._package_loader = package_loader
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> Optional[ModuleType]:
@@ -62,7 +63,7 @@ class _HelperPackageLoader(importlib.abc.Loader):
         module.__dict__["__dir__"] = dir_after_init
 
 
-class _HelperPackageOnDemand(importlib.abc.MetaPathFinder):
+class _HelperPackageOnDemand:
     def find_spec(self, fullname: str, path: Optional[Sequence[str]],
                   target: Optional[ModuleType] = None) -> Optional[importlib.machinery.ModuleSpec]:
         if fullname != _HELPER_PACKAGE:

@@ -255,6 +255,9 @@ class Btf:
         self._name_order: Optional[array] = None
         self._datasec_vars: Optional[dict[int, tuple[int, int]]] = None
         self._enumerators: Optional[tuple[list[int], dict[int, int]]] = None
+        # drgn asks every object finder for every name (UTS_RELEASE, THREAD_SIZE ...); a
+        # miss costs a scan of the string section, so answers, misses too, are kept.
+        self._enumerator_answers: dict[str, Optional[tuple[int, int]]] = {}
         # What a cached index is checked against (and load_btf keys it by): ~1 ms for 4 MB.
         self._crc = zlib.crc32(data)
         if index is None:
@@ -505,6 +508,11 @@ class Btf:
     def enumerator(self, name: str) -> Optional[tuple[int, int]]:
         """(enum type id, value) of the enumerator ``name``: the first in id order, ENUMs
         before ENUM64s; None if no enum has it."""
+        if name not in self._enumerator_answers:
+            self._enumerator_answers[name] = self._find_enumerator(name)
+        return self._enumerator_answers[name]
+
+    def _find_enumerator(self, name: str) -> Optional[tuple[int, int]]:
         words, offsets = self._words, self._offsets
         if self._enumerators is None:
             ranked = self.ids_of_kind(Kind.ENUM) + self.ids_of_kind(Kind.ENUM64)
