@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue 19's budget: the no-vmlinux open against drgn's DWARF floor.
+"""Issue 19's budget: the no-vmlinux verdict and open against drgn's DWARF floor.
 
     python bench/no_vmlinux.py [--reps N] [--no-verdict] VMCORE VMLINUX BTF
     python bench/no_vmlinux.py --child VMCORE BTF          (one no-vmlinux run, timed by the parent)
@@ -10,8 +10,9 @@ BTF is the path of a detached BTF of the same build, or "memory" for the kernel'
 and reads the log with drgn's get_dmesg, twice over: with an empty dfforensics cache
 (the first dump of a kernel build) and with the cache the first run left (a second dump
 of the same build: its BTF index is read, not rebuilt). Unless --no-verdict, the whole
-`dfforensics VMCORE -q` (the verdict without the vmlinux, second run) and
-`dfforensics VMCORE VMLINUX -q` (the verdict with it) are timed too, as context.
+`dfforensics VMCORE -q` (the verdict without the vmlinux, second run: what issue 19's
+target measures) and `dfforensics VMCORE VMLINUX -q` (the verdict with it, context) are
+timed too. CPU seconds are printed beside wall time: the floor indexes DWARF on every core.
 Every contender is a child process that ends without interpreter teardown; wall time is
 taken around the child, peak RSS is its ru_maxrss (os.wait4). Runs alternate (the order
 rotates each repetition); medians are printed with the ratios to the floor. Target:
