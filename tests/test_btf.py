@@ -65,10 +65,14 @@ def test_enumerator_answers_are_kept_and_misses_stay_misses():
     e = w.add(Kind.ENUM, "state", 4, vlen=2, extra=w.words(w.name("RUNNING"), 0, w.name("STOPPED"), 4))
     w.name("THREAD_SIZE")  # a string no enumerator names
     btf = parse_btf(w.blob())
+    searched = []
+    search = btf._find_enumerator
+    btf._find_enumerator = lambda name: searched.append(name) or search(name)
     for _ in range(2):
         assert btf.enumerator("STOPPED") == (e, 4)
         assert btf.enumerator("THREAD_SIZE") is None
         assert btf.enumerator("RUNNING") == (e, 0)
+    assert searched == ["STOPPED", "THREAD_SIZE", "RUNNING"]  # each name searched once
 
 
 # -- crafted bytes: malformed input raises one clear error --------------------------------
