@@ -115,3 +115,70 @@ def kernel_symbols(count: int, percpu: int = 3) -> list[tuple[int, str, str]]:
     symbols += [(data, "R", "linux_banner"), (data + 0x100, "R", "__start_BTF"),
                 (data + 0x20000, "D", "init_uts_ns"), (data + 0x30000, "D", "init_task")]
     return symbols
+
+
+def kallsyms_compress(texts: list[bytes], type_apart: bool = False) -> tuple[list[bytes], list[bytes]]:
+    """(tokens, each text's token numbers) as scripts/kallsyms.c's optimize_result() makes
+    them: every character a text holds keeps its own number, then the free numbers from
+    255 down each become the pair of tokens seen most often (counted as learn_symbol()
+    counts, overlapping), replacing, left to right, every occurrence of that pair.
+    ``type_apart``: the first character stays out of every pair (Zhen Lei's 2022 "don't
+    compress symbol types")."""
+    from collections import Counter
+
+    tokens = [b""] * 256
+    for c in {c for text in texts for c in text}:
+        tokens[c] = bytes([c])
+    codes = [bytes(text) for text in texts]
+    skip = 1 if type_apart else 0
+    for slot in range(255, -1, -1):
+        if tokens[slot]:
+            continue
+        counts: Counter = Counter()
+        for entry in codes:
+            counts.update(zip(entry[skip:], entry[skip + 1:]))
+        if not counts:
+            break
+        (first, second), profit = max(counts.items(), key=lambda item: (item[1], item[0]))
+        if profit < 2:
+            break
+        tokens[slot] = tokens[first] + tokens[second]
+        pair = bytes([first, second])
+        codes = [entry[:skip] + entry[skip:].replace(pair, bytes([slot])) for entry in codes]
+    return tokens, codes
+
+
+def names_tables(texts: list[bytes], long_names: bool = True, seqs_gap: bool = False, type_apart: bool = False,
+                 tokens_and_codes: "tuple[list[bytes], list[bytes]] | None" = None) -> dict:
+    """kallsyms_names, kallsyms_markers (u32), [kallsyms_seqs_of_names], token table and
+    token index, each .balign 8, as Linux 6.x lays them out from kallsyms_names on:
+    {"data": bytes from kallsyms_names, "token_table": its offset, "token_index": ...}."""
+    tokens, codes = tokens_and_codes or kallsyms_compress(texts, type_apart)
+    blob = bytearray()
+    markers = []
+    for number, entry in enumerate(codes):
+        if number % 256 == 0:
+            markers.append(len(blob))
+        length = len(entry)
+        if long_names and length >= 0x80:
+            blob += bytes([0x80 | (length & 0x7F), length >> 7])
+        else:
+            blob += bytes([length])
+        blob += entry
+    _align(blob)
+    for marker in markers:
+        blob += struct.pack("<I", marker)
+    _align(blob)
+    if seqs_gap:
+        blob += b"\x5a" * (3 * len(codes))
+        _align(blob)
+    token_table = len(blob)
+    index = []
+    for token in tokens:
+        index.append(len(blob) - token_table)
+        blob += token + b"\0"
+    _align(blob)
+    token_index = len(blob)
+    blob += struct.pack("<256H", *index)
+    return {"data": bytes(blob), "token_table": token_table, "token_index": token_index, "codes": codes,
+            "tokens": tokens}

@@ -45,6 +45,7 @@ __all__ = (
     "ENTRY_TRAIL_CALLER",
     "VMCOREINFO_KALLSYMS",
     "KALLSYMS_LAYOUT",
+    "KALLSYMS_LONG_NAMES",
     "ORC_REG_PREV_SP",
 )
 
@@ -328,6 +329,16 @@ KALLSYMS_LAYOUT: Final[Sequence[Fact[str]]] = (
     Fact("not-searched", (6, 1), None, "73bbb94466fd 'kallsyms: support \"big\" kernel symbols' (6.1) made "
          "name lengths one or two bytes, and later releases add and reorder tables; VMCOREINFO names "
          "the tables from 6.0 (VMCOREINFO_KALLSYMS), so they are not searched for"),
+)
+
+# Whether a kallsyms_names length byte with its top bit set is followed by a second one.
+# The tables do not say: drgn decides by release (libdrgn/kallsyms.c guess_long_names,
+# $DRGN_KALLSYMS_LONG overriding), and dfforensics reads the tables as drgn does.
+KALLSYMS_LONG_NAMES: Final[Sequence[Fact[bool]]] = (
+    Fact(False, (2, 6, 0), (6, 1), "one length byte per entry (scripts/kallsyms.c write_src() before 73bbb94466fd)"),
+    Fact(True, (6, 1), None, "73bbb94466fd 'kallsyms: support \"big\" kernel symbols' (6.1): a length of 128 or "
+         "more is two bytes, the low 7 bits first with the top bit set (checked in 6.1.192's, 6.12.117's and "
+         "7.2.13's tables by dfforensics' equivalence tests against drgn's loader)"),
 )
 
 # ORC_REG_PREV_SP in arch/x86/include/asm/orc_types.h: the ORC register numbering an

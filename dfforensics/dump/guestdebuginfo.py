@@ -38,9 +38,18 @@ import drgn
 from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, TypeKindSet
 
 from dfforensics.core.errors import DumpError, ErrorKind
-from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, parse_release, value_for
+from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, KALLSYMS_LONG_NAMES, parse_release, value_for
 from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, load_btf
+from dfforensics.inputs.kallsymsindex import (
+    KallsymsAddresses,
+    KallsymsEntry,
+    KallsymsIndex,
+    KallsymsIndexError,
+    decode_addresses,
+    find_markers,
+    read_tokens,
+)
 from dfforensics.inputs.kallsyms import (
     LAYOUT_ADDRESSES,
     LAYOUT_OFFSETS,
@@ -53,8 +62,10 @@ from dfforensics.inputs.kallsyms import (
 __all__ = (
     "DEBUG_INFO_SOURCE",
     "GuestDebugInfo",
+    "KallsymsFinder",
     "UNTYPED_GLOBALS",
     "btf_from_memory",
+    "kallsyms_index",
     "open_dump_without_vmlinux",
     "use_guest_debug_info",
 )
@@ -161,6 +172,10 @@ class GuestDebugInfo:
     prog: Program
     btf: Btf
     _types: dict[int, Type] = field(default_factory=dict)
+    # drgn asks its finders again for what it was given (struct task_struct once a task,
+    # 56 times a verdict): answers are kept, errors are not.
+    _found_types: dict[tuple[str, TypeKindSet], Optional[Type]] = field(default_factory=dict)
+    _found_objects: dict[tuple[str, int], Optional[Object]] = field(default_factory=dict)
 
     # -- types -----------------------------------------------------------------------------
 
@@ -265,6 +280,12 @@ class GuestDebugInfo:
         """drgn type finder: the named BTF type of one of ``kinds`` (complete ones first)."""
         if filename is not None:
             return None  # BTF records no source files
+        key = (name, kinds)
+        if key not in self._found_types:
+            self._found_types[key] = self._named_type(kinds, name)
+        return self._found_types[key]
+
+    def _named_type(self, kinds: TypeKindSet, name: str) -> Optional[Type]:
         candidates = self.btf.ids_named(name)
         if not candidates and (TypeKind.INT in kinds or TypeKind.BOOL in kinds):
             candidates = self._int_named(name)
@@ -329,6 +350,12 @@ class GuestDebugInfo:
         """drgn object finder: globals and functions at their kallsyms address, enumerators."""
         if filename is not None:
             return None
+        key = (name, flags.value)
+        if key not in self._found_objects:
+            self._found_objects[key] = self._named_object(prog, name, flags)
+        return self._found_objects[key]
+
+    def _named_object(self, prog: Program, name: str, flags: FindObjectFlags) -> Optional[Object]:
         if flags & FindObjectFlags.VARIABLE:
             type_id = self.btf.variable(name)
             typ = self.type(type_id) if type_id is not None else self._declared_type(name)
@@ -378,18 +405,145 @@ def load_kallsyms(prog: Program) -> bool:
         should confirm them once types are loaded).
     :raises DumpError: when the tables cannot be found, are ambiguous, or unreadable.
     """
-    from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
-
     info = _vmcoreinfo(prog)
     searched = "SYMBOL(kallsyms_num_syms)" not in info
     try:
-        index = _searched_kallsyms(prog, info) if searched else load_vmlinux_kallsyms(prog)
+        index = _searched_kallsyms(prog, info) if searched else _named_kallsyms(prog, info)
     except (ValueError, LookupError, drgn.FaultError, OSError) as error:
         raise DumpError(f"the kernel's kallsyms tables are unreadable ({error})") from None
     prog.register_symbol_finder("vmlinux-kallsyms", index, enable_index=0)
     if searched:
         _check_symbol_agreement(prog, index)
     return searched
+
+
+def _full_kallsyms(prog: Program) -> drgn.SymbolIndex:
+    """drgn's own loader over the tables VMCOREINFO names: every name decoded and indexed."""
+    from drgn.helpers.linux.kallsyms import load_vmlinux_kallsyms
+
+    read_ahead_kallsyms(prog)
+    return load_vmlinux_kallsyms(prog)
+
+
+def _named_kallsyms(prog: Program, info: dict[str, str]) -> Callable[..., list[drgn.Symbol]]:
+    """The symbol finder for tables VMCOREINFO names (Linux 6.0+): lookups straight from
+    the tables (:class:`KallsymsFinder`), or drgn's full loader where they cannot be read so."""
+    try:
+        return KallsymsFinder(prog, kallsyms_index(prog, info))
+    except (KallsymsIndexError, drgn.FaultError, IndexError):
+        return _full_kallsyms(prog)
+
+
+def _long_kallsyms_names(release: str) -> bool:
+    """Whether kallsyms_names has two-byte lengths, decided exactly as drgn decides it
+    (libdrgn/kallsyms.c ``guess_long_names``: $DRGN_KALLSYMS_LONG, else release 6.1+,
+    :data:`KALLSYMS_LONG_NAMES`), so both read the same table."""
+    import os
+
+    setting = os.environ.get("DRGN_KALLSYMS_LONG", "")
+    if setting[:1] in ("1", "y", "Y"):
+        return True
+    if setting[:1] in ("0", "n", "N"):
+        return False
+    return bool(value_for(KALLSYMS_LONG_NAMES, parse_release(release)))
+
+
+def kallsyms_index(prog: Program, info: Optional[dict[str, str]] = None) -> KallsymsIndex:
+    """A :class:`KallsymsIndex` over the tables VMCOREINFO names (Linux 6.0+), read in
+    one piece (names to token index: 1.4 MB on Debian's 6.1), the address table only
+    when an address is first needed.
+
+    :raises KallsymsIndexError: if VMCOREINFO does not name them or they cannot be
+        searched (drgn's full loader still may read them).
+    :raises drgn.FaultError: if they are not in the dump.
+    """
+    info = _vmcoreinfo(prog) if info is None else info
+    where = _vmcoreinfo_addresses(info)
+    try:
+        names, table, index = where["kallsyms_names"], where["kallsyms_token_table"], where["kallsyms_token_index"]
+        offsets, stext = where["kallsyms_offsets"], where["_stext"]
+    except KeyError as missing:
+        raise KallsymsIndexError(f"VMCOREINFO does not name {missing.args[0]}") from None
+    if not names < table < index or index - names > _KALLSYMS_SPAN_MAX:
+        raise KallsymsIndexError("the kallsyms tables are not in the order of any known layout")
+    count = prog.read_u32(where["kallsyms_num_syms"])
+    data = _read_kernel_image(prog, names, index + 512 - names)
+    relative_base = prog.read_u64(where["kallsyms_relative_base"]) if "kallsyms_relative_base" in where else None
+    long_names = _long_kallsyms_names(info.get("OSRELEASE", ""))
+    markers = find_markers(data, table - names, count, long_names)
+    tokens = read_tokens(data[table - names:index - names], data[index - names:])
+
+    def addresses() -> KallsymsAddresses:
+        stexts = found.numbers_named("_stext")
+        if not stexts:
+            raise KallsymsIndexError("_stext is not found in kallsyms")
+        return decode_addresses(_read_kernel_image(prog, offsets, 4 * count), count, relative_base, offsets,
+                                stexts[0], stext)
+
+    found = KallsymsIndex(data[:table - names], count, markers, tokens, addresses, long_names)
+    return found
+
+
+# nm's type characters as drgn reads them (libdrgn/kallsyms.c symbol_from_kallsyms).
+_OBJECT_TYPES: Final = frozenset("bcdgrv")
+
+
+def _symbol(entry: KallsymsEntry) -> drgn.Symbol:
+    kind, lower = entry.kind, entry.kind.lower()
+    if kind == "u":
+        binding = drgn.SymbolBinding.UNIQUE
+    elif lower in ("v", "w"):
+        binding = drgn.SymbolBinding.WEAK
+    elif kind.isupper():
+        binding = drgn.SymbolBinding.GLOBAL
+    else:
+        binding = drgn.SymbolBinding.UNKNOWN
+    symbol_kind = (drgn.SymbolKind.OBJECT if lower in _OBJECT_TYPES
+                   else drgn.SymbolKind.FUNC if lower == "t" else drgn.SymbolKind.UNKNOWN)
+    return drgn.Symbol(entry.name, entry.address, entry.size, binding, symbol_kind)
+
+
+class KallsymsFinder:
+    """A drgn symbol finder answering from the kallsyms tables in memory without decoding
+    them all (:class:`dfforensics.inputs.kallsymsindex.KallsymsIndex`): the symbols are
+    those drgn's loader makes (name, address, size, binding, kind, and for a repeated
+    name the entries in table order). A name the index does not find, a listing of every
+    symbol, or tables that turn out not to be searchable are answered by drgn's full
+    loader, loaded then, once."""
+
+    def __init__(self, prog: Program, index: KallsymsIndex) -> None:
+        self._prog = prog
+        self._index: Optional[KallsymsIndex] = index
+        self._full: Optional[drgn.SymbolIndex] = None
+        self._symbols: dict[int, drgn.Symbol] = {}
+
+    def _entry_symbol(self, number: int) -> drgn.Symbol:
+        symbol = self._symbols.get(number)
+        if symbol is None:
+            symbol = self._symbols[number] = _symbol(self._index.entry(number))
+        return symbol
+
+    def _from_full(self, name: Optional[str], address: Optional[int], one: bool) -> list[drgn.Symbol]:
+        if self._full is None:
+            self._full = _full_kallsyms(self._prog)
+        return self._full(self._prog, name, address, one)
+
+    def __call__(self, prog: Program, name: Optional[str], address: Optional[int], one: bool) -> list[drgn.Symbol]:
+        if self._index is None or (name is None and address is None):
+            return self._from_full(name, address, one)
+        try:
+            if address is not None:
+                number = self._index.number_containing(address)
+                symbols = [] if number is None else [self._entry_symbol(number)]
+                return [symbol for symbol in symbols if name is None or symbol.name == name]
+            numbers = self._index.numbers_named(name)
+            if not numbers:
+                return self._from_full(name, address, one)
+            return [self._entry_symbol(number) for number in numbers[:1 if one else None]]
+        except (KallsymsIndexError, IndexError):
+            # Tables that stop making sense midway: drgn's own reading answers from now on.
+            self._index = None
+            return self._from_full(name, address, one)
 
 
 # What the dump says a kernel has at an address, besides kallsyms: every SYMBOL() of
@@ -674,7 +828,6 @@ def open_dump_without_vmlinux(vmcore_path: str, btf_path: Optional[str] = None) 
     if not prog.flags & drgn.ProgramFlags.IS_LINUX_KERNEL:
         raise DumpError(f"VMCORE {vmcore_path}: not a Linux kernel dump (a user-space core?)",
                         ErrorKind.NOT_A_DUMP)
-    read_ahead_kallsyms(prog)
     searched = load_kallsyms(prog)
     set_kernel_image_range(prog)
     if btf_path is None:

@@ -374,7 +374,6 @@ def _load_debug_info(prog: Program, path: str, vmlinux: Optional[str], vmlinux_p
     from dfforensics.dump import guestdebuginfo
     from dfforensics.inputs.btf import load_btf
 
-    guestdebuginfo.read_ahead_kallsyms(prog)
     searched = guestdebuginfo.load_kallsyms(prog)
     guestdebuginfo.set_kernel_image_range(prog)
     if btf is None:
