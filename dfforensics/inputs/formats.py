@@ -18,15 +18,11 @@ Every failure is a :class:`DumpError` with its :class:`ErrorKind`. Input files
 are only ever opened for reading.
 """
 
-import bz2
-import gzip
-import lzma
 import os
 import re
 import stat as stat_mode
 import struct
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Final, Mapping, Optional
@@ -48,6 +44,12 @@ _MAX_DECOMPRESSED: Final = int(os.environ.get("DFFORENSICS_MAX_DECOMPRESSED", 64
 #: The kinds of dump files triage recognises by content.
 DUMP_KINDS: Final = ("elf-core", "kdump-compressed", "flattened")
 
+def _mkstemp(directory: str, prefix: str) -> tuple[int, str]:
+    import tempfile  # only when the cache is written: it imports random (and hashlib's sha512)
+
+    return tempfile.mkstemp(dir=directory, prefix=prefix)
+
+
 # --- compression ------------------------------------------------------------
 
 
@@ -59,16 +61,38 @@ def _open_zstd(path: str) -> BinaryIO:
     return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
 
 
+# The decompressors are imported when a file needs one (gzip, lzma and bz2 with tempfile
+# are ~6 ms of every start, and most dumps are read as they are).
+def _open_gzip(path: str) -> BinaryIO:
+    import gzip
+
+    return gzip.open(path, "rb")
+
+
+def _open_xz(path: str) -> BinaryIO:
+    import lzma
+
+    return lzma.open(path, "rb")
+
+
+def _open_bzip2(path: str) -> BinaryIO:
+    import bz2
+
+    return bz2.open(path, "rb")
+
+
 _COMPRESSIONS: Final[dict[bytes, tuple[str, Callable[[str], BinaryIO]]]] = {
-    b"\x1f\x8b": ("gzip", lambda p: gzip.open(p, "rb")),
-    b"\xfd7zXZ\x00": ("xz", lambda p: lzma.open(p, "rb")),
+    b"\x1f\x8b": ("gzip", _open_gzip),
+    b"\xfd7zXZ\x00": ("xz", _open_xz),
     b"\x28\xb5\x2f\xfd": ("zstd", _open_zstd),
-    b"BZh": ("bzip2", lambda p: bz2.open(p, "rb")),
+    b"BZh": ("bzip2", _open_bzip2),
 }
 
 
 def _decoder_errors() -> tuple[type[BaseException], ...]:
     """What a decompressor raises on bad data (zstandard's own ZstdError too, if installed)."""
+    import lzma
+
     errors: tuple[type[BaseException], ...] = (OSError, EOFError, lzma.LZMAError, ValueError)
     try:
         import zstandard
@@ -383,7 +407,7 @@ def discard_partials(group: int, directory: Optional[str] = None) -> None:
 
 def _write_size_record(target: str, size: int) -> None:
     directory = os.path.dirname(target)
-    fd, partial = tempfile.mkstemp(dir=directory, prefix=_partial_prefix())
+    fd, partial = _mkstemp(directory, _partial_prefix())
     try:
         with os.fdopen(fd, "w", encoding="ascii") as out:
             out.write(f"{size}\n")
@@ -426,7 +450,7 @@ def cached(path: str, tag: str, name: str, produce: Callable[[_CacheFile], None]
     limit = _size_setting("DFFORENSICS_CACHE_MAX", DEFAULT_CACHE_MAX)  # a bad setting: before any write
     check_free_space(directory)
     try:
-        fd, partial = tempfile.mkstemp(dir=directory, prefix=_partial_prefix())
+        fd, partial = _mkstemp(directory, _partial_prefix())
     except OSError as error:
         raise _cache_error(directory, error) from None
     try:
@@ -487,7 +511,7 @@ def write_keyed(key: str, name: str, data: bytes) -> None:
     check_free_space(directory)
     _discard(target)
     try:
-        fd, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+        fd, partial = _mkstemp(directory, ".partial-")
     except OSError as error:
         raise _cache_error(directory, error) from None
     try:
