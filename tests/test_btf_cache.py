@@ -188,3 +188,43 @@ def test_kallsyms_read_ahead_covers_the_tables_or_does_nothing(monkeypatch):
         prog = _Recorder()
         guestdebuginfo.read_ahead_kallsyms(prog)
         assert prog.segments == [] and prog.reads == []
+
+
+def _forged(entry: bytes, word_at: int, value: int) -> bytes:
+    """The entry with one u32 replaced and its own CRC made right again: what only a forger
+    (or a bug in the writer) could make."""
+    body = bytearray(entry[:-4])
+    struct.pack_into("=I", body, word_at, value)
+    return bytes(body) + struct.pack("=I", __import__("zlib").crc32(bytes(body)))
+
+
+def test_a_forged_entry_beyond_the_checked_bounds_gives_errors_not_crashes(fixture_btf, cache):
+    load_btf(fixture_btf.btf_bytes, "first", BUILD_ID)
+    [entry] = _entries(cache)
+    good = entry.read_bytes()
+    header = btfmodule._INDEX_HEADER
+    count = header.unpack_from(good)[3]
+    middle = header.size + 4 * (count + 1)
+    cases = {"a name id past the last type": _forged(good, middle + 4 * 10, count + 1000),
+             "a record offset past the type section": _forged(good, header.size + 4 * (count // 2), 1 << 30)}
+    for case, forged in cases.items():
+        entry.write_bytes(forged)
+        Path(str(entry) + ".size").write_text(f"{len(forged)}\n")
+        found = load_btf(fixture_btf.btf_bytes, case, BUILD_ID)
+        for name in NAMES:
+            try:
+                for type_id in found.ids_named(name):
+                    found[type_id]
+                found.variable(name)
+                found.enumerator(name)
+            except btfmodule.BtfError:
+                pass  # refused where it was read: the one-line error the user sees
+        for type_id in [count // 2] + list(range(1, found.count + 1, max(1, found.count // 500))):
+            try:
+                found[type_id]
+            except btfmodule.BtfError:
+                pass
+        try:
+            found.anonymous_structs(["seq", "timekeeper"])
+        except btfmodule.BtfError:
+            pass

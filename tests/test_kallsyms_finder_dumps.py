@@ -33,9 +33,10 @@ def dump(request):
     full_prog = drgn.Program()
     full_prog.set_core_dump(path)
     full = load_vmlinux_kallsyms(full_prog)
+    # What the second run does with them: every name answered without a search.
     prog = drgn.Program()
     prog.set_core_dump(path)
-    finder = guestdebuginfo.KallsymsFinder(prog, guestdebuginfo.kallsyms_index(prog))
+    finder = guestdebuginfo.kallsyms_finder(prog)
     return prog, finder, full_prog, full
 
 
@@ -78,3 +79,34 @@ def test_what_the_tables_lack_is_answered_by_drgns_loader(dump):
     assert finder(prog, "no_such_symbol_in_any_kernel", None, False) == []
     assert finder._full is not None
     assert len(finder(prog, None, None, False)) == len(full(full_prog, None, None, False))
+
+
+def test_a_second_dump_of_the_build_looks_its_names_up_without_searching(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from dfforensics.inputs import kallsymsindex
+
+    monkeypatch.setenv("DFFORENSICS_CACHE", str(tmp_path / "cache"))
+    path = decompressed(str(FIXTURES / "cpl0-irq-df-7.2" / "vmcore.xz"), "VMCORE")  # the one with BTF
+    command = [sys.executable, "-m", "dfforensics.cli", path, "--format", "json"]
+    first = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    kept = list((tmp_path / "cache").glob("*-kallsyms-answers"))
+    assert len(kept) == 1
+    answers, ordered = kallsymsindex.parse_answers(kept[0].read_bytes())
+    assert len(ordered) == 1  # the address table, checked in order once
+    assert {"_stext", "_text", "_end", "__start_BTF", "__stop_BTF"} <= set(answers)
+    written = kept[0].read_bytes()
+    second = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    assert second == first
+    assert kept[0].read_bytes() == written
+
+    # What the second run does with them: every name answered without a search.
+    prog = drgn.Program()
+    prog.set_core_dump(path)
+    finder = guestdebuginfo.kallsyms_finder(prog)
+    searched = []
+    monkeypatch.setattr(finder.index, "_search", lambda name: searched.append(name) or ())
+    for name in answers:
+        assert finder(prog, name, None, False), name
+    assert searched == []

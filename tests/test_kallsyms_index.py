@@ -10,8 +10,10 @@ import pytest
 from dfforensics.inputs.kallsymsindex import (
     KallsymsIndex,
     KallsymsIndexError,
+    answers_bytes,
     decode_addresses,
     find_markers,
+    parse_answers,
     read_tokens,
 )
 from kallsymsbytes import kallsyms_compress, names_tables
@@ -34,7 +36,7 @@ def kernel_like(count: int = 700) -> list[tuple[int, str, str]]:
         address += 0x40 + (number % 7) * 0x10
         kind = "t" if number % 3 else "T"
         first, second = _WORDS[number % len(_WORDS)], _WORDS[(number * 7 + 3) % len(_WORDS)]
-        name = (f"cleanup_{number % 5}" if number % 50 == 0 else  # the same static name in many files
+        name = (f"cleanup_{number // 50 % 5}" if number % 50 == 0 else  # the same static name in many files
                 f"do_{'percpu' if number % 2 else 'cpu'}_work_{number:04d}" if number % 4 == 0 else
                 f"{first}_{second}{_WORDS[(number * 13 + 5) % len(_WORDS)]}_{number % 37}")
         symbols.append((address, kind, name))
@@ -43,7 +45,7 @@ def kernel_like(count: int = 700) -> list[tuple[int, str, str]]:
     return symbols
 
 
-def build_index(symbols, long_names=True, seqs_gap=False, type_apart=False, tamper=None):
+def build_index(symbols, long_names=True, seqs_gap=False, type_apart=False, tamper=None, ordered=frozenset()):
     texts = [(kind + name).encode() for _, kind, name in symbols]
     tables = names_tables(texts, long_names=long_names, seqs_gap=seqs_gap, type_apart=type_apart)
     data = bytearray(tables["data"])
@@ -59,7 +61,8 @@ def build_index(symbols, long_names=True, seqs_gap=False, type_apart=False, tamp
         return decode_addresses(_offsets(addresses, TEXT - 0x1000), len(symbols), TEXT - 0x1000, 0x1000,
                                 holder["index"].numbers_named("_stext")[0], TEXT)
 
-    index = KallsymsIndex(data[:tables["token_table"]], len(symbols), markers, tokens, made, long_names)
+    index = KallsymsIndex(data[:tables["token_table"]], len(symbols), markers, tokens, made, long_names,
+                          ordered=ordered)
     holder["index"] = index
     return index, tables
 
@@ -233,3 +236,81 @@ def test_addresses_out_of_order_are_not_bisected(symbols):
     index._make_addresses = lambda: decode_addresses(swapped.tobytes(), len(symbols), TEXT - 0x1000, 0x1000, 4, TEXT)
     with pytest.raises(KallsymsIndexError, match="not in order"):
         index.number_containing(TEXT + 0x100)
+
+
+def _searches_counted(index, monkeypatch) -> list[str]:
+    searched = []
+    search = index._search
+
+    def counted(name):
+        searched.append(name)
+        return search(name)
+
+    monkeypatch.setattr(index, "_search", counted)
+    return searched
+
+
+def test_answers_kept_from_an_earlier_index_are_taken_without_a_search(symbols, monkeypatch):
+    first, _ = build_index(symbols)
+    for name in ("init_task", "cleanup_2", "cpu", "_stext"):
+        first.numbers_named(name)
+    kept = parse_answers(answers_bytes(first.searched())).names
+    assert kept == first.searched() and len(kept) == 4
+
+    texts = [(kind + name).encode() for _, kind, name in symbols]
+    tables = names_tables(texts)
+    data = tables["data"]
+    tokens = read_tokens(data[tables["token_table"]:tables["token_index"]], data[tables["token_index"]:])
+    markers = find_markers(data, tables["token_table"], len(symbols), True)
+    second = KallsymsIndex(data[:tables["token_table"]], len(symbols), markers, tokens, lambda: None, True, kept)
+    searched = _searches_counted(second, monkeypatch)
+    for name in ("init_task", "cleanup_2", "cpu"):
+        assert second.numbers_named(name) == first.numbers_named(name)
+    assert searched == []
+    assert second.numbers_named("current_task") == (2,) and searched == ["current_task"]
+    assert second.searched() == {"current_task": (2,)}
+
+
+def test_answers_that_are_not_these_tables_are_all_dropped(symbols, monkeypatch):
+    texts = [(kind + name).encode() for _, kind, name in symbols]
+    tables = names_tables(texts)
+    data = tables["data"]
+    tokens = read_tokens(data[tables["token_table"]:tables["token_index"]], data[tables["token_index"]:])
+    markers = find_markers(data, tables["token_table"], len(symbols), True)
+    # Another build's answers: init_task at entry 7 (here a function), and one out of range.
+    other = {"init_task": (7,), "cpu_tss_rw": (1,), "current_task": (10 ** 6,)}
+    index = KallsymsIndex(data[:tables["token_table"]], len(symbols), markers, tokens, lambda: None, True, other)
+    searched = _searches_counted(index, monkeypatch)
+    assert index.numbers_named("init_task") == (len(symbols) - 2,)
+    # cpu_tss_rw's kept answer happens to be right, but answers that lied once are not taken.
+    assert index.numbers_named("cpu_tss_rw") == (1,)
+    assert searched == ["init_task", "cpu_tss_rw"] and index.known() == {}
+
+
+def test_kept_answers_that_are_damaged_read_as_none():
+    data = answers_bytes({"init_task": (5, 9), "x": (1,)}, frozenset({"0badf00d-_rising"}))
+    assert parse_answers(data) == ({"init_task": (5, 9), "x": (1,)}, frozenset({"0badf00d-_rising"}))
+    nothing = ({}, frozenset())
+    assert parse_answers(data[:-1]) == nothing
+    assert parse_answers(data[:12] + b"Z" + data[13:]) == nothing
+    assert parse_answers(b"") == nothing and parse_answers(b"dffKSYMa1\n") == nothing
+    # Names no kernel has (spaces, not ASCII, empty) are not written: they could not be read back.
+    assert parse_answers(answers_bytes({"a b": (1,), "ü": (2,), "": (3,)})) == nothing
+
+
+def test_an_address_table_found_in_order_once_is_not_checked_again(symbols, monkeypatch):
+    first, _ = build_index(symbols)
+    assert first.number_containing(TEXT + 1) == 4
+    assert len(first.ordered()) == 1
+    second, _ = build_index(symbols, ordered=first.ordered())
+    from dfforensics.inputs import kallsymsindex
+
+    def never(self):
+        raise AssertionError("checked again")
+
+    monkeypatch.setattr(kallsymsindex.KallsymsAddresses, "in_order", never)
+    assert second.number_containing(TEXT + 1) == 4
+    # Another table (one offset changed) has another key: it is checked.
+    third, _ = build_index(symbols[:-1] + [(symbols[-1][0] + 0x10, "d", "cpu")], ordered=first.ordered())
+    with pytest.raises(AssertionError, match="checked again"):
+        third.number_containing(TEXT + 1)

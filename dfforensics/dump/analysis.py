@@ -378,7 +378,12 @@ def analyze_vmcore_files(vmcore: str, vmlinux: Optional[str] = None, module_debu
               "dump_level": opened.dump_level, "vmcoreinfo": opened.vmcoreinfo_source,
               "debug_info": opened.debug_info}
     try:
-        return analyze(opened.prog, source, sweep, opened.notes)
+        report = analyze(opened.prog, source, sweep, opened.notes)
     except drgn.FaultError as error:
         raise InputError(f"VMCORE {vmcore}: memory the analysis needs is missing or corrupt "
                          f"({error})", ErrorKind.CORRUPT_DUMP) from None
+    if vmlinux is None:
+        from dfforensics.dump.guestdebuginfo import keep_answers
+
+        keep_answers(opened.prog)
+    return report

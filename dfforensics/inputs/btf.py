@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Final, Iterator, Optional, Sequence
 
 from dfforensics.core.errors import InputError
+from dfforensics.inputs.answers import pack_lines, unpack_lines
 
 __all__ = (
     "BTF_MAGIC",
@@ -44,6 +45,7 @@ __all__ = (
     "Member",
     "find_btf_blobs",
     "find_btf_header",
+    "keep_btf_answers",
     "load_btf",
     "parse_btf",
 )
@@ -219,6 +221,7 @@ class _Steps(dict):
 # the kinds (count + 1 bytes, padded to 4) and a CRC-32 of it all.
 _INDEX_MAGIC: Final = b"dffBTFi" + bytes([1 if sys.byteorder == "little" else 2])
 _INDEX_HEADER: Final = struct.Struct("=8sIIIII")
+_KIND_NUMBERS: Final = bytes(range(len(Kind)))
 
 
 class Btf:
@@ -231,7 +234,8 @@ class Btf:
     rebuilds it).
     """
 
-    def __init__(self, data: bytes | memoryview, where: str = "blob", index: Optional[bytes] = None) -> None:
+    def __init__(self, data: bytes | memoryview, where: str = "blob", index: Optional[bytes] = None,
+                 crc: Optional[int] = None) -> None:
         data = memoryview(data).cast("B") if not isinstance(data, bytes) else data
         found = _header(data, 0)
         if found is None:
@@ -258,8 +262,13 @@ class Btf:
         # drgn asks every object finder for every name (UTS_RELEASE, THREAD_SIZE ...); a
         # miss costs a scan of the string section, so answers, misses too, are kept.
         self._enumerator_answers: dict[str, Optional[tuple[int, int]]] = {}
+        self._anonymous_answers: dict[tuple[str, ...], list[int]] = {}
+        # Answers found in this life (not taken from a cache): what is worth keeping.
+        self._new_answers = False
+        #: The cache key load_btf() filed this blob under (None when not loaded through it).
+        self.cache_key: Optional[str] = None
         # What a cached index is checked against (and load_btf keys it by): ~1 ms for 4 MB.
-        self._crc = zlib.crc32(data)
+        self._crc = zlib.crc32(data) if crc is None else crc  # load_btf's, of the same bytes
         if index is None:
             self._offsets = self._index_records()
         else:
@@ -313,7 +322,10 @@ class Btf:
 
     def _checked_index(self, data: bytes | memoryview, index: bytes) -> tuple[array, array]:
         # Checked so that a stale or damaged entry is refused, never read: its own CRC, then
-        # that it describes these bytes, then bounds that keep every later lookup in range.
+        # that it describes these bytes, then the bounds that cost nothing to check. A
+        # record offset or name id beyond them (which only a forged entry with a right
+        # CRC could hold) is a BtfError where a lookup reads it: scanning 100,000 of each
+        # here costs 5 ms of every start.
         def stale(why: str) -> BtfError:
             return BtfError(f"BTF {self.where}: the cached index is not this blob's ({why})")
 
@@ -332,11 +344,9 @@ class Btf:
         offsets.frombytes(index[_INDEX_HEADER.size:middle])
         order.frombytes(index[middle:kinds_at])
         kinds = bytes(index[kinds_at:kinds_at + count + 1])
-        if offsets[0] != 0 or (count and max(offsets) + 3 > total):
+        if offsets[0] != 0 or (count and offsets[-1] + 3 > total):
             raise stale("record offsets out of range")
-        if named and (min(order) < 1 or max(order) > count):
-            raise stale("names out of range")
-        if kinds[0] != 0 or max(kinds) >= len(Kind) or 0 in kinds[1:]:
+        if kinds[0] != 0 or kinds.translate(None, _KIND_NUMBERS) or 0 in kinds[1:]:
             raise stale("unknown kinds")
         self._kinds = kinds
         return offsets, order
@@ -455,7 +465,10 @@ class Btf:
         return self._name_order
 
     def _name_of(self, type_id: int) -> bytes:
-        return self._string_bytes(self._words[self._offsets[type_id]])
+        try:
+            return self._string_bytes(self._words[self._offsets[type_id]])
+        except IndexError:
+            raise BtfError(f"BTF {self.where}: type {type_id} is outside the type section") from None
 
     def ids_named(self, name: str, kinds: Optional[Sequence[Kind]] = None) -> list[int]:
         """The ids of the types called ``name`` (of one of ``kinds``, if given), in id order."""
@@ -491,6 +504,12 @@ class Btf:
     def variable(self, name: str) -> Optional[int]:
         """The type id of the global ``name``: its first VAR in a DATASEC (where pahole puts
         every VAR it encodes), in DATASEC order; None if there is none."""
+        try:
+            return self._variable(name)
+        except IndexError:
+            raise BtfError(f"BTF {self.where}: a DATASEC or VAR of {name!r} runs past the type section") from None
+
+    def _variable(self, name: str) -> Optional[int]:
         if self._datasec_vars is None:
             words, offsets, order = self._words, self._offsets, {}
             for section in reversed(self.ids_of_kind(Kind.DATASEC)):
@@ -509,7 +528,11 @@ class Btf:
         """(enum type id, value) of the enumerator ``name``: the first in id order, ENUMs
         before ENUM64s; None if no enum has it."""
         if name not in self._enumerator_answers:
-            self._enumerator_answers[name] = self._find_enumerator(name)
+            try:
+                self._enumerator_answers[name] = self._find_enumerator(name)
+            except IndexError:
+                raise BtfError(f"BTF {self.where}: an enum runs past the type section") from None
+            self._new_answers = True
         return self._enumerator_answers[name]
 
     def _find_enumerator(self, name: str) -> Optional[tuple[int, int]]:
@@ -540,6 +563,16 @@ class Btf:
 
     def anonymous_structs(self, first_members: Sequence[str]) -> list[int]:
         """The ids of the unnamed STRUCTs whose first members have these names, in id order."""
+        key = tuple(first_members)
+        if key not in self._anonymous_answers:
+            try:
+                self._anonymous_answers[key] = self._find_anonymous_structs(key)
+            except IndexError:
+                raise BtfError(f"BTF {self.where}: a struct runs past the type section") from None
+            self._new_answers = True
+        return list(self._anonymous_answers[key])
+
+    def _find_anonymous_structs(self, first_members: Sequence[str]) -> list[int]:
         words, offsets, wanted = self._words, self._offsets, [m.encode() for m in first_members]
         found = []
         for type_id in self.ids_of_kind(Kind.STRUCT):
@@ -553,6 +586,64 @@ class Btf:
             if names == wanted:
                 found.append(type_id)
         return found
+
+    # -- answers kept between runs ----------------------------------------------------------
+
+    @property
+    def has_new_answers(self) -> bool:
+        """Whether lookups made since this Btf was made found answers not yet kept."""
+        return self._new_answers
+
+    def answers_bytes(self) -> bytes:
+        """The enumerator and anonymous-struct answers found so far, for
+        :meth:`take_answers` of the same blob next time (dfforensics.inputs.answers)."""
+        lines = []
+        for name, found in sorted(self._enumerator_answers.items()):
+            if name and name.isascii() and name.isprintable() and " " not in name:
+                lines.append(f"e {name} -" if found is None else f"e {name} {found[0]} {found[1]}")
+        for members, ids in sorted(self._anonymous_answers.items()):
+            if all(m and m.isascii() and m.isprintable() and " " not in m and "," not in m for m in members):
+                lines.append(f"a {','.join(members)} {' '.join(map(str, ids))}".rstrip())
+        return pack_lines(_ANSWERS_MAGIC, lines)
+
+    def take_answers(self, data: bytes) -> bool:
+        """Take what :meth:`answers_bytes` of this same blob wrote (load_btf keys it by the
+        blob's build ID, size and CRC-32). Each answer that names a type is checked against
+        the type; if one does not hold, or the bytes are not such answers, none is taken.
+
+        :return: whether they were taken.
+        """
+        enumerators: dict[str, Optional[tuple[int, int]]] = {}
+        anonymous: dict[tuple[str, ...], list[int]] = {}
+        try:
+            for line in unpack_lines(_ANSWERS_MAGIC, data) or [""]:
+                what, _, rest = line.partition(" ")
+                if what == "e":
+                    name, _, found = rest.partition(" ")
+                    if found == "-":
+                        enumerators[name] = None
+                    else:
+                        type_id, value = map(int, found.split())
+                        if self.kind(type_id) not in (Kind.ENUM, Kind.ENUM64) or (name, value) not in {
+                                (m.name, m.value) for m in self[type_id].members}:
+                            return False
+                        enumerators[name] = (type_id, value)
+                elif what == "a":
+                    members, _, found = rest.partition(" ")
+                    key, ids = tuple(members.split(",")), [int(i) for i in found.split()]
+                    for type_id in ids:
+                        struct_type = self[type_id]
+                        if (struct_type.kind != Kind.STRUCT or struct_type.name
+                                or [m.name for m in struct_type.members[:len(key)]] != list(key)):
+                            return False
+                    anonymous[key] = ids
+                else:
+                    return False
+        except (ValueError, BtfError):
+            return False
+        self._enumerator_answers.update(enumerators)
+        self._anonymous_answers.update(anonymous)
+        return True
 
     # -- following references --------------------------------------------------------------
 
@@ -679,8 +770,12 @@ def find_btf_blobs(data: bytes | memoryview) -> list[tuple[int, int]]:
     return found
 
 
-# The cache entry's name (after its key): what `dfforensics cache` lists.
+# The cache entries' names (after their key): what `dfforensics cache` lists.
 _INDEX_ENTRY: Final = "btf-index"
+ANSWERS_ENTRY: Final = "btf-answers"
+# Btf.answers_bytes(): "e NAME TYPE_ID VALUE" or "e NAME -" (no enumerator), and
+# "a MEMBER,MEMBER TYPE_ID ..." (anonymous structs by their first members).
+_ANSWERS_MAGIC: Final = b"dffBTFa1\n"
 
 
 def load_btf(data: bytes | memoryview, where: str = "blob", build_id: Optional[str] = None) -> Btf:
@@ -698,14 +793,18 @@ def load_btf(data: bytes | memoryview, where: str = "blob", build_id: Optional[s
 
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else data
     # The same CRC the index is checked against (Btf computes it again: ~1 ms).
-    key = f"{(build_id or 'nobuildid').lower()}-{len(view):x}-{zlib.crc32(view):08x}"
+    crc = zlib.crc32(view)
+    key = f"{(build_id or 'nobuildid').lower()}-{len(view):x}-{crc:08x}"
     try:
         cached = formats.read_keyed(key, _INDEX_ENTRY)
     except DumpError:
         cached = None
     if cached is not None:
         try:
-            return Btf(view, where, index=cached)
+            btf = Btf(view, where, index=cached, crc=crc)
+            btf.cache_key = key
+            _take_kept_answers(btf, key)
+            return btf
         except BtfError as error:
             if "cached index" not in str(error):
                 raise  # the blob itself is bad: no index makes it good
@@ -713,9 +812,40 @@ def load_btf(data: bytes | memoryview, where: str = "blob", build_id: Optional[s
                 formats.discard_keyed(key, _INDEX_ENTRY)
             except DumpError:
                 pass
-    btf = Btf(view, where)
+    btf = Btf(view, where, crc=crc)
+    btf.cache_key = key
     try:
         formats.write_keyed(key, _INDEX_ENTRY, btf.index_bytes())
     except DumpError:
         pass
     return btf
+
+
+def _take_kept_answers(btf: Btf, key: str) -> None:
+    from dfforensics.core.errors import DumpError
+    from dfforensics.inputs import formats
+
+    try:
+        kept = formats.read_keyed(key, ANSWERS_ENTRY)
+    except DumpError:
+        return
+    if kept is not None and not btf.take_answers(kept):
+        try:
+            formats.discard_keyed(key, ANSWERS_ENTRY)
+        except DumpError:
+            pass
+
+
+def keep_btf_answers(btf: Btf) -> None:
+    """Keep in dfforensics' cache the answers a :func:`load_btf` blob found since it was
+    loaded (:meth:`Btf.answers_bytes`), for the next dump of the same build. A cache that
+    cannot be written costs only the saving."""
+    from dfforensics.core.errors import DumpError
+    from dfforensics.inputs import formats
+
+    if btf.cache_key is None or not btf.has_new_answers:
+        return
+    try:
+        formats.write_keyed(btf.cache_key, ANSWERS_ENTRY, btf.answers_bytes())
+    except DumpError:
+        pass

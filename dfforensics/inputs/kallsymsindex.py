@@ -37,18 +37,23 @@ from __future__ import annotations
 import bisect
 import struct
 import sys
+import zlib
 from array import array
-from typing import Callable, Final, NamedTuple, Optional, Sequence
+from typing import Callable, Final, Mapping, NamedTuple, Optional, Sequence
 
 from dfforensics.core.errors import InputError
+from dfforensics.inputs.answers import pack_lines, unpack_lines
 
 __all__ = (
     "KallsymsAddresses",
+    "KallsymsAnswers",
     "KallsymsEntry",
     "KallsymsIndex",
     "KallsymsIndexError",
+    "answers_bytes",
     "decode_addresses",
     "find_markers",
+    "parse_answers",
     "read_tokens",
 )
 
@@ -165,6 +170,9 @@ class KallsymsAddresses:
         self._values = values
         self._address_of = address_of
         self._in_order = in_order
+        #: What the order was checked for (the offsets' CRC-32 and how they are read), so
+        #: that the check (~4 ms for 87,000 entries) is made once per kernel build.
+        self.order_key = f"{zlib.crc32(values.tobytes()):08x}-{in_order.__name__}"
 
     def __len__(self) -> int:
         return len(self._values)
@@ -219,8 +227,10 @@ def decode_addresses(offsets: bytes, num_syms: int, relative_base: Optional[int]
         def place_relative(number: int, v: int) -> int:
             return (offsets_address + 4 * number + v) & _U64_MASK
 
-        return KallsymsAddresses(signed, place_relative,
-                                 lambda values: _rising([place_relative(n, v) for n, v in enumerate(values)]))
+        def rising_place_relative(values: list[int]) -> bool:
+            return _rising([place_relative(n, v) for n, v in enumerate(values)])
+
+        return KallsymsAddresses(signed, place_relative, rising_place_relative)
     raise KallsymsIndexError("no reading of kallsyms_offsets puts _stext where VMCOREINFO does")
 
 
@@ -317,12 +327,18 @@ class KallsymsIndex:
         making them, called at the first lookup that needs them.
     :param long_names: whether a length byte with its top bit set is followed by a
         second one (Linux 6.1+; drgn decides it by release, and so must its caller).
+    :param ordered: :meth:`ordered` of an earlier index of the same tables.
+    :param known: names and the entries a search of these same tables found before
+        (:meth:`searched` of an earlier index, kept by the caller per table): each is
+        decoded before it is taken, and one that does not decode to its name discards
+        them all.
     :raises KallsymsIndexError: if the tables do not decode, or compressing their own
         entries again does not give them back.
     """
 
     def __init__(self, names: bytes, num_syms: int, markers: Sequence[int], tokens: Sequence[bytes],
-                 addresses: Callable[[], KallsymsAddresses], long_names: bool) -> None:
+                 addresses: Callable[[], KallsymsAddresses], long_names: bool,
+                 known: Optional[Mapping[str, Sequence[int]]] = None, ordered: frozenset[str] = frozenset()) -> None:
         if len(markers) != -(-num_syms // _GROUP) or num_syms <= 0:
             raise KallsymsIndexError(f"{len(markers)} kallsyms markers for {num_syms} entries")
         self._names = names
@@ -335,6 +351,9 @@ class KallsymsIndex:
         self._compressor = _Compressor(tokens)
         self._kinds = bytes(kind for kind in _TYPE_CHARACTERS if kind in self._compressor.single)
         self._by_name: dict[str, tuple[int, ...]] = {}
+        self._known = dict(known or {})
+        self._ordered = set(ordered)
+        self._searched: dict[str, tuple[int, ...]] = {}
         self._groups: dict[int, list[int]] = {}
         # Where the last entry ends: find_markers() checked that the last group ends here.
         last = markers[-1]
@@ -417,8 +436,38 @@ class KallsymsIndex:
         """
         found = self._by_name.get(name)
         if found is None:
-            found = self._by_name[name] = self._search(name)
+            found = self._known_numbers(name)
+            if found is None:
+                found = self._search(name)
+                if found:
+                    self._searched[name] = found
+            self._by_name[name] = found
         return found
+
+    def _known_numbers(self, name: str) -> Optional[tuple[int, ...]]:
+        numbers = self._known.get(name)
+        if numbers is None:
+            return None
+        wanted = name.encode("ascii", errors="replace")
+        if not numbers or not all(isinstance(n, int) and 0 <= n < self._count
+                                  and self._text(self._position(n))[1:] == wanted for n in numbers):
+            self._known = {}  # kept for other tables: none of them is taken
+            return None
+        return tuple(numbers)
+
+    def known(self) -> dict[str, tuple[int, ...]]:
+        """The answers given at the start (``known``), less any found not to be these tables'."""
+        return {name: tuple(numbers) for name, numbers in self._known.items()}
+
+    def ordered(self) -> frozenset[str]:
+        """The address tables (:attr:`KallsymsAddresses.order_key`) known to be in order:
+        given at the start (``ordered``) or checked since."""
+        return frozenset(self._ordered)
+
+    def searched(self) -> dict[str, tuple[int, ...]]:
+        """The names this index found by searching, and their entries: what is worth
+        keeping for the next index of the same tables (``known``)."""
+        return dict(self._searched)
 
     def _search(self, name: str) -> tuple[int, ...]:
         try:
@@ -492,8 +541,10 @@ class KallsymsIndex:
             addresses = self._make_addresses()
             if len(addresses) != self._count:
                 raise KallsymsIndexError(f"{len(addresses)} addresses for {self._count} kallsyms entries")
-            if not addresses.in_order():
-                raise KallsymsIndexError("the kallsyms addresses are not in order")
+            if addresses.order_key not in self._ordered:
+                if not addresses.in_order():
+                    raise KallsymsIndexError("the kallsyms addresses are not in order")
+                self._ordered.add(addresses.order_key)
             self._addresses = addresses
         return self._addresses
 
@@ -511,3 +562,45 @@ class KallsymsIndex:
         if not 0 <= entry_size < _MAX_SYMBOL_SIZE:
             entry_size = 0
         return number if address < addresses[number] + entry_size else None
+
+
+# The answers kept between runs: "n NAME NUMBER ..." per name (KallsymsIndex.searched)
+# and "o KEY" per address table found in order (KallsymsIndex.ordered), in the framing
+# of dfforensics.inputs.answers.
+_ANSWERS_MAGIC: Final = b"dffKSYMa2\n"
+
+
+class KallsymsAnswers(NamedTuple):
+    """What an index of a kernel build's tables found, for the next index of them."""
+
+    names: dict[str, tuple[int, ...]]
+    ordered: frozenset[str]
+
+
+def answers_bytes(names: Mapping[str, Sequence[int]], ordered: frozenset[str] = frozenset()) -> bytes:
+    """Names and entry numbers, and the address tables found in order, as
+    :func:`parse_answers` reads them back (names no kernel has, with spaces or not ASCII,
+    are left out)."""
+    lines = [f"n {name} {' '.join(map(str, numbers))}" for name, numbers in sorted(names.items())
+             if numbers and name and name.isascii() and name.isprintable() and " " not in name]
+    lines += [f"o {key}" for key in sorted(ordered) if key.isascii() and key.isprintable() and " " not in key]
+    return pack_lines(_ANSWERS_MAGIC, lines)
+
+
+def parse_answers(data: bytes) -> KallsymsAnswers:
+    """What :func:`answers_bytes` wrote; nothing for anything else (cut short, damaged, older)."""
+    names: dict[str, tuple[int, ...]] = {}
+    ordered: set[str] = set()
+    for line in unpack_lines(_ANSWERS_MAGIC, data) or ():
+        what, _, rest = line.partition(" ")
+        if what == "o" and rest:
+            ordered.add(rest)
+            continue
+        name, _, numbers = rest.partition(" ")
+        try:
+            if what != "n":
+                raise ValueError(what)
+            names[name] = tuple(int(n) for n in numbers.split())
+        except ValueError:
+            return KallsymsAnswers({}, frozenset())
+    return KallsymsAnswers(names, frozenset(ordered))
