@@ -32,14 +32,13 @@ table do not type is not found (drgn raises LookupError), never guessed.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Final, Optional
+from typing import TYPE_CHECKING, Callable, Final, Optional
 
 import drgn
 from drgn import FindObjectFlags, Object, Program, Qualifiers, Type, TypeKind, TypeKindSet
 
 from dfforensics.core.errors import DumpError, ErrorKind
 from dfforensics.core.kernel_facts import KALLSYMS_LAYOUT, KALLSYMS_LONG_NAMES, parse_release, value_for
-from dfforensics.dump.kernelimage import read_only_data
 from dfforensics.inputs.btf import Btf, BtfError, BtfType, Kind, find_btf_blobs, load_btf
 from dfforensics.inputs.kallsymsindex import (
     KallsymsAddresses,
@@ -53,14 +52,9 @@ from dfforensics.inputs.kallsymsindex import (
     parse_answers,
     read_tokens,
 )
-from dfforensics.inputs.kallsyms import (
-    LAYOUT_ADDRESSES,
-    LAYOUT_OFFSETS,
-    Kallsyms,
-    KallsymsError,
-    KallsymsTables,
-    find_kallsyms,
-)
+
+if TYPE_CHECKING:
+    from dfforensics.inputs.kallsyms import Kallsyms, KallsymsTables
 
 __all__ = (
     "DEBUG_INFO_SOURCE",
@@ -642,6 +636,10 @@ def _searched_kallsyms(prog: Program, info: dict[str, str]) -> drgn.SymbolIndex:
     x86_64 Linux 2.6 to 6.0 (the layouts of :data:`KALLSYMS_LAYOUT`), with
     ``CONFIG_KALLSYMS_ALL`` (the analysis needs data symbols: ``init_task`` ...).
     """
+    # The search (2.6 to 6.0 only) is imported when it is needed.
+    from dfforensics.dump.kernelimage import read_only_data
+    from dfforensics.inputs.kallsyms import LAYOUT_ADDRESSES, LAYOUT_OFFSETS, KallsymsError, find_kallsyms
+
     release = info.get("OSRELEASE", "unknown")
     layout = value_for(KALLSYMS_LAYOUT, parse_release(release))
     if layout not in (LAYOUT_OFFSETS, LAYOUT_ADDRESSES):
@@ -844,6 +842,8 @@ def _searched_btf(prog: Program) -> Btf:
     """The one BTF blob in the kernel image's read-only data, for kallsyms without __start_BTF."""
     memory = prog.cache.get(_RODATA_CACHE)
     if memory is None:
+        from dfforensics.dump.kernelimage import read_only_data
+
         memory = read_only_data(prog, _vmcoreinfo(prog))
     blobs = [(base + offset, data[offset:offset + size]) for base, data in memory.regions
              for offset, size in find_btf_blobs(data)]

@@ -55,6 +55,9 @@ class Header:
     #: "double-fault" or "stack-overflow" (a #DF the kernel names an overflow).
     kind: str
     eras: str
+    #: Text every line the regex matches holds (one of them): a line with none is not
+    #: tried, so that a log with no crash compiles and runs none of the patterns.
+    needles: tuple[str, ...]
 
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -62,51 +65,55 @@ class Header:
         return re.compile(self.regex)
 
 
-def _h(name: str, regex: str, kind: str, eras: str) -> Header:
-    return Header(name, regex, kind, eras)
+def _h(name: str, regex: str, kind: str, eras: str, *needles: str) -> Header:
+    return Header(name, regex, kind, eras, needles)
 
 
 DF_HEADERS: Final = (
     _h("panic-double-fault-i386", r"(?:PANIC: )?double fault, gdt at (?P<gdt>[0-9a-f]+)",
-       "double-fault", "i386 task-gate handler to 5.5 ('PANIC: ' from about 2.6.9)"),
+       "double-fault", "i386 task-gate handler to 5.5 ('PANIC: ' from about 2.6.9)", "double fault, gdt at "),
     _h("panic-double-fault", r"PANIC: double fault, error_code: 0x(?P<error_code>[0-9a-f]+)",
-       "double-fault", "3.x–5.x df_debug / exc_double_fault (4.9/4.14 also without 'traps:')"),
+       "double-fault", "3.x–5.x df_debug / exc_double_fault (4.9/4.14 also without 'traps:')",
+       "PANIC: double fault, error_code: 0x"),
     _h("die-double-fault", r"(?:Oops: )?double fault: (?P<error_code>[0-9a-f]{4}) \[#?\d+\]",
-       "double-fault", "2.6 '[1]', 3.x+ '[#1]', 'Oops: ' prefix from 6.10"),
+       "double-fault", "2.6 '[1]', 3.x+ '[#1]', 'Oops: ' prefix from 6.10", "double fault: "),
     _h("guard-page-hit",
        r"BUG: (?:(?P<stack_name>\w+) )?stack guard page was hit at (?P<guard>\S+)"
        r"(?: \(stack is (?P<stack_lo>\S+?)\.\.(?P<stack_hi>\S+?)\))?",
-       "stack-overflow", "VMAP_STACK 4.9+; '<NAME> stack guard page' from 5.x/6.x"),
+       "stack-overflow", "VMAP_STACK 4.9+; '<NAME> stack guard page' from 5.x/6.x", "stack guard page was hit at "),
     _h("kernel-stack-overflow", r"kernel stack overflow \(double-fault\)", "stack-overflow",
-       "VMAP_STACK 4.9–5.x die() title"),
+       "VMAP_STACK 4.9–5.x die() title", "kernel stack overflow (double-fault)"),
     _h("die-guard-page", r"(?:Oops: )?stack guard page: [0-9a-f]{4} \[#\d+\]", "stack-overflow",
-       "6.x die() title"),
+       "6.x die() title", "stack guard page: "),
 )
 
 # Look-alikes: crashes that are not a #DF. The first one found is named in
 # the no-double-fault answer.
 OTHER_CRASH_HEADERS: Final = (
     _h("general-protection", r"general protection fault(?:, probably for non-canonical address"
-       r" \S+)?: [0-9a-f]{4}", "oops", "all"),
+       r" \S+)?: [0-9a-f]{4}", "oops", "all", "general protection fault"),
     _h("page-fault-oops", r"BUG: (?:unable to handle (?:kernel )?(?:paging request|NULL pointer "
-       r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "2.6.19+"),
+       r"dereference|page fault)|kernel NULL pointer dereference).*", "oops", "2.6.19+",
+       "BUG: unable to handle ", "BUG: kernel NULL pointer dereference"),
     # Without this row a 2.6.12 NULL-pointer oops was named by its "Oops: 0000 [#1]" line.
     _h("page-fault-oops-2.6", r"Unable to handle kernel (?:NULL pointer dereference|paging request)"
-       r" at virtual address [0-9a-f]+", "oops", "2.6 to 2.6.18, before the 'BUG: ' prefix"),
-    _h("vc-panic", r"(?:#VC|VMM communication exception).*", "oops", "SEV-ES guests"),
+       r" at virtual address [0-9a-f]+", "oops", "2.6 to 2.6.18, before the 'BUG: ' prefix",
+       "Unable to handle kernel "),
+    _h("vc-panic", r"(?:#VC|VMM communication exception).*", "oops", "SEV-ES guests", "#VC",
+       "VMM communication exception"),
     # die() titles of the other exceptions: without this row a divide error's
     # no-double-fault answer said the log showed "no crash".
     _h("die-other", r"(?:Oops: )?(?:divide[_ ]error|invalid opcode|stack segment|segment not present"
-       r"|invalid TSS|alignment check|bounds|overflow|int3): [0-9a-f]{4} \[#\d+\]", "oops", "all"),
-    _h("kernel-bug", r"[Kk]ernel BUG at .*", "oops", "all"),
-    _h("oops", r"Oops: .*", "oops", "all"),
-    _h("panic", r"Kernel panic - .*", "oops", "all"),
+       r"|invalid TSS|alignment check|bounds|overflow|int3): [0-9a-f]{4} \[#\d+\]", "oops", "all", " [#"),
+    _h("kernel-bug", r"[Kk]ernel BUG at .*", "oops", "all", "ernel BUG at "),
+    _h("oops", r"Oops: .*", "oops", "all", "Oops: "),
+    _h("panic", r"Kernel panic - .*", "oops", "all", "Kernel panic - "),
     # VMAP_STACK 4.9-5.x: a guard-page hit the #PF handler caught and died on;
     # the same "BUG: stack guard page was hit" line starts it as a #DF's does.
     _h("guard-page-page-fault", r"kernel stack overflow \(page fault\): [0-9a-f]{4} \[#\d+\].*", "oops",
-       "VMAP_STACK 4.9-5.x"),
+       "VMAP_STACK 4.9-5.x", "kernel stack overflow (page fault): "),
     _h("user-trap", r"traps: \S+\[\d+\] general protection fault ip:\S+ sp:\S+ error:\S+",
-       "user", "a user process's #GP, logged and survived by the kernel"),
+       "user", "a user process's #GP, logged and survived by the kernel", "general protection fault ip:"),
 )
 
 # Reports the kernel survives (warnings, lockdep, stalls, KASAN without
@@ -116,11 +123,11 @@ OTHER_CRASH_HEADERS: Final = (
 # crash itself was not printed.
 NON_FATAL_REPORTS: Final = (
     _h("warning", r"WARNING: (?:CPU: \d+ PID: \d+ at \S+ \S+|inconsistent lock state"
-       r"|possible circular locking dependency detected|.{1,80})", "warning", "all"),
-    _h("kasan", r"BUG: KASAN: \S+ in \S+", "warning", "KASAN kernels"),
-    _h("soft-lockup", r"BUG: soft lockup - CPU#\d+ stuck for \d+s!.*", "warning", "all"),
-    _h("rcu-stall", r"(?:rcu: )?INFO: rcu_\w+ (?:self-)?detected stalls?\b.*", "warning", "all"),
-    _h("hung-task", r"INFO: task \S+ blocked for more than \d+ seconds\.", "warning", "all"),
+       r"|possible circular locking dependency detected|.{1,80})", "warning", "all", "WARNING: "),
+    _h("kasan", r"BUG: KASAN: \S+ in \S+", "warning", "KASAN kernels", "BUG: KASAN: "),
+    _h("soft-lockup", r"BUG: soft lockup - CPU#\d+ stuck for \d+s!.*", "warning", "all", "BUG: soft lockup - CPU#"),
+    _h("rcu-stall", r"(?:rcu: )?INFO: rcu_\w+ (?:self-)?detected stalls?\b.*", "warning", "all", "INFO: rcu_"),
+    _h("hung-task", r"INFO: task \S+ blocked for more than \d+ seconds\.", "warning", "all", "INFO: task "),
 )
 
 # Lines just before a #DF report that say it happened inside firmware, whose
@@ -432,6 +439,8 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
     lead = _HEADER_LEAD_RE.match(line)
     start = lead.end() if lead else 0
     for header in headers:
+        if not any(needle in line for needle in header.needles):
+            continue
         match = header.pattern.match(line, start)
         if match:
             return header, match
@@ -441,6 +450,8 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
 def _find_other_crash(line: str, headers: tuple[Header, ...] = OTHER_CRASH_HEADERS
                       ) -> Optional[re.Match[str]]:
     for header in headers:
+        if not any(needle in line for needle in header.needles):
+            continue
         match = header.pattern.search(line)
         if match:
             return match
