@@ -12,7 +12,9 @@ and reads the log with drgn's get_dmesg, twice over: with an empty dfforensics c
 of the same build: its BTF index is read, not rebuilt). Unless --no-verdict, the whole
 `dfforensics VMCORE -q` (the verdict without the vmlinux, second run: what issue 19's
 target measures) and `dfforensics VMCORE VMLINUX -q` (the verdict with it, context) are
-timed too. CPU seconds are printed beside wall time: the floor indexes DWARF on every core.
+timed too, and the no-vmlinux verdict with an empty cache as well (the first dump of a
+kernel build: nothing kept from an earlier one). CPU seconds are printed beside wall time:
+the floor indexes DWARF on every core.
 Every contender is a child process that ends without interpreter teardown; wall time is
 taken around the child, peak RSS is its ru_maxrss (os.wait4). Runs alternate (the order
 rotates each repetition); medians are printed with the ratios to the floor. Target:
@@ -108,6 +110,7 @@ def main() -> None:
     if not args.no_verdict:
         script = os.path.join(os.path.dirname(sys.executable), "dfforensics")
         contenders["dfforensics VMCORE (verdict)"] = ([script, vmcore, "-q"], warm)
+        contenders["verdict, first dump of build"] = ([script, vmcore, "-q"], None)
         contenders["dfforensics VMCORE VMLINUX"] = ([script, vmcore, vmlinux, "-q"], warm)
     try:
         for argv, cache in contenders.values():  # warm-up: page cache, .pyc, the warm cache
