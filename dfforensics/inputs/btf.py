@@ -31,7 +31,7 @@ import zlib
 from array import array
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
-from typing import Final, Iterator, Optional, Sequence
+from typing import Any, Callable, Final, Iterator, Optional, Sequence
 
 from dfforensics.core.errors import InputError
 from dfforensics.inputs.answers import pack_lines, unpack_lines
@@ -527,13 +527,17 @@ class Btf:
     def enumerator(self, name: str) -> Optional[tuple[int, int]]:
         """(enum type id, value) of the enumerator ``name``: the first in id order, ENUMs
         before ENUM64s; None if no enum has it."""
-        if name not in self._enumerator_answers:
+        return self._answer(self._enumerator_answers, name, self._find_enumerator, "an enum")
+
+    def _answer(self, answers: dict, key: Any, find: Callable[[Any], Any], what: str) -> Any:
+        """``answers[key]``, found with ``find`` the first time (and then worth keeping)."""
+        if key not in answers:
             try:
-                self._enumerator_answers[name] = self._find_enumerator(name)
-            except IndexError:
-                raise BtfError(f"BTF {self.where}: an enum runs past the type section") from None
+                answers[key] = find(key)
+            except IndexError:  # only a forged cached index gets here: see _checked_index
+                raise BtfError(f"BTF {self.where}: {what} runs past the type section") from None
             self._new_answers = True
-        return self._enumerator_answers[name]
+        return answers[key]
 
     def _find_enumerator(self, name: str) -> Optional[tuple[int, int]]:
         words, offsets = self._words, self._offsets
@@ -563,14 +567,8 @@ class Btf:
 
     def anonymous_structs(self, first_members: Sequence[str]) -> list[int]:
         """The ids of the unnamed STRUCTs whose first members have these names, in id order."""
-        key = tuple(first_members)
-        if key not in self._anonymous_answers:
-            try:
-                self._anonymous_answers[key] = self._find_anonymous_structs(key)
-            except IndexError:
-                raise BtfError(f"BTF {self.where}: a struct runs past the type section") from None
-            self._new_answers = True
-        return list(self._anonymous_answers[key])
+        return list(self._answer(self._anonymous_answers, tuple(first_members), self._find_anonymous_structs,
+                                 "a struct"))
 
     def _find_anonymous_structs(self, first_members: Sequence[str]) -> list[int]:
         words, offsets, wanted = self._words, self._offsets, [m.encode() for m in first_members]
