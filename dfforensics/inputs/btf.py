@@ -611,10 +611,13 @@ class Btf:
 
         :return: whether they were taken.
         """
+        lines = unpack_lines(_ANSWERS_MAGIC, data)
+        if lines is None:
+            return False
         enumerators: dict[str, Optional[tuple[int, int]]] = {}
         anonymous: dict[tuple[str, ...], list[int]] = {}
         try:
-            for line in unpack_lines(_ANSWERS_MAGIC, data) or [""]:
+            for line in lines:
                 what, _, rest = line.partition(" ")
                 if what == "e":
                     name, _, found = rest.partition(" ")

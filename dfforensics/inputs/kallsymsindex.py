@@ -19,8 +19,9 @@ for about twenty. :class:`KallsymsIndex` answers from the tables as they are in 
 
 What is not learned from the tables is not guessed: the pair a token was made of is
 not stored (only what it expands to), so every pair that expands to it is tried; whether
-the type character was compressed with the name (it was until Linux 6.2's "don't
-compress symbol types", Zhen Lei) is read from the entries' first tokens, and the
+the type character was compressed with the name (it is in every kernel checked, 6.1.192
+to 7.2.13; Zhen Lei's 2022 patch "scripts/kallsyms: don't compress symbol types" would
+keep it apart) is read from the entries' first tokens, and the
 compression is checked on entries of the table itself. A table that does not check out
 raises :class:`KallsymsIndexError`, and a name not found is only *not found by this
 index*: the caller answers those from the full decode (drgn's loader), so a name is
@@ -238,7 +239,6 @@ class _Compressor:
     """scripts/kallsyms.c's compression, replayed from the token table alone."""
 
     def __init__(self, tokens: Sequence[bytes]) -> None:
-        self.tokens = tokens
         self.single = frozenset(code for code, token in enumerate(tokens) if token == bytes([code]))
         # The pairs each learned token can have been made of: the splits of what it
         # expands to into tokens that existed before it (one-character ones, or learned
@@ -309,11 +309,12 @@ def _common_part(encodings: set[bytes]) -> bytes:
     return b""
 
 
-def _offsets_of(part: bytes, encoding: bytes) -> list[int]:
-    found, at = [], encoding.find(part)
+def _offsets_of(part: bytes, within: bytes) -> list[int]:
+    """Every offset at which ``part`` starts in ``within`` (overlapping ones too)."""
+    found, at = [], within.find(part)
     while at >= 0:
         found.append(at)
-        at = encoding.find(part, at + 1)
+        at = within.find(part, at + 1)
     return found
 
 
@@ -323,8 +324,8 @@ class KallsymsIndex:
     :param names: ``kallsyms_names`` (at least to the end of its last entry).
     :param markers: ``kallsyms_markers`` (:func:`find_markers`).
     :param tokens: the token table (:func:`read_tokens`).
-    :param addresses: every entry's address (:func:`decode_addresses`), or a function
-        making them, called at the first lookup that needs them.
+    :param addresses: the function making every entry's address (:func:`decode_addresses`),
+        called at the first lookup that needs one.
     :param long_names: whether a length byte with its top bit set is followed by a
         second one (Linux 6.1+; drgn decides it by release, and so must its caller).
     :param ordered: :meth:`ordered` of an earlier index of the same tables.
@@ -361,9 +362,10 @@ class KallsymsIndex:
             first, length = _entry_span(names, last, long_names)
             last = first + length
         self._names_end = last
-        # Linux 6.2+ keeps the type character out of the compression: every entry's
-        # first token is then a lone type character. Before, most start with a learned
-        # token ("t_", "T__" ...), so the markers' entries tell which.
+        # Tables whose type character is kept out of the compression (Zhen Lei's "don't
+        # compress symbol types"; no kernel checked has it) start every entry with a lone
+        # type character; the others start most with a learned token ("t_", "T__" ...),
+        # so the markers' entries tell which.
         firsts = {names[_entry_span(names, offset, long_names)[0]] for offset in markers}
         self._type_apart = firsts <= self._compressor.single
         self._check_compression()
@@ -486,25 +488,17 @@ class KallsymsIndex:
             for encoding in encodings:
                 for offset in _offsets_of(part, encoding):
                     around.setdefault((offset, len(encoding)), set()).add(encoding)
-            candidates = [(hit - offset, length) for hit in self._all_hits(part)
+            candidates = [(hit - offset, length) for hit in _offsets_of(part, names)
                           for (offset, length), possible in around.items()
                           if hit >= offset and names[hit - offset:hit - offset + length] in possible]
         else:
-            candidates = [(hit, len(encoding)) for encoding in encodings for hit in self._all_hits(encoding)]
+            candidates = [(hit, len(encoding)) for encoding in encodings for hit in _offsets_of(encoding, names)]
         found = []
         for start, length in candidates:
             number = self._entry_starting(start, length)
             if number is not None and self._text(self._position(number))[1:] == wanted:
                 found.append(number)
         return tuple(sorted(set(found)))
-
-    def _all_hits(self, pattern: bytes) -> list[int]:
-        hits, names = [], self._names
-        at = names.find(pattern)
-        while at >= 0:
-            hits.append(at)
-            at = names.find(pattern, at + 1)
-        return hits
 
     def _entry_starting(self, tokens_at: int, length: int) -> Optional[int]:
         """The entry whose tokens are the ``length`` bytes at ``tokens_at``, if there is one."""

@@ -59,6 +59,10 @@ class Header:
     #: tried, so that a log with no crash compiles and runs none of the patterns.
     needles: tuple[str, ...]
 
+    def may_match(self, line: str) -> bool:
+        """Whether the line holds one of the needles: only then is the regex tried."""
+        return any(needle in line for needle in self.needles)
+
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
         # Compiled on first use: a run that meets no look-alike crash never compiles those.
@@ -439,7 +443,7 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
     lead = _HEADER_LEAD_RE.match(line)
     start = lead.end() if lead else 0
     for header in headers:
-        if not any(needle in line for needle in header.needles):
+        if not header.may_match(line):
             continue
         match = header.pattern.match(line, start)
         if match:
@@ -450,7 +454,7 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
 def _find_other_crash(line: str, headers: tuple[Header, ...] = OTHER_CRASH_HEADERS
                       ) -> Optional[re.Match[str]]:
     for header in headers:
-        if not any(needle in line for needle in header.needles):
+        if not header.may_match(line):
             continue
         match = header.pattern.search(line)
         if match:
