@@ -3,6 +3,7 @@ a line holding none of a header's needles is not tried against its regex, so eve
 the real-log corpus (and the seed report) that a header's regex matches anywhere must hold
 one of them; and each needle is text the regex spells out."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,36 @@ def test_each_spelling_a_header_allows_holds_a_needle(header):
 
 def test_every_header_has_examples():
     assert set(EXAMPLES) == {header.name for header in HEADERS}
+
+
+# parse_log drops, before its search line by line, the headers whose needles the whole log
+# (its lines joined by newlines) lacks, and the paravirtual rows whose pattern the whole log,
+# read as lines (MULTILINE), does not match: both must keep every row a line matches.
+
+def test_no_needle_spans_lines():
+    assert all("\n" not in needle and needle for header in HEADERS for needle in header.needles)
+
+
+@pytest.mark.parametrize("path", LOGS, ids=lambda p: p.name)
+def test_the_whole_log_keeps_every_header_and_paravirt_row_a_line_matches(path):
+    lines = consolelog.normalize_lines(path.read_text(errors="replace"))
+    whole_log = "\n".join(lines)
+    kept = set(consolelog._headers_in(HEADERS, whole_log))
+    for header in HEADERS:
+        if any(header.pattern.search(line) for line in lines):
+            assert header in kept, header.name
+    for row in consolelog.PARAVIRT_GUESTS:
+        if any(re.search(row.regex, line) for line in lines):
+            assert re.search(row.regex, whole_log, re.MULTILINE), row.hypervisor
+
+
+def test_paravirt_rows_hold_no_anchor_multiline_reading_would_move():
+    # \A and \Z match at a line's ends but only at the ends of the whole log.
+    assert not any(anchor in row.regex for row in consolelog.PARAVIRT_GUESTS for anchor in (r"\A", r"\Z"))
+
+
+def test_a_header_absent_from_the_log_is_not_tried():
+    text = "Linux version 6.1.0\nKernel panic - not syncing: Fatal exception\n"
+    kept = consolelog._headers_in(consolelog.OTHER_CRASH_HEADERS, text)
+    assert [header.name for header in kept] == ["panic"]
+    assert consolelog._headers_in(consolelog.DF_HEADERS, text) == ()

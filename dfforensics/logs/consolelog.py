@@ -59,9 +59,9 @@ class Header:
     #: tried, so that a log with no crash compiles and runs none of the patterns.
     needles: tuple[str, ...]
 
-    def may_match(self, line: str) -> bool:
-        """Whether the line holds one of the needles: only then is the regex tried."""
-        return any(needle in line for needle in self.needles)
+    def may_match(self, text: str) -> bool:
+        """Whether the text holds one of the needles: only then is the regex tried."""
+        return any(needle in text for needle in self.needles)
 
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -432,6 +432,12 @@ def classify_hardware(name: Optional[str]) -> tuple[str, Optional[str]]:
 
 # What the kernel itself puts before a header on the same line.
 _HEADER_LEAD_RE: Final = re.compile(r"(?:traps: |x86/\w+: )?")
+
+
+def _headers_in(headers: tuple[Header, ...], whole_log: str) -> tuple[Header, ...]:
+    """The headers whose needles the whole log holds: one search of the log per needle,
+    not one per line (a needle holds no newline, so a line's needle is the log's)."""
+    return tuple(header for header in headers if header.may_match(whole_log))
 
 
 def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Header, re.Match[str]]]:
@@ -808,12 +814,14 @@ def parse_log(text: str) -> LogFacts:
     guard-page ``BUG:`` then its ``die()`` title) are one report.
     """
     lines = normalize_lines(text)
+    whole_log = "\n".join(lines)
+    df_headers = _headers_in(DF_HEADERS, whole_log)
     reports: list[DfReport] = []
     # Index in `lines` of the last report's header, to merge headers.
     last_report_line = -10
     last_has_regs = False
-    for index, line in enumerate(lines):
-        found = _find_header(line, DF_HEADERS)
+    for index, line in enumerate(lines if df_headers else ()):
+        found = _find_header(line, df_headers)
         if not found:
             continue
         header, match = found
@@ -840,8 +848,9 @@ def parse_log(text: str) -> LogFacts:
     other = None
     unprinted = None
     if not unique:
-        for index, line in enumerate(lines):
-            crash = _find_other_crash(line)
+        crash_headers = _headers_in(OTHER_CRASH_HEADERS, whole_log)
+        for index, line in enumerate(lines if crash_headers else ()):
+            crash = _find_other_crash(line, crash_headers)
             if crash:
                 other = (index + 1, line[crash.start():])
                 break
@@ -851,8 +860,9 @@ def parse_log(text: str) -> LogFacts:
                               for index, line in enumerate(lines) if _CAPTURE_KERNEL_RE.match(line)),
                              None)
         if other is None:
-            for index, line in enumerate(lines):
-                report = _find_other_crash(line, NON_FATAL_REPORTS)
+            report_headers = _headers_in(NON_FATAL_REPORTS, whole_log)
+            for index, line in enumerate(lines if report_headers else ()):
+                report = _find_other_crash(line, report_headers)
                 if report:
                     other = (index + 1, line[report.start():])
                     break
@@ -871,8 +881,10 @@ def parse_log(text: str) -> LogFacts:
                     break
             if environment != "unknown":
                 break
-    paravirt = next((row for row in PARAVIRT_GUESTS for line in lines
-                     if re.search(row.regex, line)), None)
+    # A row's pattern that matches a line matches the whole log read line by line
+    # (MULTILINE): one search of the log rules out most rows before the search per line.
+    paravirt = next((row for row in PARAVIRT_GUESTS if re.search(row.regex, whole_log, re.MULTILINE)
+                     for line in lines if re.search(row.regex, line)), None)
     if paravirt is not None:
         beneath = hypervisor or (hardware.split(",")[0].strip() if hardware else None)
         environment = "guest"
