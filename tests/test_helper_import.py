@@ -90,3 +90,17 @@ def test_the_analysis_imports_only_the_helpers_it_uses():
     imported = json.loads(done.stdout.splitlines()[-1])
     assert "drgn.helpers.linux.mm" in imported and "drgn.helpers.linux.pid" in imported
     assert "drgn.helpers.linux.block" not in imported and "drgn.helpers.linux.net" not in imported
+
+
+def test_the_common_helpers_too_are_imported_on_demand():
+    found = _run(
+        "on_demand()\n"
+        "import sys, json\n"
+        "from dfforensics.dump import analysis\n"
+        "before = sorted(m for m in sys.modules if m.startswith('drgn.helpers.common.'))\n"
+        "import drgn.helpers.common as package\n"
+        "value = package.identify_address.__module__\n"
+        "print(json.dumps({'before': before, 'value': value,\n"
+        "                  'finders': sum(type(f).__name__ == '_HelperPackageOnDemand' for f in sys.meta_path)}))\n")
+    assert found == {"before": ["drgn.helpers.common.format", "drgn.helpers.common.prog"],
+                     "value": "drgn.helpers.common.memory", "finders": 0}
