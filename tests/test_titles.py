@@ -53,3 +53,11 @@ def test_user_rips_group_by_binary_not_by_address():
 def test_no_double_fault_names_the_crash():
     title, _ = title_and_key(Verdict.NO_DOUBLE_FAULT, None, None, [], "BUG: kernel NULL pointer dereference")
     assert title == "no-double-fault: BUG: kernel NULL pointer dereference"
+
+
+def test_the_key_is_the_sha256_of_its_parts_whichever_module_computes_it():
+    # Keys group events across runs and versions: the digest must stay SHA-256 of the parts.
+    import hashlib
+
+    _, key = title_and_key(Verdict.NO_MATCH, None, None, [], "Kernel panic - not syncing: x")
+    assert key == hashlib.sha256("no-double-fault\0Kernel panic - not syncing: x".encode()).hexdigest()[:16]
