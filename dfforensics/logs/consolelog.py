@@ -29,6 +29,10 @@ from typing import Final, Optional
 
 from dfforensics.core.model import Registers
 
+# Patterns that only a #DF report or an unusual paste needs are strings, compiled by re's
+# own cache on first use (re.search(PATTERN, ...)): a log without a #DF, most dumps', then
+# compiles none of them (~3 ms of a verdict). Patterns every log meets are compiled here.
+
 __all__ = (
     "Header",
     "RegisterBlock",
@@ -136,7 +140,7 @@ NON_FATAL_REPORTS: Final = (
 
 # Lines just before a #DF report that say it happened inside firmware, whose
 # stack pointer is an offset in a BIOS segment rather than a flat address.
-FIRMWARE_CONTEXT: Final = re.compile(r"PNPBIOS fault|APM BIOS|BIOS call|EFI runtime")
+FIRMWARE_CONTEXT: Final = r"PNPBIOS fault|APM BIOS|BIOS call|EFI runtime"
 _FIRMWARE_CONTEXT_LINES: Final = 5
 
 # What capture tools put before a kernel line, stripped repeatedly.
@@ -158,7 +162,7 @@ LINE_PREFIXES: Final = (
     r"^\s*\[\s*\d+\.\d+\]\[\s*[CT]\d+\]\s?",             # time + caller id
 )
 
-_BLOCK_END_RE: Final = re.compile(r"---\[ end (?:trace|Kernel panic)|^Kernel Offset:|^Rebooting in")
+_BLOCK_END_RE: Final = r"---\[ end (?:trace|Kernel panic)|^Kernel Offset:|^Rebooting in"
 _MAX_BLOCK_LINES: Final = 160
 _HEX = r"[0-9a-fA-F]"
 
@@ -191,7 +195,7 @@ REGISTER_FORMATS: Final = {
     "ss_i386": rf"\bSS: (?P<ss>{_HEX}{{4}}) EFLAGS: (?P<rflags>{_HEX}+)",
 }
 
-_GP_REGISTER_RE: Final = re.compile(
+_GP_REGISTER_RE: Final = (
     rf"\b(?P<name>RAX|RBX|RCX|RDX|RSI|RDI|RBP|R8|R9|R1[0-5]|CR3|CR4):\s+(?P<value>{_HEX}{{8,16}})\b")
 _TASK_LINE_RES: Final = (
     # 5.x/6.x: "CPU: 1 UID: 0 PID: 154 Comm: victim Not tainted 6.12.5 #1"
@@ -207,21 +211,21 @@ _TASK_LINE_RES: Final = (
 _RELEASE_ONLY_RES: Final = (
     re.compile(r"^EFLAGS: [0-9a-f]{8}\s+\((?P<release>\d+\.\d+[^\s)]*)"),
 )
-_CPU_ALONE_RE: Final = re.compile(r"^CPU (?P<cpu>\d+)\s*$")
+_CPU_ALONE_RE: Final = r"^CPU (?P<cpu>\d+)\s*$"
 _HARDWARE_RE: Final = re.compile(r"(?:Hardware name|DMI): (?P<hw>.+)")
 # The kernel prints "VENDOR PRODUCT/BOARD, BIOS VERSION DATE": a value ending in
 # "," or "BIOS" was wrapped (mail clients wrap after "PIIX, 1996)," or "BIOS").
 _HARDWARE_CUT_RE: Final = re.compile(r"(?:,|,? BIOS)$")
 # The wrapped rest is "BIOS 1.7.5-... 04/01/2014" or "2.2 05/23/2018"; a line that
 # starts "WORD:" is a kernel line of its own (the rest was lost), never joined.
-_KERNEL_LINE_RE: Final = re.compile(r"^[\w<>/#() -]{1,40}:(?:\s|$)|^$")
+_KERNEL_LINE_RE: Final = r"^[\w<>/#() -]{1,40}:(?:\s|$)|^$"
 _KERNEL_POINTER_RES: Final = (
-    re.compile(rf"\b(?:task|ti|task\.ti|task\.stack|threadinfo):? (?P<ptr>{_HEX}{{16}})\b"),
+    rf"\b(?:task|ti|task\.ti|task\.stack|threadinfo):? (?P<ptr>{_HEX}{{16}})\b",
 )
-_TRACE_MARKER_RE: Final = re.compile(r"<(?P<marker>/?#?[A-Z_]+)>")
+_TRACE_MARKER_RE: Final = r"<(?P<marker>/?#?[A-Z_]+)>"
 _HYPERVISOR_LINE_RES: Final = (
-    re.compile(r"Hypervisor detected: (?P<hv>.+)"),
-    re.compile(r"Booting paravirtualized kernel on (?P<hv>.+)"),
+    r"Hypervisor detected: (?P<hv>.+)",
+    r"Booting paravirtualized kernel on (?P<hv>.+)",
 )
 
 # Hardware names, by what they say about the environment.
@@ -350,8 +354,8 @@ _ANY_LINE_PREFIX: Final = re.compile("|".join(f"(?:{prefix})" for prefix in LINE
 _QP_DECLARED_RE: Final = re.compile(r"^Content-Transfer-Encoding:\s*quoted-printable\s*$",
                                     re.IGNORECASE | re.MULTILINE)
 _QP_SOFT_BREAK_RE: Final = re.compile(r"=\r?\n")
-_QP_ESCAPES_RE: Final = re.compile(r"(?:=[0-9A-F]{2})+")
-_QP_LOOKS_RE: Final = re.compile(r"=(?:3D|20|C2=A0)")
+_QP_ESCAPES_RE: Final = r"(?:=[0-9A-F]{2})+"
+_QP_LOOKS_RE: Final = r"=(?:3D|20|C2=A0)"
 _QP_MIN_SOFT_BREAKS: Final = 3
 
 # One physical line holding several kernel lines: interleaved console output
@@ -359,7 +363,7 @@ _QP_MIN_SOFT_BREAKS: Final = 3
 # archives. A flattened dump is split only when it holds both RIP and RSP.
 _MIDLINE_TIMESTAMP_RE: Final = re.compile(r"(?<=\S)\s*(?=\[\s*\d{1,7}\.\d{6}\])")
 _FLATTENED_RE: Final = re.compile(r"\bR[IS]P: .{0,400}?\bR[SI]P: ")
-_FLATTENED_SPLIT_RE: Final = re.compile(
+_FLATTENED_SPLIT_RE: Final = (
     r"\s+(?=<\d>|(?:RIP|RSP|RAX|RDX|RBP|R10|R13|FS|CS|CR2|DR0|DR3|Pid|Process|Stack|Code|"
     r"Call Trace|Hardware name|Modules linked in|CPU \d|CPU: \d)\b:?)")
 _MAX_LINE: Final = 4096
@@ -367,11 +371,11 @@ _MAX_LINE: Final = 4096
 
 def _decode_quoted_printable(text: str) -> str:
     if not _QP_DECLARED_RE.search(text) and (
-            len(_QP_SOFT_BREAK_RE.findall(text)) < _QP_MIN_SOFT_BREAKS or not _QP_LOOKS_RE.search(text)):
+            len(_QP_SOFT_BREAK_RE.findall(text)) < _QP_MIN_SOFT_BREAKS or not re.search(_QP_LOOKS_RE, text)):
         return text
     text = _QP_SOFT_BREAK_RE.sub("", text)
-    return _QP_ESCAPES_RE.sub(
-        lambda m: bytes.fromhex(m.group(0).replace("=", "")).decode("utf-8", "replace"), text)
+    return re.sub(_QP_ESCAPES_RE, lambda m: bytes.fromhex(m.group(0).replace("=", "")).decode("utf-8", "replace"),
+                  text)
 
 
 def _strip_prefixes(line: str) -> str:
@@ -386,7 +390,7 @@ def _split_physical_line(line: str) -> list[str]:
     line = line[:_MAX_LINE]
     parts = _MIDLINE_TIMESTAMP_RE.split(line)
     if _FLATTENED_RE.search(line):
-        parts = [piece for part in parts for piece in _FLATTENED_SPLIT_RE.split(part)]
+        parts = [piece for part in parts for piece in re.split(_FLATTENED_SPLIT_RE, part)]
     return parts
 
 
@@ -431,7 +435,7 @@ def classify_hardware(name: Optional[str]) -> tuple[str, Optional[str]]:
 
 
 # What the kernel itself puts before a header on the same line.
-_HEADER_LEAD_RE: Final = re.compile(r"(?:traps: |x86/\w+: )?")
+_HEADER_LEAD_RE: Final = r"(?:traps: |x86/\w+: )?"
 
 
 def _headers_in(headers: tuple[Header, ...], whole_log: str) -> tuple[Header, ...]:
@@ -446,7 +450,7 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
     A mail subject or a bot title quoting "PANIC: double fault in f" sits
     after other text, or lacks the error code: it is not a report.
     """
-    lead = _HEADER_LEAD_RE.match(line)
+    lead = re.match(_HEADER_LEAD_RE, line)
     start = lead.end() if lead else 0
     for header in headers:
         if not header.may_match(line):
@@ -499,7 +503,7 @@ def _parse_registers(block: str) -> tuple[Registers, int]:
     match = re.search(formats["cr2"], block)
     if match:
         regs.cr2 = _int(match.group("cr2"))
-    for match in _GP_REGISTER_RE.finditer(block):
+    for match in re.finditer(_GP_REGISTER_RE, block):
         regs.others.setdefault(match.group("name").lower(), int(match.group("value"), 16))
     return regs, bits
 
@@ -528,18 +532,18 @@ def _parse_i386_registers(block: str, regs: Registers) -> bool:
 # --- Register blocks -------------------------------------------------------
 
 # A block starts at the line naming the interrupted instruction pointer.
-_BLOCK_START_RE: Final = re.compile(r"^(?:RIP|EIP):\s|^eip = ")
+_BLOCK_START_RE: Final = r"^(?:RIP|EIP):\s|^eip = "
 # Lines a register dump is made of: "RSP: ...", "eax: ...", "eip = ...",
 # "EIP is at ...", and the pieces of a register line a mail client wrapped (a
 # "Code:" line wrapped to its last two or three bytes, "49 8b 5c", included).
-_REGISTER_LINE_RE: Final = re.compile(
+_REGISTER_LINE_RE: Final = (
     r"^(?:[A-Za-z][A-Za-z0-9_]{0,7}:|[a-z]{2,3} = |EIP is at |\[<[0-9a-f]|[0-9a-f]{8,16}(?:\s|$)"
     r"|[A-Za-z_][\w.]*\+0x[0-9a-f]+/0x|<?[0-9a-f]{2}>?(?: <?[0-9a-f]{2}>?)+\s*$)")
 # Lines that end a register dump even though they look like "WORD:".
-_BLOCK_STOP_RE: Final = re.compile(
+_BLOCK_STOP_RE: Final = (
     r"^(?:Call Trace:|Stack:|Process |Kernel panic|Modules linked in|---\[|Kernel Offset:"
     r"|CPU: \d|Pid: \d|Hardware name:)")
-_SECTION_RE: Final = re.compile(r"<(?P<close>/?)(?P<name>#?[A-Z][A-Z0-9_]*)>")
+_SECTION_RE: Final = r"<(?P<close>/?)(?P<name>#?[A-Z][A-Z0-9_]*)>"
 # Trace sections that are the task's own stack, not a nested event.
 _TASK_SECTIONS: Final = frozenset({"TASK"})
 # Old kernels close an <IRQ> section with <EOI>.
@@ -566,7 +570,7 @@ class _BlockScanner:
         return "trace" if self.in_trace else "fault"
 
     def _apply_sections(self, line: str, closing: bool) -> None:
-        for match in _SECTION_RE.finditer(line):
+        for match in re.finditer(_SECTION_RE, line):
             name, close = match.group("name"), bool(match.group("close"))
             if name in _CLOSES and not closing:
                 name, close = _CLOSES[name], True
@@ -583,13 +587,13 @@ class _BlockScanner:
             # Pastes double-space their lines; a blank line ends nothing.
             return
         self._apply_sections(line, closing=False)
-        starts = bool(_BLOCK_START_RE.match(line))
+        starts = bool(re.match(_BLOCK_START_RE, line))
         if starts and (self.current is None or self.current_has_regs):
             self.current = [line]
             self.current_has_regs = False
             self.blocks.append((number, self.where(), self.current))
-        elif self.current is not None and not _BLOCK_STOP_RE.match(line) and (
-                starts or _REGISTER_LINE_RE.match(line)):
+        elif self.current is not None and not re.match(_BLOCK_STOP_RE, line) and (
+                starts or re.match(_REGISTER_LINE_RE, line)):
             self.current.append(line)
             self.current_has_regs |= not starts
         else:
@@ -615,9 +619,9 @@ def _register_blocks(lines: list[str], first_line: int) -> list[RegisterBlock]:
 
 
 # Lines that say why a report stops short of its registers.
-_CUT_BY_REBOOT_RE: Final = re.compile(r"SeaBIOS|BIOS \(version|Linux version \d|Booting Linux|"
-                                      r"^Initializing cgroup|iPXE|Rebooting in|reboot: ")
-_ELIDED_RE: Final = re.compile(r"^\[?(?:snip|\.\.\.|…|cut|trimmed)\]?", re.IGNORECASE)
+_CUT_BY_REBOOT_RE: Final = (r"SeaBIOS|BIOS \(version|Linux version \d|Booting Linux|"
+                             r"^Initializing cgroup|iPXE|Rebooting in|reboot: ")
+_ELIDED_RE: Final = r"(?i)^\[?(?:snip|\.\.\.|…|cut|trimmed)\]?"
 _FRAGMENT_LOOKAHEAD: Final = 6
 
 
@@ -625,11 +629,11 @@ def _why_missing(lines: list[str]) -> str:
     """Say why a #DF header is not followed by the #DF's registers."""
     after = [line for line in lines[1:_FRAGMENT_LOOKAHEAD] if line]
     for line in after:
-        if _CUT_BY_REBOOT_RE.search(line):
+        if re.search(_CUT_BY_REBOOT_RE, line):
             return f"the log is cut by a reboot right after the header ({line[:60]!r})"
-        if _ELIDED_RE.match(line):
+        if re.match(_ELIDED_RE, line):
             return f"the reporter elided the register dump ({line[:40]!r})"
-    if not after or all(_CPU_ALONE_RE.match(line) or _TASK_LINE_RES[0].search(line) for line in after):
+    if not after or all(re.match(_CPU_ALONE_RE, line) or _TASK_LINE_RES[0].search(line) for line in after):
         return "nothing after the header (or only the CPU line): the log ends there"
     return "no register dump follows the header in the log"
 
@@ -654,7 +658,7 @@ def _parse_call_trace(lines: list[str]) -> list[str]:
             if trace:
                 break
             continue
-        for marker in _TRACE_MARKER_RE.finditer(line):
+        for marker in re.finditer(_TRACE_MARKER_RE, line):
             trace.append(f"<{marker.group('marker')}>")
         for match in re.finditer(r"(?:^|\s|\{|\])\??\s*([A-Za-z_][\w.]*\+(?:0x[0-9a-f]+(?:/0x[0-9a-f]+)?|\d+))", line):
             trace.append(match.group(1))
@@ -664,7 +668,7 @@ def _parse_call_trace(lines: list[str]) -> list[str]:
 # A task line a mail client wrapped before its release: "CPU: 10 PID: 2118287 Comm: kworker/10:0"
 # then "Tainted: P           OE     5.11.8-051108-generic #202103200636", or
 # "CPU: 40 PID: 0 Comm: swapper/40 Tainted: G" then "OE     5.12.0-rc3-md-next-pw-fix2 #1".
-_TASK_LINE_CUT_RE: Final = re.compile(
+_TASK_LINE_CUT_RE: Final = (
     r"\bCPU: \d+ (?:UID: \d+ )?PID: \d+ Comm: \S+(?: Tainted: [A-Z ]*)?$")
 
 
@@ -677,7 +681,7 @@ def _hardware_name(lines: list[str], index: int) -> Optional[str]:
     if not _HARDWARE_CUT_RE.search(name):
         return name
     rest = lines[index + 1] if index + 1 < len(lines) else ""
-    if not _KERNEL_LINE_RE.match(rest):
+    if not re.match(_KERNEL_LINE_RE, rest):
         return f"{name} {rest}"
     # The rest is lost: keep the whole fields, not a dangling separator.
     return _HARDWARE_CUT_RE.sub("", name).rstrip(", ")
@@ -685,7 +689,7 @@ def _hardware_name(lines: list[str], index: int) -> Optional[str]:
 
 def _parse_task_lines(lines: list[str], report: DfReport) -> None:
     for index, line in enumerate(lines):
-        if _TASK_LINE_CUT_RE.search(line) and index + 1 < len(lines):
+        if re.search(_TASK_LINE_CUT_RE, line) and index + 1 < len(lines):
             # Joined with its continuation only: one extra line, so still linear.
             line = f"{line} {lines[index + 1]}"
         for regex in _TASK_LINE_RES:
@@ -700,13 +704,13 @@ def _parse_task_lines(lines: list[str], report: DfReport) -> None:
             match = regex.search(line)
             if match and report.release is None:
                 report.release = match.group("release")
-        match = _CPU_ALONE_RE.match(line)
+        match = re.match(_CPU_ALONE_RE, line)
         if match and report.cpu is None:
             report.cpu = int(match.group("cpu"))
         if report.hardware_name is None:
             report.hardware_name = _hardware_name(lines, index)
         for regex in _KERNEL_POINTER_RES:
-            report.kernel_pointers.extend(int(m.group("ptr"), 16) for m in regex.finditer(line))
+            report.kernel_pointers.extend(int(m.group("ptr"), 16) for m in re.finditer(regex, line))
 
 
 # Kernel pointers among the registers help recognise a truncated RSP and
@@ -736,7 +740,7 @@ def _parse_block(lines: list[str], first_line: int, report: DfReport) -> None:
         report.missing = f"the register dump does not show {', '.join(missing)}"
 
 
-_END_TRACE_RE: Final = re.compile(r"---\[ end trace")
+_END_TRACE_RE: Final = r"---\[ end trace"
 
 
 def _repeated_cr2(lines: list[str], after: int, regs: Registers) -> Optional[int]:
@@ -744,7 +748,7 @@ def _repeated_cr2(lines: list[str], after: int, regs: Registers) -> Optional[int
     ``after``), when that repeat is the same event's dump: a user-mode state is printed
     first without the control registers (``__show_regs`` with ``SHOW_REGS_USER``), then
     again whole. Same event means every register both print is equal, RIP and RSP included."""
-    if after >= len(lines) or not _END_TRACE_RE.search(lines[after]):
+    if after >= len(lines) or not re.search(_END_TRACE_RE, lines[after]):
         return None
     repeat = next((block for block in _register_blocks(lines[after:after + 1 + 24], after + 1)
                    if block.where == "repeat"), None)
@@ -763,7 +767,7 @@ def _repeated_cr2(lines: list[str], after: int, regs: Registers) -> Optional[int
 def _block_lines(lines: list[str], start: int) -> list[str]:
     block = []
     for line in lines[start:start + _MAX_BLOCK_LINES]:
-        if block and _BLOCK_END_RE.search(line):
+        if block and re.search(_BLOCK_END_RE, line):
             break
         block.append(line)
     return block
@@ -772,7 +776,7 @@ def _block_lines(lines: list[str], start: int) -> list[str]:
 def _has_regs_soon(block: list[str]) -> bool:
     """A register dump printed right away belongs to this report; a later header starts a new one."""
     for block_line in block[1:5]:
-        if _BLOCK_START_RE.match(block_line):
+        if re.match(_BLOCK_START_RE, block_line):
             return True
         if _find_header(block_line, DF_HEADERS):
             return False
@@ -792,7 +796,7 @@ def _new_report(lines: list[str], index: int, header: Header, match: re.Match[st
     if header.name == "panic-double-fault-i386":
         report.arch_bits = 32
     for before in lines[max(0, index - _FIRMWARE_CONTEXT_LINES):index]:
-        context = FIRMWARE_CONTEXT.search(before)
+        context = re.search(FIRMWARE_CONTEXT, before)
         if context:
             report.firmware_context = before[context.start():]
     block = _block_lines(lines, index)
@@ -803,7 +807,7 @@ def _new_report(lines: list[str], index: int, header: Header, match: re.Match[st
 
 
 # The #PF handler's title after a guard-page hit: the report is not a #DF's.
-_GUARD_HIT_BY_PAGE_FAULT_RE: Final = re.compile(r"kernel stack overflow \(page fault\)")
+_GUARD_HIT_BY_PAGE_FAULT_RE: Final = r"kernel stack overflow \(page fault\)"
 
 
 def parse_log(text: str) -> LogFacts:
@@ -826,7 +830,7 @@ def parse_log(text: str) -> LogFacts:
             continue
         header, match = found
         if header.kind == "stack-overflow" and any(
-                _GUARD_HIT_BY_PAGE_FAULT_RE.match(later) for later in lines[index:index + 4]):
+                re.match(_GUARD_HIT_BY_PAGE_FAULT_RE, later) for later in lines[index:index + 4]):
             continue
         if reports and index - last_report_line <= 4 and not last_has_regs:
             report = reports[-1]
@@ -875,7 +879,7 @@ def parse_log(text: str) -> LogFacts:
     if environment == "unknown":
         for line in lines:
             for regex in _HYPERVISOR_LINE_RES:
-                match = regex.search(line)
+                match = re.search(regex, line)
                 if match and "bare hardware" not in match.group("hv"):
                     environment, hypervisor = "guest", match.group("hv").strip()
                     break
