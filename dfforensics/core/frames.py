@@ -16,8 +16,7 @@ applies before pushing).
 
 import re
 import struct
-from dataclasses import dataclass
-from typing import Final, Iterator, Optional, Sequence, Union
+from typing import Final, Iterator, NamedTuple, Optional, Sequence, Union
 
 from dfforensics.core import x86
 from dfforensics.core.model import Frame, FrameKind, OrigAx, StackKind
@@ -78,8 +77,7 @@ FRED_EVENT_TYPES: Final = {0: "external interrupt", 2: "NMI", 3: "hardware excep
                            6: "software exception (INT3, INTO)", 7: "other (SYSCALL, SYSENTER)"}
 
 
-@dataclass(frozen=True)
-class FredEvent:
+class FredEvent(NamedTuple):
     """The event a FRED frame's CS and SS words describe."""
 
     cs: int

@@ -13,8 +13,7 @@ then the annotated stack and the context.
 
 import os
 import sys
-from dataclasses import dataclass
-from typing import Callable, Final, Optional, Sequence
+from typing import Callable, Final, NamedTuple, Optional, Sequence
 
 from dfforensics.core import signature, x86
 from dfforensics.core.model import DoubleFault, Frame, KernelInfo, Report, to_json_dict
@@ -175,8 +174,7 @@ def _context_rows(report: Report) -> list[list[str]]:
     return rows
 
 
-@dataclass(frozen=True)
-class _Style:
+class _Style(NamedTuple):
     """What differs between the terminal table and markdown."""
 
     tablefmt: str

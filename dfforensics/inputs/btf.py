@@ -30,8 +30,7 @@ import sys
 import zlib
 from array import array
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
-from typing import Any, Callable, Final, Iterator, Optional, Sequence
+from typing import Any, Callable, Final, Iterator, NamedTuple, Optional, Sequence
 
 from dfforensics.core.errors import InputError
 from dfforensics.inputs.answers import pack_lines, unpack_lines
@@ -117,8 +116,7 @@ INT_CHAR: Final = 2
 INT_BOOL: Final = 4
 
 
-@dataclass(frozen=True)
-class Member:
+class Member(NamedTuple):
     """A struct/union member, a function parameter, an enumerator or a DATASEC entry.
 
     ``type`` is a type id (for an enumerator: 0); ``bit_offset``/``bitfield_size`` are for
@@ -135,8 +133,7 @@ class Member:
     size: int = 0
 
 
-@dataclass(frozen=True)
-class BtfType:
+class BtfType(NamedTuple):
     """One decoded BTF record.
 
     ``size`` is set for sized kinds (INT, STRUCT, UNION, ENUM, ENUM64, DATASEC, FLOAT),

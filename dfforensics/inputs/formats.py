@@ -25,7 +25,7 @@ import struct
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Final, Mapping, Optional
+from typing import BinaryIO, Callable, Final, Mapping, NamedTuple, Optional
 
 from dfforensics.core.errors import DumpError, ErrorKind
 
@@ -304,8 +304,7 @@ def check_free_space(directory: str) -> None:
                         "clear', or set DFFORENSICS_CACHE to a directory with room", ErrorKind.CACHE)
 
 
-@dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     path: str
     #: Bytes on disk (a sparse copy of a dump takes far less than its size).
     disk_bytes: int
@@ -712,8 +711,7 @@ DUMP_LEVEL_ZERO_PAGES: Final = 1
 DUMP_LEVEL_USER_DATA: Final = 8
 
 
-@dataclass(frozen=True)
-class KdumpHeader:
+class KdumpHeader(NamedTuple):
     """What a kdump-compressed file's headers say, every range checked against the file."""
 
     version: int

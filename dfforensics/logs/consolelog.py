@@ -22,10 +22,9 @@ state at the end of a call trace, and a repeat after ``---[ end trace``. Only
 the faulting block is the #DF's; the others are kept as what they are.
 """
 
-import functools
 import re
 from dataclasses import dataclass, field
-from typing import Final, Optional
+from typing import Final, NamedTuple, Optional
 
 from dfforensics.core.model import Registers
 
@@ -50,8 +49,7 @@ __all__ = (
 )
 
 
-@dataclass(frozen=True)
-class Header:
+class Header(NamedTuple):
     """A line that starts a crash report."""
 
     name: str
@@ -67,9 +65,10 @@ class Header:
         """Whether the text holds one of the needles: only then is the regex tried."""
         return any(needle in text for needle in self.needles)
 
-    @functools.cached_property
+    @property
     def pattern(self) -> re.Pattern[str]:
-        # Compiled on first use: a run that meets no look-alike crash never compiles those.
+        # Compiled on first use, then kept by re's cache: a run that meets no look-alike
+        # crash never compiles those.
         return re.compile(self.regex)
 
 
@@ -256,8 +255,7 @@ _BARE_METAL_HARDWARE: Final = (
 # whatever the Hardware name (a Xen dom0 prints the physical server's). Their
 # kernel runs at CPL 3, so the hypervisor, not the CPU, switches it between its
 # kernel and user mode: the KVM/SVM cause of the signature cannot act there.
-@dataclass(frozen=True)
-class Paravirt:
+class Paravirt(NamedTuple):
     """A paravirtual guest kernel, and what in its log shows it."""
 
     kind: str
@@ -281,8 +279,7 @@ PARAVIRT_GUESTS: Final = (
 )
 
 
-@dataclass(frozen=True)
-class RegisterBlock:
+class RegisterBlock(NamedTuple):
     """One register dump as printed: every register of one event, and where it was printed."""
 
     regs: Registers
