@@ -244,7 +244,7 @@ class Btf:
         self.size = hdr_len + max(type_off + type_len, str_off + str_len)
         start = hdr_len + type_off
         words = array("I")
-        words.frombytes(bytes(data[start:start + type_len]))
+        words.frombytes(memoryview(data)[start:start + type_len])  # one copy, not two
         if (order == "<") != (sys.byteorder == "little"):
             words.byteswap()
         self._words = words
