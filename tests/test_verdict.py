@@ -9,7 +9,7 @@ from dfforensics.core.verdict import decide
 
 
 def obs(source="memory", **regs):
-    extra = {k: regs.pop(k) for k in list(regs) if k in Observation.__dataclass_fields__}
+    extra = {k: regs.pop(k) for k in list(regs) if k in Observation._fields}
     return Observation(medium=Medium(source), regs=Registers(**regs),
                        environment=extra.pop("environment", "guest"), **extra)
 

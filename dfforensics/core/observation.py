@@ -9,8 +9,7 @@ that means. Pure: no drgn.
 """
 
 import enum
-from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from dfforensics.core.kernel_facts import Version
 from dfforensics.core.model import Frame, Registers, RspRegion, SweepCoverage, SweptStack
@@ -44,16 +43,14 @@ class Residency(str, enum.Enum):
     UNREADABLE = "unreadable"
 
 
-@dataclass(frozen=True)
-class PushSlot:
+class PushSlot(NamedTuple):
     """The CPU's first push slot below a user RSP, and whether its page was present."""
 
     address: int
     residency: Residency
 
 
-@dataclass(frozen=True)
-class Observation:
+class Observation(NamedTuple):
     """What is known about one #DF, from a log or from memory."""
 
     medium: Medium
@@ -96,8 +93,7 @@ class Observation:
     paravirt: Optional[str] = None
 
 
-@dataclass(frozen=True)
-class SweepObservation:
+class SweepObservation(NamedTuple):
     """What the sweep of every thread's user stack read and found."""
 
     tasks_scanned: int = 0
@@ -105,7 +101,7 @@ class SweepObservation:
     stacks: Sequence[SweptStack] = ()
     #: Frames that prove CPL-0 delivery, with their task's pid and tid.
     frames: Sequence[Frame] = ()
-    problems: Sequence[str] = field(default_factory=tuple)
+    problems: Sequence[str] = ()
     #: User tasks whose stack could not be located (``comm (pid, tid): why``):
     #: their stacks were not read, so they cannot count as clean.
     stacks_not_located: Sequence[str] = ()

@@ -8,8 +8,7 @@ read), and the kernel stacks of its task and CPU. Pure: no drgn; the readers
 in :mod:`dfforensics.dump.rspregion` gather the views.
 """
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 from dfforensics.core import x86
 from dfforensics.core.model import RegionKind, RspRegion
@@ -17,8 +16,7 @@ from dfforensics.core.model import RegionKind, RspRegion
 __all__ = ("MappingView", "UserView", "KernelStack", "classify_rsp")
 
 
-@dataclass(frozen=True)
-class MappingView:
+class MappingView(NamedTuple):
     """The task's mapping (VMA) that holds an address."""
 
     start: int
@@ -38,8 +36,7 @@ class MappingView:
         return f"{self.start:#x}-{self.end:#x}"
 
 
-@dataclass(frozen=True)
-class UserView:
+class UserView(NamedTuple):
     """What is known of the task's user mappings at an address."""
 
     #: The task is not known (no task, or its struct could not be trusted).
@@ -52,8 +49,7 @@ class UserView:
     mapping: Optional[MappingView] = None
 
 
-@dataclass(frozen=True)
-class KernelStack:
+class KernelStack(NamedTuple):
     """One kernel stack of the task or its CPU."""
 
     start: int

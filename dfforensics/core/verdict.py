@@ -24,7 +24,7 @@ verdict is ``possible``.
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable, Final, Optional, Sequence
+from typing import Callable, Final, NamedTuple, Optional, Sequence
 
 from dfforensics.core import kernel_facts, signature, x86
 from dfforensics.core.kernel_facts import Version
@@ -57,8 +57,7 @@ class Decision:
     evidence: list[Evidence] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class _Ruling:
+class _Ruling(NamedTuple):
     """What a rule decided, with the checks that only that rule makes."""
 
     verdict: Verdict
@@ -67,8 +66,7 @@ class _Ruling:
     evidence: tuple[Evidence, ...] = ()
 
 
-@dataclass(frozen=True)
-class _Proofs:
+class _Proofs(NamedTuple):
     """The outcome of the three proofs, as evidence."""
 
     frames_on_user_stack: Evidence
@@ -203,8 +201,7 @@ def _cr2_source(obs: Observation) -> Optional[Evidence]:
 
 # --- the three proofs ----------------------------------------------------------
 
-@dataclass(frozen=True)
-class _Trails:
+class _Trails(NamedTuple):
     """Frames sorted by the kernel entry code's trail below them (:func:`signature.entry_trail_shown`)."""
 
     #: The version's entry code (``error_entry``, ``asm_``), None where it is not known.
@@ -688,8 +685,7 @@ def _sweep_evidence(result: SweepResult) -> Evidence:
     return Evidence("cpl0-frames-on-any-user-stack", status, f"sweep: {result.summary}")
 
 
-@dataclass(frozen=True)
-class ReportDecision:
+class ReportDecision(NamedTuple):
     """The verdict of a whole input, over all its #DFs and the sweep."""
 
     verdict: Verdict

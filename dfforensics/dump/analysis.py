@@ -12,8 +12,7 @@ judge decided. :func:`analyze` is the entry point for a drgn
 """
 
 import dataclasses
-from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import drgn
 from drgn import Object, Program
@@ -58,8 +57,7 @@ def _dmesg(prog: Program) -> str:
         return ""
 
 
-@dataclass(frozen=True)
-class _TaskIdentity:
+class _TaskIdentity(NamedTuple):
     pid: Optional[int]
     tid: Optional[int]
     comm: Optional[str]
@@ -202,8 +200,7 @@ def _annotated(reads: Sequence[StackRead], frames: Sequence[Frame], name: Namer,
     return annotate(_window_words(reads, centres), user, name, marks or None)
 
 
-@dataclass(frozen=True)
-class _ObservedDf:
+class _ObservedDf(NamedTuple):
     """One #DF as the dump shows it, before the judge weighs it."""
 
     found: FoundDf

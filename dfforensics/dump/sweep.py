@@ -11,8 +11,7 @@ task) and hands what it found to the judge
 kernel (``drgn`` as root).
 """
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import drgn
 from drgn import Program
@@ -33,8 +32,7 @@ from dfforensics.dump.stackscan import StackRead, bounded_window, named, scan_us
 __all__ = ("SweptUserStacks", "sweep_user_stacks")
 
 
-@dataclass(frozen=True)
-class SweptUserStacks:
+class SweptUserStacks(NamedTuple):
     """What the sweep saw, and the stack memory where it found frames (to annotate)."""
 
     observation: SweepObservation

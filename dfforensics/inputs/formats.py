@@ -850,8 +850,7 @@ def check_vmcoreinfo(data: bytes, vmcore: str) -> None:
                 raise corrupt(f"KERNELOFFSET={offset:x} is not a KASLR offset (not 2 MiB-aligned)")
 
 
-@dataclass(frozen=True)
-class DumpIdentity:
+class DumpIdentity(NamedTuple):
     """The kernel a dump says it is from; each part None when the dump does not say.
 
     ``source`` says where it was read, or why nothing could be."""
