@@ -86,3 +86,17 @@ def test_a_kernel_before_6_0_needs_nothing_but_its_dump():
     sweep = run("sweep", FIXTURES / "cpl0-trail-oops-5.10" / "vmcore.xz", "--format", "json")
     assert sweep.returncode == 0, sweep.stderr
     assert json.loads(sweep.stdout)["sweep"]["verdict"] == "cpl0-frames-found"
+
+
+def test_the_readme_s_first_command_gives_match_with_frames_from_the_dump_alone():
+    # Issue 19's "done when": the main job on the shipped example, no vmlinux, no debug package.
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if "/bin/dfforensics fixtures/" in line)
+    arguments = command.split("/bin/dfforensics ", 1)[1].split()
+    assert all("vmlinux" not in argument for argument in arguments), command
+    result = run(*(FIXTURES.parent / argument for argument in arguments), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["verdict"], report["df_class"]) == ("match", "cpl-corruption")
+    assert report["source"]["debug_info"] == "BTF and kallsyms from guest memory"
+    assert report["frames"] and all(frame["cs"] & 3 == 3 for frame in report["frames"])

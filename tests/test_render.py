@@ -19,7 +19,7 @@ SEED = Path(__file__).parent / "data" / "kvm-svm-cpl-double-fault-report.txt"
 
 @pytest.fixture(scope="module")
 def example():
-    """The shipped example dump's report (the README's first command)."""
+    """The 6.1 example dump's report with its vmlinux (the README's example with DWARF)."""
     from dfforensics.dump.analysis import analyze_vmcore_files
 
     return analyze_vmcore_files(str(FIXTURES / "cpl0-irq-df" / "vmcore.xz"),
