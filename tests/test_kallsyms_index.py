@@ -8,6 +8,9 @@ from array import array
 import pytest
 
 from dfforensics.inputs.kallsymsindex import (
+    ABSOLUTE_PERCPU,
+    BASE_RELATIVE,
+    PLACE_RELATIVE,
     KallsymsIndex,
     KallsymsIndexError,
     answers_bytes,
@@ -214,15 +217,21 @@ def test_each_offset_encoding_is_chosen_as_drgn_chooses_it():
     kernel = [TEXT - 0x800, TEXT, TEXT + 0x100, TEXT + 0x2000]
     table = decode_addresses(b"".join(struct.pack("<I", a - base) for a in kernel), 4, base, 0, 1, TEXT)
     assert [table[n] for n in range(4)] == kernel and table.in_order()
+    assert table.encoding == BASE_RELATIVE
     addresses = [0x1000, TEXT, TEXT + 0x100, TEXT + 0x2000]
     # Absolute per-CPU.
     table = decode_addresses(_offsets(addresses, base), 4, base, 0, 1, TEXT)
     assert [table[n] for n in range(4)] == addresses and table.in_order()
+    assert table.encoding == ABSOLUTE_PERCPU and list(table) == addresses
     # Place relative (7.0+): each offset from its own slot; no relative base.
     at = TEXT + 0x900000
     place = b"".join(struct.pack("<i", a - (at + 4 * n)) for n, a in enumerate(kernel))
     table = decode_addresses(place, 4, None, at, 1, TEXT)
     assert [table[n] for n in range(4)] == kernel and table.in_order()
+    assert table.encoding == PLACE_RELATIVE
+    # Without the table's own address (the pre-6.0 search: no such kernel) it is not tried.
+    with pytest.raises(KallsymsIndexError, match="_stext"):
+        decode_addresses(place, 4, None, None, 1, TEXT)
     with pytest.raises(KallsymsIndexError, match="_stext"):
         decode_addresses(place, 4, None, at, 1, TEXT + 8)
     with pytest.raises(KallsymsIndexError, match="cut short"):

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Final, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 from dfforensics.core.errors import InputError
+from dfforensics.inputs.kallsymsindex import ABSOLUTE_PERCPU, KallsymsIndexError, decode_addresses
 
 __all__ = (
     "LAYOUT_ADDRESSES",
@@ -234,10 +235,6 @@ def _decode(entries: list[bytes], tokens: list[bytes]) -> Optional[list[tuple[st
     return decoded
 
 
-def _s32(value: int) -> int:
-    return value - (1 << 32) if value & 0x80000000 else value
-
-
 def _addresses(data: bytes, names_at: int, count: int, layout: str, stext_number: int,
                stext: int) -> Optional[tuple[list[int], dict[str, Optional[int]], bool]]:
     """The symbols' addresses from the table before ``kallsyms_num_syms``, decoded the way
@@ -255,20 +252,15 @@ def _addresses(data: bytes, names_at: int, count: int, layout: str, stext_number
     at = base_at - _align(4 * count)
     if at < 0:
         return None
-    base = _U64.unpack_from(data, base_at)[0]
-    raw = array("I")
-    raw.frombytes(data[at:at + 4 * count])
-    if sys.byteorder == "big":
-        raw.byteswap()
     if any(data[at + 4 * count:base_at]):
         return None
+    try:  # read as the in-place index reads a 6.0+ kernel's table (no place-relative before 7.0)
+        decoded = decode_addresses(data[at:at + 4 * count], count, _U64.unpack_from(data, base_at)[0], None,
+                                   stext_number, stext)
+    except KallsymsIndexError:
+        return None
     where = {"addresses": None, "offsets": at, "relative_base": base_at}
-    if (base + raw[stext_number]) & 0xFFFFFFFFFFFFFFFF == stext:
-        return [(base + value) & 0xFFFFFFFFFFFFFFFF for value in raw], where, False
-    signed = _s32(raw[stext_number])
-    if signed < 0 and base - 1 - signed == stext:
-        return [_s32(v) if _s32(v) >= 0 else (base - 1 - _s32(v)) & 0xFFFFFFFFFFFFFFFF for v in raw], where, True
-    return None
+    return list(decoded), where, decoded.encoding == ABSOLUTE_PERCPU
 
 
 def _token_candidates(data: bytes) -> Iterator[tuple[int, int, list[bytes]]]:

@@ -46,6 +46,8 @@ from dfforensics.core.errors import InputError
 from dfforensics.inputs.answers import pack_lines, unpack_lines
 
 __all__ = (
+    "ABSOLUTE_PERCPU",
+    "BASE_RELATIVE",
     "KallsymsAddresses",
     "KallsymsAnswers",
     "KallsymsEntry",
@@ -54,6 +56,7 @@ __all__ = (
     "answers_bytes",
     "decode_addresses",
     "find_markers",
+    "PLACE_RELATIVE",
     "parse_answers",
     "read_tokens",
 )
@@ -167,10 +170,12 @@ class KallsymsAddresses:
     """
 
     def __init__(self, values: array, address_of: Callable[[int, int], int],
-                 in_order: Callable[[list[int]], bool]) -> None:
+                 in_order: Callable[[list[int]], bool], encoding: str) -> None:
         self._values = values
         self._address_of = address_of
         self._in_order = in_order
+        #: How the offsets were read: BASE_RELATIVE, ABSOLUTE_PERCPU or PLACE_RELATIVE.
+        self.encoding = encoding
         #: What the order was checked for (the offsets' CRC-32 and how they are read), so
         #: that the check (~4 ms for 87,000 entries) is made once per kernel build.
         self.order_key = f"{zlib.crc32(values.tobytes()):08x}-{in_order.__name__}"
@@ -200,14 +205,21 @@ def _rising_absolute_percpu(values: list[int]) -> bool:
             and (not low or low[0] >= 0) and (not high or high[0] < 0))
 
 
-def decode_addresses(offsets: bytes, num_syms: int, relative_base: Optional[int], offsets_address: int,
-                     stext_number: int, stext: int) -> KallsymsAddresses:
+# The readings of kallsyms_offsets, as KallsymsAddresses.encoding names them.
+BASE_RELATIVE: Final = "base-relative"
+ABSOLUTE_PERCPU: Final = "absolute-percpu"
+PLACE_RELATIVE: Final = "place-relative"
+
+
+def decode_addresses(offsets: bytes, num_syms: int, relative_base: Optional[int],
+                     offsets_address: Optional[int], stext_number: int, stext: int) -> KallsymsAddresses:
     """Every entry's address from ``kallsyms_offsets``, read the way that puts entry
     ``stext_number`` at ``stext``, in drgn's order of trial (libdrgn/kallsyms.c
     ``kallsyms_load_addresses``): base relative (4.6+), absolute per-CPU (4.6 to 6.15,
-    CONFIG_KALLSYMS_ABSOLUTE_PERCPU), place relative (7.0+, no relative base).
+    CONFIG_KALLSYMS_ABSOLUTE_PERCPU), place relative (7.0+, no relative base; tried only
+    when ``offsets_address``, the table's own address, is given).
 
-    :raises KallsymsIndexError: if no reading puts _stext where VMCOREINFO says it is.
+    :raises KallsymsIndexError: if no reading puts _stext where it is.
     """
     unsigned = array("I")
     unsigned.frombytes(offsets[:4 * num_syms])
@@ -219,19 +231,21 @@ def decode_addresses(offsets: bytes, num_syms: int, relative_base: Optional[int]
     value = signed[stext_number]
     if relative_base is not None and (relative_base + unsigned[stext_number]) & _U64_MASK == stext:
         base = relative_base
-        return KallsymsAddresses(unsigned, lambda number, v: (base + v) & _U64_MASK, _rising)
+        return KallsymsAddresses(unsigned, lambda number, v: (base + v) & _U64_MASK, _rising, BASE_RELATIVE)
     if relative_base is not None and value < 0 and (relative_base - 1 - value) & _U64_MASK == stext:
         base = relative_base
         return KallsymsAddresses(signed, lambda number, v: v if v >= 0 else (base - 1 - v) & _U64_MASK,
-                                 _rising_absolute_percpu)
-    if (offsets_address + 4 * stext_number + value) & _U64_MASK == stext:
+                                 _rising_absolute_percpu, ABSOLUTE_PERCPU)
+    if offsets_address is not None and (offsets_address + 4 * stext_number + value) & _U64_MASK == stext:
+        table = offsets_address
+
         def place_relative(number: int, v: int) -> int:
-            return (offsets_address + 4 * number + v) & _U64_MASK
+            return (table + 4 * number + v) & _U64_MASK
 
         def rising_place_relative(values: list[int]) -> bool:
             return _rising([place_relative(n, v) for n, v in enumerate(values)])
 
-        return KallsymsAddresses(signed, place_relative, rising_place_relative)
+        return KallsymsAddresses(signed, place_relative, rising_place_relative, PLACE_RELATIVE)
     raise KallsymsIndexError("no reading of kallsyms_offsets puts _stext where VMCOREINFO does")
 
 
