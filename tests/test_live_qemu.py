@@ -200,6 +200,9 @@ def test_without_vmlinux_no_sweep_pauses_the_guest(guests, tmp_path, detached_bt
     finally:
         events.close()
     assert first.returncode == 0, first.stderr
+    # What the first sweep's lookups found is kept for the next sweep of the build.
+    kept = {path.name.rsplit("-", 2)[-2] + "-answers" for path in (tmp_path / "cache").rglob("*-answers")}
+    assert kept == {"kallsyms-answers", "btf-answers"}, sorted(p.name for p in (tmp_path / "cache").rglob("*"))
     # An unknown build: the note is found through the kernel image's pointer to it.
     assert "holds the only pointer to a note of its own" in json.loads(first.stdout)["source"]["vmcoreinfo"]
     assert status == 0 and err == "", err

@@ -406,6 +406,12 @@ def sweep_qemu(path: str, vmlinux: Optional[str] = None, btf: Optional[str] = No
         except drgn.FaultError as error:
             raise InputError(f"QMP socket {path}: guest memory the sweep needs could not be read "
                              f"({error})") from None
+        if vmlinux is None:
+            # What the lookups found, for the next sweep of this build (an --every loop's
+            # next round, or another guest): as after a dump's analysis.
+            from dfforensics.dump.guestdebuginfo import keep_answers
+
+            keep_answers(guest.prog)
     finally:
         guest.close()
     report.source["seconds_connected"] = round(time.monotonic() - started, 3)
