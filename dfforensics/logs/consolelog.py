@@ -458,8 +458,7 @@ def _find_header(line: str, headers: tuple[Header, ...]) -> Optional[tuple[Heade
     return None
 
 
-def _find_other_crash(line: str, headers: tuple[Header, ...] = OTHER_CRASH_HEADERS
-                      ) -> Optional[re.Match[str]]:
+def _find_other_crash(line: str, headers: tuple[Header, ...]) -> Optional[re.Match[str]]:
     for header in headers:
         if not header.may_match(line):
             continue
